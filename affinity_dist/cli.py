@@ -1,0 +1,129 @@
+"""The ``affinity-dist`` command line (also ``python -m affinity_dist``).
+
+Exit status: 0 success; 2 bad input or configuration (one line on stderr naming the
+argument, the value and what was expected, nothing written); 1 failure during a run
+(the failing block named); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from . import __version__
+from .errors import AffinityDistError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "affinity-dist"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _cluster_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", metavar="ADDR", default="local",
+                   help="'local' (default: a LocalCluster of worker processes on 127.0.0.1), "
+                        "a scheduler address such as tcp://host:8786, or 'threads' / "
+                        "'synchronous' to run in this process")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of the local cluster (default: CPU count, max 8)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    p.add_argument("--chunks", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="chunk shape of the output arrays (default 128 128 128)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Affinity-based neuron segmentation of EM volumes: "
+                     "chunked Zarr, Dask, a 3D U-Net.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    p = sub.add_parser("sample", help="write a synthetic EM-like volume with ground truth")
+    p.add_argument("out", metavar="OUT.zarr")
+    p.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   default=[128, 128, 128])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   default=[10.0, 10.0, 10.0], help="nm per voxel (default 10 10 10)")
+    _cluster_options(p)
+
+    p = sub.add_parser("ingest", help="copy HDF5/TIFF/PNG/Zarr/N5 into a dataset")
+    p.add_argument("src", metavar="SRC", help="HDF5 file, TIFF stack, folder of TIFF/PNG "
+                   "slices, Zarr or N5")
+    p.add_argument("dst", metavar="DST.zarr")
+    p.add_argument("--raw-key", default=None, help="raw array inside SRC "
+                   "(default: volumes/raw, then raw)")
+    p.add_argument("--labels-key", default=None, help="labels array inside SRC "
+                   "(default: volumes/labels/neuron_ids, then labels; none if absent)")
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="nm per voxel (default: from SRC's resolution attribute)")
+    p.add_argument("--rescale", action="store_true",
+                   help="map a non-uint8 raw's [min, max] onto 0-255")
+    _cluster_options(p)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .scheduling import cluster
+    from .storage import DEFAULT_CHUNKS
+
+    progress = not args.quiet
+    chunks = tuple(args.chunks) if args.chunks else DEFAULT_CHUNKS
+    if args.workers is not None and args.workers < 1:
+        raise _bad("--workers", args.workers, "a positive integer")
+    local = args.scheduler if args.scheduler in ("threads", "synchronous") else "threads"
+    if args.command == "sample":
+        from .sample import prepare_sample, run_sample
+
+        splan = prepare_sample(args.out, shape=args.shape, seed=args.seed,
+                               voxel_size=args.voxel_size, chunks=chunks,
+                               overwrite=args.overwrite)
+        with cluster(args.scheduler, n_workers=args.workers) as client:
+            run_sample(splan, client=client, scheduler=local, progress=progress)
+        print(args.out)
+    elif args.command == "ingest":
+        from .ingest import prepare_ingest, run_ingest
+
+        # Validate everything before starting a cluster: bad input fails fast.
+        plan = prepare_ingest(args.src, args.dst, raw_key=args.raw_key,
+                              labels_key=args.labels_key, voxel_size=args.voxel_size,
+                              rescale=args.rescale, chunks=chunks, overwrite=args.overwrite)
+        with cluster(args.scheduler, n_workers=args.workers) as client:
+            run_ingest(plan, client=client, scheduler=local, progress=progress)
+        print(args.dst)
+
+
+def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:
+    from .errors import bad_value
+
+    return bad_value(argument, value, expected)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2:
+        for noisy in ("distributed", "bokeh", "tornado"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        _run(args)
+    except AffinityDistError as err:
+        print(f"{PROG} {args.command}: error: {err}".replace("\n", " "), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,207 @@
+"""Block geometry: pure integer arithmetic, no I/O.
+
+A volume of ``shape`` voxels is cut into a grid of **write blocks** of ``block_shape``
+(aligned to the output chunks by the caller, who picks a multiple of the chunk shape).
+Blocks at the upper end of an axis are smaller when ``block_shape`` does not divide the
+shape; they may be one voxel thick::
+
+    axis:  0        b        2b       shape
+           |--------|--------|---|
+             block 0  block 1  edge block (shape - 2b voxels)
+
+A block's **read region** is its write region grown by a per-axis ``halo`` (anisotropic
+halos allowed) and clipped to the volume; the part of the halo that falls outside the
+volume is reported as ``padding`` so that kernels can pad (mirror, zeros, ...) as they need.
+
+Blocks are numbered in C order of their grid index (``np.ravel_multi_index``); the
+**faces** between blocks are the pairs (lower, upper) that differ by one along one axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ConfigError, bad_value
+
+__all__ = ["BlockGrid", "Box", "as_shape", "as_vector"]
+
+
+def as_shape(value: Sequence[int], name: str, *, ndim: int | None = None,
+             minimum: int = 1) -> tuple[int, ...]:
+    """Validate a per-axis integer tuple (shape, block, halo).
+
+    >>> as_shape([4, 5, 6], "--block")
+    (4, 5, 6)
+    """
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise bad_value(name, value, "a sequence of integers") from None
+    if any(o != v for o, v in zip(out, value, strict=True)):
+        raise bad_value(name, value, "whole numbers")
+    if ndim is not None and len(out) != ndim:
+        raise bad_value(name, value, f"{ndim} values (z y x)")
+    if any(v < minimum for v in out):
+        raise bad_value(name, value, f"every value >= {minimum}")
+    return out
+
+
+def as_vector(name: str, values: Sequence[float], *, positive: bool = True) -> list[float]:
+    """Validate three finite physical numbers (voxel size or offset in nm, z y x).
+
+    >>> as_vector("--voxel-size", [40, 4, 4])
+    [40.0, 4.0, 4.0]
+    """
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise bad_value(name, values, "three numbers (z y x)") from None
+    if len(out) != 3 or not all(math.isfinite(v) for v in out):
+        raise bad_value(name, list(values), "three finite numbers (z y x)")
+    if positive and any(v <= 0 for v in out):
+        raise bad_value(name, out, "three positive numbers (nm, z y x)")
+    return out
+
+
+@dataclass(frozen=True)
+class Box:
+    """A half-open box ``[start, stop)`` of voxel indices."""
+
+    start: tuple[int, ...]
+    stop: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.start) != len(self.stop) or any(
+            a > b for a, b in zip(self.start, self.stop, strict=True)
+        ):
+            raise ConfigError(f"box: got start {self.start} stop {self.stop}, "
+                              "expected equal lengths and start <= stop")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(b - a for a, b in zip(self.start, self.stop, strict=True))
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def slices(self) -> tuple[slice, ...]:
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True))
+
+    def grow(self, before: Sequence[int], after: Sequence[int] | None = None) -> Box:
+        """Grow by ``before`` below and ``after`` (default: ``before``) above, unclipped."""
+        after = before if after is None else after
+        return Box(tuple(s - h for s, h in zip(self.start, before, strict=True)),
+                   tuple(s + h for s, h in zip(self.stop, after, strict=True)))
+
+    def clip(self, shape: Sequence[int]) -> Box:
+        """Intersect with the volume ``[0, shape)``."""
+        start = tuple(min(max(s, 0), n) for s, n in zip(self.start, shape, strict=True))
+        stop = tuple(max(min(s, n), a) for s, n, a in zip(self.stop, shape, start, strict=True))
+        return Box(start, stop)
+
+    def contains(self, other: Box) -> bool:
+        return all(a <= c and d <= b for a, b, c, d in
+                   zip(self.start, self.stop, other.start, other.stop, strict=True))
+
+    def relative_to(self, outer: Box) -> tuple[slice, ...]:
+        """Slices that cut this box out of an array covering ``outer``."""
+        return tuple(slice(a - o, b - o) for a, b, o in
+                     zip(self.start, self.stop, outer.start, strict=True))
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """The grid of write blocks over a volume.
+
+    Parameters
+    ----------
+    shape : volume shape in voxels (any ndim, usually z, y, x).
+    block_shape : write block shape; edge blocks are clipped to the volume.
+    """
+
+    shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", as_shape(self.shape, "shape", minimum=0))
+        object.__setattr__(self, "block_shape",
+                           as_shape(self.block_shape, "block", ndim=len(self.shape)))
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """Number of blocks along every axis."""
+        return tuple(-(-n // b) for n, b in zip(self.shape, self.block_shape, strict=True))
+
+    @property
+    def num_blocks(self) -> int:
+        return math.prod(self.grid_shape)
+
+    def block_id(self, index: Sequence[int]) -> int:
+        """Linear (C-order) id of the block at grid ``index``."""
+        if len(index) != self.ndim or any(
+            not 0 <= i < g for i, g in zip(index, self.grid_shape, strict=True)
+        ):
+            raise bad_value("block index", tuple(index), f"an index into grid {self.grid_shape}")
+        return int(np.ravel_multi_index(tuple(index), self.grid_shape))
+
+    def block_index(self, block_id: int) -> tuple[int, ...]:
+        """Grid index of the block with linear id ``block_id``."""
+        if not 0 <= block_id < self.num_blocks:
+            raise bad_value("block id", block_id, f"an integer in [0, {self.num_blocks})")
+        return tuple(int(i) for i in np.unravel_index(block_id, self.grid_shape))
+
+    def write_box(self, block_id: int) -> Box:
+        """The region a block writes: its cell of the grid, clipped to the volume."""
+        index = self.block_index(block_id)
+        start = tuple(i * b for i, b in zip(index, self.block_shape, strict=True))
+        stop = tuple(min(s + b, n) for s, b, n in
+                     zip(start, self.block_shape, self.shape, strict=True))
+        return Box(start, stop)
+
+    def read_box(self, block_id: int, halo: Sequence[int]
+                 ) -> tuple[Box, tuple[tuple[int, int], ...]]:
+        """Read region (write region + ``halo``, clipped) and the padding still missing.
+
+        Returns
+        -------
+        box : the clipped read region.
+        padding : per axis ``(before, after)`` voxels of halo that lie outside the volume.
+        """
+        halo = as_shape(halo, "halo", ndim=self.ndim, minimum=0)
+        wanted = self.write_box(block_id).grow(halo)
+        box = wanted.clip(self.shape)
+        padding = tuple((b0 - w0, w1 - b1) for w0, w1, b0, b1 in
+                        zip(wanted.start, wanted.stop, box.start, box.stop, strict=True))
+        return box, padding
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.num_blocks))
+
+    def faces(self) -> NDArray[np.int64]:
+        """All faces between neighbouring blocks, vectorised.
+
+        Returns
+        -------
+        (F, 3) int64 array of rows ``(lower_id, upper_id, axis)``: block ``upper_id`` is the
+        neighbour of ``lower_id`` one step up along ``axis``. The face itself is the plane
+        ``z = write_box(upper_id).start[axis]`` (for ``axis`` = z; likewise for y and x).
+        """
+        grid = self.grid_shape
+        ids = np.arange(self.num_blocks, dtype=np.int64).reshape(grid)
+        rows = []
+        for axis in range(self.ndim):
+            lower = np.take(ids, range(grid[axis] - 1), axis=axis).ravel()
+            upper = np.take(ids, range(1, grid[axis]), axis=axis).ravel()
+            rows.append(np.stack([lower, upper, np.full_like(lower, axis)], axis=1))
+        return np.concatenate(rows, axis=0) if rows else np.zeros((0, 3), np.int64)

@@ -1,0 +1,98 @@
+"""Storage layer: Zarr v3 arrays with voxel size, offset, axes and OME-Zarr 0.5 metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from affinity_dist.errors import ConfigError, DestinationExistsError, InputNotFoundError
+from affinity_dist.geometry import Box
+from affinity_dist.storage import (
+    create_volume,
+    default_codec,
+    open_volume,
+    staged_dataset,
+)
+
+
+def test_create_and_reopen_with_metadata(tmp_path: Path) -> None:
+    dst = tmp_path / "a.zarr"
+    with staged_dataset(dst) as group:
+        vol = create_volume(group, "raw", shape=(7, 9, 11), dtype=np.uint8,
+                            voxel_size=(40, 4, 4), offset=(80, 0, 8), chunks=(4, 4, 4))
+        vol.write(Box((0, 0, 0), (7, 9, 11)), np.arange(7 * 9 * 11, dtype=np.uint8)
+                  .reshape(7, 9, 11))
+        create_volume(group, "affinities", shape=(7, 9, 11), channels=3, dtype=np.uint8,
+                      voxel_size=(40, 4, 4), chunks=(4, 4, 4))
+    raw = open_volume(dst, "raw")
+    assert raw.shape == (7, 9, 11) and raw.chunks == (4, 4, 4) and raw.dtype == np.uint8
+    assert raw.voxel_size == (40.0, 4.0, 4.0) and raw.offset == (80.0, 0.0, 8.0)
+    assert raw.axis_names == ("z", "y", "x")
+    aff = open_volume(dst, "affinities")
+    assert aff.shape == (3, 7, 9, 11) and aff.chunks == (3, 4, 4, 4)
+    assert aff.axis_names == ("c", "z", "y", "x")
+    # zarr v3 metadata on disk: dimension names and OME-Zarr 0.5 multiscales in the group
+    meta = json.loads((dst / "raw" / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and meta["dimension_names"] == ["z", "y", "x"]
+    ome = json.loads((dst / "zarr.json").read_text())["attributes"]["ome"]
+    assert ome["version"] == "0.5"
+    by_name = {m["name"]: m for m in ome["multiscales"]}
+    assert set(by_name) == {"raw", "affinities"}
+    ds = by_name["raw"]["datasets"][0]
+    assert ds["path"] == "raw"
+    assert ds["coordinateTransformations"] == [
+        {"type": "scale", "scale": [40.0, 4.0, 4.0]},
+        {"type": "translation", "translation": [80.0, 0.0, 8.0]}]
+    assert [a["name"] for a in by_name["affinities"]["axes"]] == ["c", "z", "y", "x"]
+    assert by_name["affinities"]["axes"][0]["type"] == "channel"
+    assert by_name["raw"]["axes"][1] == {"name": "y", "type": "space", "unit": "nanometer"}
+
+
+def test_read_with_halo_clips_and_reports_padding(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 255, (10, 12, 13), dtype=np.uint8)
+    with staged_dataset(tmp_path / "b.zarr") as group:
+        create_volume(group, "raw", shape=data.shape, dtype=np.uint8, chunks=(4, 5, 6)).write(
+            Box((0, 0, 0), data.shape), data)
+    vol = open_volume(tmp_path / "b.zarr", "raw")
+    got, padding = vol.read_with_halo(Box((0, 5, 8), (4, 10, 13)), (2, 3, 1))
+    assert padding == ((2, 0), (0, 1), (0, 1))
+    np.testing.assert_array_equal(got, data[0:6, 2:12, 7:13])
+    padded = np.pad(got, padding, mode="reflect")
+    assert padded.shape == (4 + 4, 5 + 6, 5 + 2)
+
+
+def test_staged_dataset_refuses_existing_and_leaves_it_untouched(tmp_path: Path) -> None:
+    dst = tmp_path / "c.zarr"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    with pytest.raises(DestinationExistsError, match="--overwrite"), staged_dataset(dst):
+        pass
+    assert (dst / "keep.txt").read_text() == "mine"
+    # a failure inside the block leaves neither the new dataset nor staging behind
+    with pytest.raises(RuntimeError), staged_dataset(dst, overwrite=True) as group:
+        create_volume(group, "raw", shape=(2, 2, 2), dtype=np.uint8)
+        raise RuntimeError("boom")
+    assert (dst / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.zarr"]
+
+
+def test_bad_paths_and_arrays(tmp_path: Path) -> None:
+    with pytest.raises(InputNotFoundError), staged_dataset(tmp_path / "no" / "x.zarr"):
+        pass
+    with pytest.raises(InputNotFoundError):
+        open_volume(tmp_path / "missing.zarr", "raw")
+    with staged_dataset(tmp_path / "d.zarr") as group:
+        create_volume(group, "raw", shape=(2, 2, 2), dtype=np.uint8)
+    with pytest.raises(InputNotFoundError, match="'affinities'.*present: \\['raw'\\]"):
+        open_volume(tmp_path / "d.zarr", "affinities")
+    with pytest.raises(ConfigError, match="--voxel-size"), staged_dataset(tmp_path / "e.zarr") as g:
+        create_volume(g, "raw", shape=(2, 2, 2), dtype=np.uint8, voxel_size=(0, 1, 1))
+    assert not (tmp_path / "e.zarr").exists()
+
+
+def test_default_codecs_by_dtype() -> None:
+    assert default_codec(np.uint8) == "blosc-lz4"
+    assert default_codec(np.uint64) == "blosc-zstd"
