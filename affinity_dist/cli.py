@@ -11,10 +11,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import AffinityDistError
+
+if TYPE_CHECKING:
+    from .scheduling import LocalScheduler
 
 __all__ = ["build_parser", "main"]
 
@@ -71,37 +74,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rescale", action="store_true",
                    help="map a non-uint8 raw's [min, max] onto 0-255")
     _cluster_options(p)
+
+    p = sub.add_parser("info", help="list the arrays of a dataset with their metadata")
+    p.add_argument("dataset", metavar="X.zarr")
     return parser
 
 
-def _run(args: argparse.Namespace) -> None:
-    from .scheduling import cluster
+def _cluster_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LocalScheduler]:
+    """Validated chunk shape and in-process scheduler name of a stage's arguments."""
     from .storage import DEFAULT_CHUNKS
 
-    progress = not args.quiet
-    chunks = tuple(args.chunks) if args.chunks else DEFAULT_CHUNKS
     if args.workers is not None and args.workers < 1:
         raise _bad("--workers", args.workers, "a positive integer")
-    local = args.scheduler if args.scheduler in ("threads", "synchronous") else "threads"
-    if args.command == "sample":
-        from .sample import prepare_sample, run_sample
+    local: LocalScheduler = "synchronous" if args.scheduler == "synchronous" else "threads"
+    return (tuple(args.chunks) if args.chunks else DEFAULT_CHUNKS), local
 
-        splan = prepare_sample(args.out, shape=args.shape, seed=args.seed,
-                               voxel_size=args.voxel_size, chunks=chunks,
-                               overwrite=args.overwrite)
-        with cluster(args.scheduler, n_workers=args.workers) as client:
-            run_sample(splan, client=client, scheduler=local, progress=progress)
-        print(args.out)
-    elif args.command == "ingest":
-        from .ingest import prepare_ingest, run_ingest
 
-        # Validate everything before starting a cluster: bad input fails fast.
-        plan = prepare_ingest(args.src, args.dst, raw_key=args.raw_key,
-                              labels_key=args.labels_key, voxel_size=args.voxel_size,
-                              rescale=args.rescale, chunks=chunks, overwrite=args.overwrite)
-        with cluster(args.scheduler, n_workers=args.workers) as client:
-            run_ingest(plan, client=client, scheduler=local, progress=progress)
-        print(args.dst)
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from .sample import prepare_sample, run_sample
+    from .scheduling import cluster
+
+    chunks, local = _cluster_args(args)
+    plan = prepare_sample(args.out, shape=args.shape, seed=args.seed,
+                          voxel_size=args.voxel_size, chunks=chunks, overwrite=args.overwrite)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        run_sample(plan, client=client, scheduler=local, progress=not args.quiet)
+    print(args.out)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> None:
+    from .ingest import prepare_ingest, run_ingest
+    from .scheduling import cluster
+
+    chunks, local = _cluster_args(args)
+    # Validate everything before starting a cluster: bad input fails fast.
+    plan = prepare_ingest(args.src, args.dst, raw_key=args.raw_key, labels_key=args.labels_key,
+                          voxel_size=args.voxel_size, rescale=args.rescale, chunks=chunks,
+                          overwrite=args.overwrite)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        run_ingest(plan, client=client, scheduler=local, progress=not args.quiet)
+    print(args.dst)
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from .storage import describe_dataset
+
+    print(f"{args.dataset}:")
+    for row in describe_dataset(args.dataset):
+        ratio = row["nbytes"] / max(row["stored_bytes"], 1)
+        shape = "x".join(map(str, row["shape"]))
+        voxel = "x".join(f"{v:g}" for v in row["voxel_size"])
+        print(f"  {row['name']:<14} {shape:<18} {row['dtype']:<8} axes {','.join(row['axes'])}"
+              f"  voxel {voxel} nm  chunks {row['chunks']}  {row['stored_bytes'] / 1e6:.1f} MB"
+              f" on disk ({ratio:.1f}x)")
+
+
+COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "info": _cmd_info}
 
 
 def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:
@@ -119,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for noisy in ("distributed", "bokeh", "tornado"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        _run(args)
+        COMMANDS[args.command](args)
     except AffinityDistError as err:
         print(f"{PROG} {args.command}: error: {err}".replace("\n", " "), file=sys.stderr)
         return err.exit_code

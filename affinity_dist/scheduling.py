@@ -18,8 +18,9 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
-import dask
+from dask.base import compute
 from dask.callbacks import Callback
+from dask.delayed import delayed
 from tqdm import tqdm
 
 from .errors import AffinityDistError, BlockFailedError, ConfigError
@@ -51,7 +52,7 @@ class _Guarded:
                                    f"{type(err).__name__}: {err}") from err
 
 
-class _TqdmCallback(Callback):  # type: ignore[misc]
+class _TqdmCallback(Callback):
     def __init__(self, bar: tqdm[Any]) -> None:
         super().__init__()
         self.bar = bar
@@ -94,11 +95,11 @@ def run_blocks(
     token = uuid.uuid4().hex[:8]
     with _bar(len(items), stage, progress) as bar:
         if client is None:
-            tasks = [dask.delayed(guarded, pure=False)(i, item,
+            tasks = [delayed(guarded, pure=False)(i, item,
                                                        dask_key_name=(f"block-{stage}-{token}", i))
                      for i, item in enumerate(items)]
             with _TqdmCallback(bar):
-                return list(dask.compute(*tasks, scheduler=scheduler))
+                return list(compute(*tasks, scheduler=scheduler))
         from distributed import as_completed
 
         keys = [f"{stage}-{token}-{i}" for i in range(len(items))]

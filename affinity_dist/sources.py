@@ -49,7 +49,7 @@ def detect_format(path: Path) -> Format:
                         "(Zarr, N5, TIFF/PNG slices)", DataError)
     if any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zarray")):
         return "zarr"
-    if (path / "attributes.json").exists():
+    if (path / "attributes.json").exists() or path.suffix.lower() == ".n5":
         return "n5"
     if any(p.suffix.lower() in SLICE_SUFFIXES for p in path.iterdir()):
         return "slices"

@@ -82,7 +82,7 @@ def main() -> None:
                 path = tmp / "a.zarr"
 
                 def write(data: np.ndarray = data, comp: list[Any] = comp,
-                          path: Path = path) -> None:
+                          path: Path = path, chunks: tuple[int, ...] = chunks) -> None:
                     shutil.rmtree(path, ignore_errors=True)
                     a = zarr.create_array(store=str(path), shape=data.shape, dtype=data.dtype,
                                           chunks=chunks, compressors=comp, fill_value=0)

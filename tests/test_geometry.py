@@ -104,7 +104,7 @@ def test_bad_block_shapes(value: tuple[float, ...]) -> None:
 def test_validators_name_argument_and_value() -> None:
     with pytest.raises(ConfigError, match=r"--block: got \(4, 0, 4\), expected every value >= 1"):
         as_shape((4, 0, 4), "--block")
-    with pytest.raises(ConfigError, match="--voxel-size: got .*expected three positive"):
+    with pytest.raises(ConfigError, match=r"--voxel-size: got .*expected three positive"):
         as_vector("--voxel-size", (0, 4, 4))
     with pytest.raises(ValueError):  # leaves subclass the builtin
         as_vector("--voxel-size", (float("nan"), 4, 4))

@@ -164,3 +164,39 @@ def test_bad_inputs_exit_2_with_one_line_and_nothing_written(tmp_path: Path) -> 
         assert "Traceback" not in result.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == before, name  # nothing written
     assert (tmp_path / "exists.zarr" / "keep").read_text() == "mine"
+
+
+def test_ingest_n5_written_by_tensorstore(tmp_path: Path) -> None:
+    ts = pytest.importorskip("tensorstore", reason="tensorstore (dev extra) writes the N5 oracle")
+    raw = _volume((9, 20, 17))
+    labels = np.random.default_rng(4).integers(0, 2**40, raw.shape, dtype=np.uint64)
+    for key, data in (("raw", raw), ("labels", labels)):
+        store = ts.open({"driver": "n5", "kvstore": {"driver": "file",
+                                                     "path": str(tmp_path / "c.n5" / key)},
+                         "metadata": {"dimensions": list(data.shape[::-1]),
+                                      "blockSize": [8, 8, 4], "dataType": str(data.dtype),
+                                      "compression": {"type": "gzip"}},
+                         "transform": {"input_rank": 3, "output": [
+                             {"input_dimension": 2}, {"input_dimension": 1},
+                             {"input_dimension": 0}]},
+                         "create": True}).result()
+        store.write(data).result()
+    (tmp_path / "c.n5" / "attributes.json").write_text('{"n5": "4.0.0"}')
+    attrs = tmp_path / "c.n5" / "raw" / "attributes.json"
+    attrs.write_text(attrs.read_text()[:-1] + ', "resolution": [4, 4, 40]}')
+    dst = ingest(tmp_path / "c.n5", tmp_path / "n.zarr", chunks=(4, 8, 8), progress=False)
+    np.testing.assert_array_equal(open_volume(dst, "raw").array[...], raw)
+    np.testing.assert_array_equal(open_volume(dst, "labels").array[...], labels)
+    assert open_volume(dst, "raw").voxel_size == (40.0, 4.0, 4.0)
+
+
+def test_ingest_handwritten_n5_with_rescale(tmp_path: Path) -> None:
+    from .test_n5 import HAND_COMPRESSIONS, _hand_dataset
+
+    expected, _ = _hand_dataset(tmp_path / "h.n5" / "raw", *HAND_COMPRESSIONS[1])
+    dst = ingest(tmp_path / "h.n5", tmp_path / "h.zarr", rescale=True, progress=False)
+    low, high = float(expected.min()), float(expected.max())
+    got = open_volume(dst, "raw")
+    np.testing.assert_array_equal(got.array[...],
+                                  np.rint((expected - low) * 255 / (high - low)).astype(np.uint8))
+    assert got.voxel_size == (40.0, 4.0, 4.0)

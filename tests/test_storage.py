@@ -86,7 +86,7 @@ def test_bad_paths_and_arrays(tmp_path: Path) -> None:
         open_volume(tmp_path / "missing.zarr", "raw")
     with staged_dataset(tmp_path / "d.zarr") as group:
         create_volume(group, "raw", shape=(2, 2, 2), dtype=np.uint8)
-    with pytest.raises(InputNotFoundError, match="'affinities'.*present: \\['raw'\\]"):
+    with pytest.raises(InputNotFoundError, match=r"'affinities'.*present: \['raw'\]"):
         open_volume(tmp_path / "d.zarr", "affinities")
     with pytest.raises(ConfigError, match="--voxel-size"), staged_dataset(tmp_path / "e.zarr") as g:
         create_volume(g, "raw", shape=(2, 2, 2), dtype=np.uint8, voxel_size=(0, 1, 1))
@@ -94,5 +94,5 @@ def test_bad_paths_and_arrays(tmp_path: Path) -> None:
 
 
 def test_default_codecs_by_dtype() -> None:
-    assert default_codec(np.uint8) == "blosc-lz4"
-    assert default_codec(np.uint64) == "blosc-zstd"
+    assert default_codec(np.uint8) == "zstd"
+    assert default_codec(np.uint64) == "zstd"
