@@ -187,13 +187,14 @@ def run_ingest(plan: IngestPlan, *, client: Any | None = None,
                                 stage="ingest-range", scheduler=scheduler, progress=progress)
             value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
             log.info("rescaling raw from [%g, %g] to [0, 255]", *value_range)
-        common: dict[str, Any] = {"shape": raw.shape, "voxel_size": plan.voxel_size, "offset": plan.offset,
-                  "chunks": plan.chunks}
+        common: dict[str, Any] = {"shape": raw.shape, "voxel_size": plan.voxel_size,
+                                  "offset": plan.offset, "chunks": plan.chunks}
         create_volume(group, "raw", dtype=np.uint8, **common)
         if labels is not None:
             create_volume(group, "labels", dtype=np.uint64, **common)
         group.attrs["affinity_dist"] = {"ingested_from": str(Path(raw.path).absolute()),
-                                        "raw_key": raw.key, "labels_key": labels.key if labels else None}
+                                        "raw_key": raw.key,
+                                        "labels_key": labels.key if labels else None}
         run_blocks(_CopyBlock(raw, labels, grid, group_path(group), value_range), list(grid),
                    client=client, stage="ingest", scheduler=scheduler, progress=progress)
     return Path(plan.dst)

@@ -86,7 +86,8 @@ def run_sample(plan: SamplePlan, *, client: Any | None = None,
     grid = BlockGrid(spec.shape, tuple(min(c, n) for c, n in
                                        zip(plan.chunks, spec.shape, strict=True)))
     with staged_dataset(plan.dst, overwrite=plan.overwrite) as group:
-        common: dict[str, Any] = {"shape": spec.shape, "voxel_size": spec.voxel_size, "chunks": plan.chunks}
+        common: dict[str, Any] = {"shape": spec.shape, "voxel_size": spec.voxel_size,
+                                  "chunks": plan.chunks}
         create_volume(group, "raw", dtype=np.uint8, **common)
         create_volume(group, "labels", dtype=np.uint64, **common)
         group.attrs["affinity_dist"] = {"sample": {"shape": list(spec.shape), "seed": spec.seed,

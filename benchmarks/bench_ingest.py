@@ -1,0 +1,109 @@
+"""Ingest benchmark: throughput and peak memory for two volume sizes 8x apart.
+
+Sources: a synthetic dataset written by ``affinity-dist sample`` (Zarr), and an HDF5
+file of real fib25 raw and labels mirror-tiled to the same size (CREMI layout, where
+../shared/data is present). ``affinity-dist ingest`` runs on a LocalCluster of 2 worker
+processes; the whole process tree is polled with psutil for its peak RSS. Memory must
+stay flat from SIZE^3 to (2*SIZE)^3: one block per worker, whatever the volume.
+
+    .venv/bin/python benchmarks/bench_ingest.py [--sizes 256 512] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import psutil
+from _common import fib25, tile_to
+
+CLI = [sys.executable, "-m", "affinity_dist"]
+
+
+def peak_rss(cmd: list[str]) -> tuple[float, float, float, float]:
+    """Run ``cmd``; return (seconds, peak main RSS, peak worker RSS, peak tree RSS) in MB."""
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peaks = {"main": 0.0, "worker": 0.0, "tree": 0.0}
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            try:
+                kids = proc.children(recursive=True)
+                main = proc.memory_info().rss
+                rss = [k.memory_info().rss for k in kids if k.is_running()]
+            except psutil.Error:
+                continue
+            peaks["main"] = max(peaks["main"], main / 1e6)
+            peaks["worker"] = max(peaks["worker"], max(rss, default=0) / 1e6)
+            peaks["tree"] = max(peaks["tree"], (main + sum(rss)) / 1e6)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    t0 = time.perf_counter()
+    thread.start()
+    _, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    done.set()
+    thread.join()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()}")
+    return seconds, peaks["main"], peaks["worker"], peaks["tree"]
+
+
+def write_h5(path: Path, size: int) -> bool:
+    raw, ids = fib25(), fib25("volumes/labels/neuron_ids")
+    if raw is None or ids is None:
+        return False
+    with h5py.File(path, "w") as f:
+        for key, data in (("volumes/raw", tile_to(raw, size)),
+                          ("volumes/labels/neuron_ids", tile_to(ids, size))):
+            ds = f.create_dataset(key, data=data, chunks=(64, 64, 64))
+            ds.attrs["resolution"] = [10.0, 10.0, 10.0]
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    ingest = ["--quiet", "ingest", "--workers", str(args.workers)]
+    print(f"# ingest with {args.workers} worker processes; peak RSS in MB "
+          "(main = client process, worker = largest worker, tree = all together)")
+    print(f"{'source':<26} {'size':>6} {'s':>7} {'Mvox/s':>8} {'main':>7} {'worker':>7} "
+          f"{'tree':>7}")
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
+        for size in args.sizes:
+            sources = {}
+            zsrc = Path(tmp) / f"sample{size}.zarr"
+            subprocess.run([*CLI, "--quiet", "sample", str(zsrc), "--shape", *[str(size)] * 3,
+                            "--workers", str(args.workers)], check=True)
+            sources["sample (Zarr)"] = zsrc
+            hsrc = Path(tmp) / f"fib25_tiled{size}.h5"
+            if write_h5(hsrc, size):
+                sources["fib25 tiled (HDF5)"] = hsrc
+            for name, src in sources.items():
+                dst = Path(tmp) / f"out{size}.zarr"
+                sec, main_mb, worker_mb, tree_mb = peak_rss(
+                    [*CLI, *ingest[:2], str(src), str(dst), *ingest[2:], "--overwrite"])
+                print(f"{name:<26} {size:>5}^3 {sec:>7.1f} {size**3 / sec / 1e6:>8.1f} "
+                      f"{main_mb:>7.0f} {worker_mb:>7.0f} {tree_mb:>7.0f}", flush=True)
+                results.setdefault(name, []).append(worker_mb)
+    for name, peaks in results.items():
+        if len(peaks) > 1:
+            print(f"# {name}: peak worker RSS ratio {args.sizes[-1]}^3 / {args.sizes[0]}^3 = "
+                  f"{peaks[-1] / peaks[0]:.2f} for {(args.sizes[-1] / args.sizes[0]) ** 3:.0f}x "
+                  "the voxels")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
