@@ -138,14 +138,24 @@ def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:
     return bad_value(argument, value, expected)
 
 
+def _quiet_dask() -> None:
+    """Keep distributed's INFO chatter (scheduler, nannies, workers) off the terminal."""
+    import dask
+
+    dask.config.set({"logging.distributed": "error"})
+    import distributed  # noqa: F401  (configures its loggers from the config above)
+
+    for noisy in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if args.verbose < 2:
-        for noisy in ("distributed", "bokeh", "tornado"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    if args.verbose < 2 and hasattr(args, "scheduler"):
+        _quiet_dask()
     try:
         COMMANDS[args.command](args)
     except AffinityDistError as err:

@@ -104,7 +104,10 @@ def _open_array(fmt: Format, path: str, key: str | None) -> Any:
         return open_external(path, key)
     from .n5 import N5Array
 
-    return N5Array(Path(path) / key if key else path)
+    try:
+        return N5Array(Path(path) / key if key else path)
+    except (ValueError, OSError) as err:
+        raise DataError(f"SRC: got N5 {path!r}, expected a readable dataset ({err})") from None
 
 
 def _keys_present(fmt: Format, path: Path) -> list[str]:

@@ -4,7 +4,8 @@ Sources: a synthetic dataset written by ``affinity-dist sample`` (Zarr), and an 
 file of real fib25 raw and labels mirror-tiled to the same size (CREMI layout, where
 ../shared/data is present). ``affinity-dist ingest`` runs on a LocalCluster of 2 worker
 processes; the whole process tree is polled with psutil for its peak RSS. Memory must
-stay flat from SIZE^3 to (2*SIZE)^3: one block per worker, whatever the volume.
+stay flat from SIZE^3 to (2*SIZE)^3: one block per worker, whatever the volume. The peer,
+measured in the same run, reads the whole HDF5 arrays and writes them with zarr.
 
     .venv/bin/python benchmarks/bench_ingest.py [--sizes 256 512] [--workers 2]
 """
@@ -24,6 +25,16 @@ import psutil
 from _common import fib25, tile_to
 
 CLI = [sys.executable, "-m", "affinity_dist"]
+# The peer: what a script without affinity_dist does, whole arrays through memory.
+NAIVE = """
+import sys, h5py, numpy as np, zarr
+src, dst = sys.argv[1], sys.argv[2]
+with h5py.File(src, "r") as f:
+    raw, labels = f["volumes/raw"][...], f["volumes/labels/neuron_ids"][...]
+g = zarr.open_group(dst, mode="w")
+g.create_array("raw", data=raw, chunks=(128, 128, 128))
+g.create_array("labels", data=labels.astype(np.uint64), chunks=(128, 128, 128))
+"""
 
 
 def peak_rss(cmd: list[str]) -> tuple[float, float, float, float]:
@@ -97,9 +108,16 @@ def main() -> None:
                 print(f"{name:<26} {size:>5}^3 {sec:>7.1f} {size**3 / sec / 1e6:>8.1f} "
                       f"{main_mb:>7.0f} {worker_mb:>7.0f} {tree_mb:>7.0f}", flush=True)
                 results.setdefault(name, []).append(worker_mb)
+            if "fib25 tiled (HDF5)" in sources:
+                name = "peer: whole-array h5py->zarr"
+                sec, main_mb, _, _ = peak_rss([sys.executable, "-c", NAIVE, str(hsrc),
+                                               str(Path(tmp) / f"naive{size}.zarr")])
+                print(f"{name:<26} {size:>5}^3 {sec:>7.1f} {size**3 / sec / 1e6:>8.1f} "
+                      f"{main_mb:>7.0f} {'-':>7} {main_mb:>7.0f}", flush=True)
+                results.setdefault(name, []).append(main_mb)
     for name, peaks in results.items():
         if len(peaks) > 1:
-            print(f"# {name}: peak worker RSS ratio {args.sizes[-1]}^3 / {args.sizes[0]}^3 = "
+            print(f"# {name}: peak RSS ratio {args.sizes[-1]}^3 / {args.sizes[0]}^3 = "
                   f"{peaks[-1] / peaks[0]:.2f} for {(args.sizes[-1] / args.sizes[0]) ** 3:.0f}x "
                   "the voxels")
 

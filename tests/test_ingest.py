@@ -200,3 +200,15 @@ def test_ingest_handwritten_n5_with_rescale(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got.array[...],
                                   np.rint((expected - low) * 255 / (high - low)).astype(np.uint8))
     assert got.voxel_size == (40.0, 4.0, 4.0)
+
+
+def test_unreadable_n5_is_one_line_exit_2(tmp_path: Path) -> None:
+    from .test_n5 import _write_attrs
+
+    _write_attrs(tmp_path / "bad.n5" / "raw", {"dimensions": [4, 4, 4], "blockSize": [2, 2, 2],
+                                               "dataType": "uint8",
+                                               "compression": {"type": "snappy"}})
+    result = run_cli("ingest", tmp_path / "bad.n5", tmp_path / "o.zarr")
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "unsupported N5 compression 'snappy'" in result.stderr
