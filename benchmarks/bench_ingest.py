@@ -96,7 +96,7 @@ def main() -> None:
             sources = {}
             zsrc = Path(tmp) / f"sample{size}.zarr"
             subprocess.run([*CLI, "--quiet", "sample", str(zsrc), "--shape", *[str(size)] * 3,
-                            "--workers", str(args.workers)], check=True)
+                            "--workers", str(args.workers)], check=True, capture_output=True)
             sources["sample (Zarr)"] = zsrc
             hsrc = Path(tmp) / f"fib25_tiled{size}.h5"
             if write_h5(hsrc, size):
@@ -109,7 +109,7 @@ def main() -> None:
                       f"{main_mb:>7.0f} {worker_mb:>7.0f} {tree_mb:>7.0f}", flush=True)
                 results.setdefault(name, []).append(worker_mb)
             if "fib25 tiled (HDF5)" in sources:
-                name = "peer: whole-array h5py->zarr"
+                name = "peer: whole array in RAM"
                 sec, main_mb, _, _ = peak_rss([sys.executable, "-c", NAIVE, str(hsrc),
                                                str(Path(tmp) / f"naive{size}.zarr")])
                 print(f"{name:<26} {size:>5}^3 {sec:>7.1f} {size**3 / sec / 1e6:>8.1f} "
