@@ -26,6 +26,7 @@ from .errors import (
 )
 from .ingest import ingest
 from .sample import sample
+from .segment import segment
 
 __version__ = "0.1.0"
 
@@ -39,4 +40,5 @@ __all__ = [
     "__version__",
     "ingest",
     "sample",
+    "segment",
 ]

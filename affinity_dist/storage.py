@@ -47,6 +47,9 @@ __all__ = [
     "Volume",
     "check_chunk_alignment",
     "check_destination",
+    "create_work_array",
+    "delete_node",
+    "rename_volume",
     "create_volume",
     "default_codec",
     "describe_dataset",
@@ -55,7 +58,9 @@ __all__ = [
     "open_dataset",
     "open_external",
     "open_volume",
+    "read_table",
     "staged_dataset",
+    "write_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -206,6 +211,7 @@ def create_volume(
     codec: Codec | None = None,
     attributes: dict[str, Any] | None = None,
     overwrite: bool = False,
+    register: bool = True,
 ) -> Volume:
     """Create array ``name`` in ``group`` with its physical and OME-Zarr metadata.
 
@@ -215,6 +221,8 @@ def create_volume(
     channels : if given, a leading channel axis ``c`` of this length (one chunk).
     voxel_size, offset : nm per axis (z, y, x); voxel size must be positive.
     codec : compressor; default per dtype from :func:`default_codec`.
+    register : add the array to the group's OME-Zarr multiscales (off for staging arrays,
+        which :func:`rename_volume` registers under their final name).
     """
     shape = as_shape(shape, "shape", ndim=3)
     chunks = as_shape(chunks, "--chunks", ndim=3)
@@ -236,7 +244,8 @@ def create_volume(
         compressors=_codecs(codec or default_codec(dt), dt), dimension_names=axes,
         attributes=attrs, overwrite=overwrite,
     )
-    _register_multiscale(group, name, axes, voxel, off)
+    if register:
+        _register_multiscale(group, name, axes, voxel, off)
     return Volume(array, name)
 
 
@@ -353,6 +362,66 @@ def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def create_work_array(group: zarr.Group, name: str, *, shape: Sequence[int],
+                      dtype: DTypeLike, chunks: Sequence[int]) -> zarr.Array[Any]:
+    """A plain intermediate array (no physical metadata), e.g. block face planes."""
+    dt = np.dtype(dtype)
+    return group.create_array(name, shape=tuple(shape), dtype=dt, chunks=tuple(chunks),
+                              fill_value=0, compressors=_codecs(default_codec(dt), dt),
+                              overwrite=True)
+
+
+def rename_volume(group: zarr.Group, old: str, new: str) -> None:
+    """Move array ``old`` to ``new`` in a local dataset (replacing ``new``), metadata too."""
+    root = Path(group_path(group))
+    volume = Volume(group[old], old)  # type: ignore[arg-type]
+    if (root / new).exists():
+        trash = root / f"_trash_{new}_{uuid.uuid4().hex[:8]}"
+        (root / new).rename(trash)
+        shutil.rmtree(trash)
+    (root / old).rename(root / new)
+    attrs: dict[str, Any] = dict(group.attrs)
+    ome: dict[str, Any] = dict(attrs.get("ome", {}))
+    ome["multiscales"] = [m for m in ome.get("multiscales", []) if m.get("name") != old]
+    group.attrs["ome"] = ome
+    _register_multiscale(group, new, volume.axis_names, volume.voxel_size, volume.offset)
+
+
+def write_table(group: zarr.Group, name: str, table: Any, attrs: dict[str, Any]) -> None:
+    """Store a lookup table (a dataclass of 1D arrays and scalars) as a subgroup."""
+    from dataclasses import asdict
+
+    fields = asdict(table)
+    sub = group.create_group(name, overwrite=True)
+    scalars = {}
+    for key, value in fields.items():
+        if isinstance(value, np.ndarray):
+            chunk = max(1, min(len(value), 2**20))
+            sub.create_array(key, data=value, chunks=(chunk,),
+                             compressors=_codecs("zstd", value.dtype))
+        else:
+            scalars[key] = value
+    sub.attrs.update({**scalars, **attrs})
+
+
+def read_table(path: str | os.PathLike[str], name: str = "lookup") -> dict[str, Any]:
+    """Arrays and attributes of a stored lookup table."""
+    group = open_dataset(path).get(name)
+    if not isinstance(group, zarr.Group):
+        raise InputNotFoundError(f"lookup table: got {name!r} in {str(path)!r}, expected a "
+                                 "table written by segment")
+    out: dict[str, Any] = dict(group.attrs)
+    out.update({key: np.asarray(arr[...]) for key, arr in group.arrays()})
+    return out
+
+
+def delete_node(group: zarr.Group, name: str) -> None:
+    """Remove an array or group of a local dataset, if present."""
+    path = Path(group_path(group)) / name
+    if path.exists():
+        shutil.rmtree(path)
+
+
 def group_path(group: zarr.Group) -> str:
     """Filesystem path of a group opened from a local directory (workers reopen it)."""
     root = getattr(group.store, "root", None)
@@ -361,9 +430,12 @@ def group_path(group: zarr.Group) -> str:
     return str(Path(root) / group.path)
 
 
-def check_chunk_alignment(block: Sequence[int], chunks: Sequence[int], name: str = "--block"
-                          ) -> None:
-    """Refuse a block shape that is not a multiple of the chunk shape (writes would race)."""
-    if any(b % c for b, c in zip(block, chunks, strict=True)):
+def check_chunk_alignment(block: Sequence[int], chunks: Sequence[int], shape: Sequence[int],
+                          name: str = "--block") -> None:
+    """Refuse a block shape that is not a multiple of the chunk shape (writes would race).
+
+    An axis the block covers whole (block >= shape) needs no alignment.
+    """
+    if any(b % c and b < n for b, c, n in zip(block, chunks, shape, strict=True)):
         raise ConfigError(f"{name}: got {tuple(block)}, expected a multiple of the chunk "
                           f"shape {tuple(chunks)} so that no two blocks write one chunk")

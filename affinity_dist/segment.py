@@ -1,0 +1,249 @@
+"""Segment: affinities -> fragments -> global merge -> consecutive segmentation.
+
+The driver reads as the algorithm (one Dask task per block in every pass, small payloads):
+
+1. **fragments** — every block labels the connected components of its own affinity graph
+   (:func:`~affinity_dist.fragments.label_block`), writes them with globally unique ids
+   (block id in the high bits), and saves its six boundary planes and the affinities of
+   its first planes to small face arrays;
+2. **pairs** — every block pairs its first plane along each axis with the last plane of
+   the block below: the ``(2, M)`` fragment pairs joined across that face;
+3. **merge** — one union-find over all pairs gives the lookup table, written beside the
+   arrays (``lookup/``);
+4. **relabel** — every block maps its fragments through the table to consecutive ids.
+
+The result equals the connected components of the whole volume's affinity graph, for any
+block shape. Outputs are written under staging names and renamed into place at the end, so
+a failed run leaves the dataset as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import ConfigError, DataError, DestinationExistsError
+from .fragments import face_pairs, global_ids, label_block, native_threshold
+from .geometry import BlockGrid, Box, as_shape
+from .merge import LookupTable, build_table, relabel_map
+from .scheduling import LocalScheduler, run_blocks
+from .storage import (
+    Volume,
+    check_chunk_alignment,
+    create_volume,
+    create_work_array,
+    delete_node,
+    open_dataset,
+    open_volume,
+    rename_volume,
+    write_table,
+)
+
+__all__ = ["DEFAULT_BLOCK", "SegmentPlan", "prepare_segment", "run_segment", "segment"]
+
+log = logging.getLogger(__name__)
+#: Default write block: 256^3 voxels (rounded up to whole chunks).
+DEFAULT_BLOCK: tuple[int, int, int] = (256, 256, 256)
+WORK = "_segment_work"
+STAGED = {"fragments": "_staging_fragments", "segmentation": "_staging_segmentation"}
+
+
+@dataclass(frozen=True)
+class SegmentPlan:
+    """A validated segment run."""
+
+    dataset: str
+    threshold: float
+    grid: BlockGrid
+    chunks: tuple[int, int, int]
+    aff_dtype: str
+    min_size: int
+    overwrite: bool
+
+
+def _face_arrays(grid: BlockGrid, axis: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape and chunks of the face-plane array of ``axis``: one plane per block row."""
+    shape = tuple(g if a == axis else n for a, (g, n) in
+                  enumerate(zip(grid.grid_shape, grid.shape, strict=True)))
+    chunks = tuple(1 if a == axis else b for a, b in enumerate(grid.block_shape))
+    return shape, chunks
+
+
+def _plane_box(grid: BlockGrid, block_id: int, axis: int) -> Box:
+    """Where a block's plane lives in the face array of ``axis``."""
+    box = grid.write_box(block_id)
+    row = grid.block_index(block_id)[axis]
+    start = tuple(row if a == axis else s for a, s in enumerate(box.start))
+    stop = tuple(row + 1 if a == axis else s for a, s in enumerate(box.stop))
+    return Box(start, stop)
+
+
+def _open(plan: SegmentPlan, name: str) -> Volume:
+    return open_volume(plan.dataset, name, "r+")
+
+
+def _plane(data: NDArray[Any], axis: int, index: int) -> NDArray[Any]:
+    return np.take(data, [index], axis=axis)
+
+
+@dataclass(frozen=True)
+class _FragmentBlock:
+    plan: SegmentPlan
+
+    def __call__(self, block_id: int) -> tuple[int, int, NDArray[np.uint64], NDArray[np.int64]]:
+        plan, grid = self.plan, self.plan.grid
+        box = grid.write_box(block_id)
+        affs = open_volume(plan.dataset, "affinities").read(box)[:3]
+        if affs.dtype.kind == "f" and np.isnan(affs).any():
+            raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
+                            "expected values in [0, 1]")
+        local, n = label_block(affs, plan.threshold)
+        _open(plan, STAGED["fragments"]).write(box, global_ids(local, block_id))
+        for axis in range(3):
+            where = _plane_box(grid, block_id, axis)
+            _open(plan, f"{WORK}/first{axis}").write(where, _plane(local, axis, 0))
+            _open(plan, f"{WORK}/last{axis}").write(where, _plane(local, axis, -1))
+            _open(plan, f"{WORK}/aff{axis}").write(where, _plane(affs[axis], axis, 0))
+        if not plan.min_size:
+            return n, 0, np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        sizes = np.bincount(local.ravel(), minlength=n + 1)
+        boundary = np.unique(np.concatenate([
+            _plane(local, a, i).ravel() for a in range(3) for i in (0, -1)]))
+        small = int((sizes[1:] < plan.min_size).sum())
+        return n, small, global_ids(boundary, block_id), sizes[boundary].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class _PairBlock:
+    plan: SegmentPlan
+
+    def __call__(self, block_id: int) -> NDArray[np.uint64]:
+        grid = self.plan.grid
+        index = grid.block_index(block_id)
+        pairs = [np.zeros((2, 0), np.uint64)]
+        for axis in range(3):
+            if index[axis] == 0:
+                continue
+            below = grid.block_id(tuple(i - (a == axis) for a, i in enumerate(index)))
+            here = _plane_box(grid, block_id, axis)
+            p = face_pairs(_open(self.plan, f"{WORK}/last{axis}").read(
+                               _plane_box(grid, below, axis)),
+                           _open(self.plan, f"{WORK}/first{axis}").read(here),
+                           _open(self.plan, f"{WORK}/aff{axis}").read(here),
+                           self.plan.threshold)
+            pairs.append(np.stack([global_ids(p[0], below), global_ids(p[1], block_id)]))
+        return np.concatenate(pairs, axis=1)
+
+
+@dataclass(frozen=True)
+class _RelabelBlock:
+    plan: SegmentPlan
+    table: LookupTable
+
+    def __call__(self, block_id: int) -> int:
+        box = self.plan.grid.write_box(block_id)
+        fragments = _open(self.plan, STAGED["fragments"]).read(box)
+        local = (fragments & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        sizes = (np.bincount(local.ravel(), minlength=int(self.table.counts[block_id]) + 1)
+                 if self.table.min_size else None)
+        mapping = relabel_map(self.table, block_id, sizes)
+        _open(self.plan, STAGED["segmentation"]).write(box, mapping[local])
+        return box.size
+
+
+def prepare_segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
+                    block: Sequence[int] | None = None, min_size: int = 0,
+                    overwrite: bool = False) -> SegmentPlan:
+    """Validate a segment run without writing anything."""
+    affs = open_volume(dataset, "affinities")
+    if len(affs.shape) != 4:
+        raise DataError(f"affinities: got {len(affs.shape)}D array of shape {affs.shape}, "
+                        "expected 4D (c, z, y, x)")
+    if affs.shape[0] < 3:
+        raise DataError(f"affinities: got {affs.shape[0]} channels, expected at least 3 "
+                        "(-z, -y, -x)")
+    native_threshold(threshold, affs.dtype)  # validates threshold and dtype
+    if isinstance(min_size, bool) or not isinstance(min_size, int | np.integer) or min_size < 0:
+        raise ConfigError(f"--min-size: got {min_size!r}, expected an integer >= 0")
+    cz, cy, cx = affs.chunks[1:]
+    shape = affs.spatial_shape
+    if block is None:
+        block = tuple(-(-b // c) * c for b, c in zip(DEFAULT_BLOCK, (cz, cy, cx), strict=True))
+    block = as_shape(block, "--block", ndim=3)
+    check_chunk_alignment(block, (cz, cy, cx), shape)
+    group = open_dataset(dataset)
+    existing = [n for n in ("fragments", "segmentation") if n in group]
+    if existing and not overwrite:
+        raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
+                                     f"{existing}; expected none (or pass --overwrite)")
+    return SegmentPlan(str(dataset), float(threshold), BlockGrid(shape, block), (cz, cy, cx),
+                       str(affs.dtype), int(min_size), overwrite)
+
+
+def run_segment(plan: SegmentPlan, *, client: Any | None = None,
+                scheduler: LocalScheduler = "threads", progress: bool = True) -> LookupTable:
+    """Execute a validated plan; see :func:`segment`. Returns the lookup table."""
+    group = open_dataset(plan.dataset, "r+")
+    affs = open_volume(plan.dataset, "affinities")
+    grid, blocks = plan.grid, list(plan.grid)
+    common: dict[str, Any] = {"shape": grid.shape, "voxel_size": affs.voxel_size,
+                              "offset": affs.offset, "chunks": plan.chunks, "register": False}
+    try:
+        for name in STAGED.values():
+            create_volume(group, name, dtype=np.uint64, overwrite=True, **common)
+        work = group.require_group(WORK)
+        for axis in range(3):
+            shape, chunks = _face_arrays(grid, axis)
+            for kind, dtype in (("first", np.uint32), ("last", np.uint32),
+                                ("aff", plan.aff_dtype)):
+                create_work_array(work, f"{kind}{axis}", shape=shape, dtype=dtype, chunks=chunks)
+        run: dict[str, Any] = {"client": client, "scheduler": scheduler, "progress": progress}
+        stats = run_blocks(_FragmentBlock(plan), blocks, stage="fragments", **run)
+        pairs = run_blocks(_PairBlock(plan), blocks, stage="pairs", **run)
+        counts = np.array([s[0] for s in stats], np.int64)
+        sizes = None
+        if plan.min_size:
+            ids = np.concatenate([s[2] for s in stats])
+            order = np.argsort(ids)
+            sizes = (ids[order], np.concatenate([s[3] for s in stats])[order])
+        table = build_table(np.concatenate(pairs, axis=1), counts, sizes,
+                            np.array([s[1] for s in stats], np.int64), plan.min_size)
+        log.info("%d fragments, %d face pairs -> %d segments", counts.sum(),
+                 sum(p.shape[1] for p in pairs), table.num_segments)
+        run_blocks(_RelabelBlock(plan, table), blocks, stage="relabel", **run)
+        write_table(group, "lookup", table, {"threshold": plan.threshold,
+                                             "block": list(grid.block_shape)})
+        for final, staged in STAGED.items():
+            rename_volume(group, staged, final)
+    finally:
+        for name in (*STAGED.values(), WORK):
+            delete_node(group, name)
+    return table
+
+
+def segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
+            block: Sequence[int] | None = None, min_size: int = 0, overwrite: bool = False,
+            client: Any | None = None, scheduler: LocalScheduler = "threads",
+            progress: bool = True) -> Path:
+    """Segment the ``affinities`` of a dataset into ``fragments`` and ``segmentation``.
+
+    Parameters
+    ----------
+    dataset : a dataset group holding ``affinities`` (c, z, y, x), uint8 (0-255 = 0-1) or
+        float; channels 0-2 are the -z, -y, -x affinities.
+    threshold : voxels joined by an affinity > threshold belong to one segment.
+    block : write block shape (z, y, x), a multiple of the chunk shape; default 256^3.
+    min_size : segments with fewer voxels become background 0 (default 0: keep all).
+    client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
+    """
+    plan = prepare_segment(dataset, threshold=threshold, block=block, min_size=min_size,
+                           overwrite=overwrite)
+    run_segment(plan, client=client, scheduler=scheduler, progress=progress)
+    return Path(dataset)

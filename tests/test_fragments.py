@@ -1,0 +1,110 @@
+"""Per-block kernels: affinity-graph connected components, global ids, face pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from affinity_dist.errors import ConfigError, DataError
+from affinity_dist.fragments import (
+    face_pairs,
+    global_ids,
+    label_block,
+    native_threshold,
+    split_ids,
+)
+
+
+def oracle_components(affs: np.ndarray, threshold: float) -> np.ndarray:
+    """Connected components of the affinity graph by scipy.sparse.csgraph (independent)."""
+    shape = affs.shape[1:]
+    idx = np.arange(int(np.prod(shape))).reshape(shape)
+    t = native_threshold(threshold, affs.dtype)
+    heads, tails = [], []
+    for c in range(3):
+        inner = tuple(slice(1, None) if a == c else slice(None) for a in range(3))
+        outer = tuple(slice(None, -1) if a == c else slice(None) for a in range(3))
+        mask = affs[c][inner] > t
+        heads.append(idx[inner][mask])
+        tails.append(idx[outer][mask])
+    a, b = np.concatenate(heads), np.concatenate(tails)
+    graph = coo_matrix((np.ones(a.size), (a, b)), shape=(idx.size, idx.size))
+    return connected_components(graph, directed=False)[1].reshape(shape)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to relabelling: the (a, b) label pairs are a bijection."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.tuples(st.integers(1, 9), st.integers(1, 9), st.integers(1, 9)),
+       p=st.floats(0, 1), seed=st.integers(0, 2**16), dtype=st.sampled_from(["uint8", "f4"]))
+def test_label_block_equals_scipy_oracle(shape: tuple[int, int, int], p: float, seed: int,
+                                         dtype: str) -> None:
+    rng = np.random.default_rng(seed)
+    affs = (rng.random((3, *shape)) < p).astype(np.float32) * rng.random((3, *shape))
+    if dtype == "uint8":
+        affs = np.rint(affs * 255).astype(np.uint8)
+    labels, n = label_block(affs, 0.3)
+    assert labels.dtype == np.uint32 and labels.shape == shape
+    assert labels.min() == 1 and labels.max() == n  # consecutive, 0 never used
+    assert same_partition(labels, oracle_components(affs, 0.3))
+
+
+def test_labels_are_in_raster_order_and_long_range_channels_ignored() -> None:
+    affs = np.zeros((5, 2, 2, 2), np.float32)  # two extra long-range channels
+    affs[3:] = 1.0
+    affs[2, 1, 1, 1] = 1.0  # joins (1,1,1) to (1,1,0)
+    labels, n = label_block(affs, 0.5)
+    assert n == 7
+    assert labels.ravel().tolist() == [1, 2, 3, 4, 5, 6, 7, 7]
+
+
+def test_uint8_threshold_matches_float_semantics() -> None:
+    values = np.arange(256, dtype=np.uint8)
+    for t in (0.0, 0.5, 127 / 255, 0.9999, 1.0):
+        assert ((values > native_threshold(t, np.dtype(np.uint8)))
+                == (values / 255.0 > t)).all(), t
+
+
+@pytest.mark.parametrize("t", [-0.1, 1.5, float("nan")])
+def test_bad_threshold(t: float) -> None:
+    with pytest.raises(ConfigError, match="--threshold"):
+        label_block(np.zeros((3, 2, 2, 2), np.float32), t)
+
+
+def test_bad_affinity_arrays() -> None:
+    with pytest.raises(DataError, match=r"expected \(3, z, y, x\)"):
+        label_block(np.zeros((2, 2, 2, 2), np.float32), 0.5)
+    with pytest.raises(DataError, match="expected uint8"):
+        label_block(np.zeros((3, 2, 2, 2), np.int16), 0.5)
+
+
+def test_global_ids_round_trip_and_overflow() -> None:
+    local = np.array([[0, 1], [2**32 - 1, 5]], np.uint32)
+    ids = global_ids(local, 2**32 - 1)
+    block, loc = split_ids(ids[ids > 0])
+    assert (block == 2**32 - 1).all()
+    assert loc.tolist() == [1, 2**32 - 1, 5]
+    assert ids[0, 0] == 0
+    with pytest.raises(DataError, match="block 4294967296"):
+        global_ids(local, 2**32)
+
+
+def test_face_pairs_only_edges_above_threshold() -> None:
+    lower = np.array([[1, 1, 2], [3, 3, 3]], np.uint64)
+    upper = np.array([[7, 8, 8], [9, 9, 7]], np.uint64)
+    affs = np.array([[200, 255, 10], [0, 128, 255]], np.uint8)
+    pairs = face_pairs(lower, upper, affs, 0.5)
+    assert pairs.dtype == np.uint64
+    assert pairs.T.tolist() == [[1, 7], [1, 8], [3, 7], [3, 9]]
+    big = face_pairs(lower << np.uint64(40), upper, affs, 0.5)  # ids above 32 bits
+    assert big.T.tolist() == [[1 << 40, 7], [1 << 40, 8], [3 << 40, 7], [3 << 40, 9]]
+    empty = face_pairs(lower, upper, np.zeros_like(affs), 0.5)
+    assert empty.shape == (2, 0)
