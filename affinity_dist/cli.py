@@ -31,16 +31,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _cluster_options(p: argparse.ArgumentParser) -> None:
+def _cluster_options(p: argparse.ArgumentParser, *, outputs: bool = True) -> None:
     p.add_argument("--scheduler", metavar="ADDR", default="local",
                    help="'local' (default: a LocalCluster of worker processes on 127.0.0.1), "
                         "a scheduler address such as tcp://host:8786, or 'threads' / "
                         "'synchronous' to run in this process")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes of the local cluster (default: CPU count, max 8)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
-    p.add_argument("--chunks", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
-                   help="chunk shape of the output arrays (default 128 128 128)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    if outputs:
+        p.add_argument("--chunks", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                       help="chunk shape of the output arrays (default 128 128 128)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="map a non-uint8 raw's [min, max] onto 0-255")
     _cluster_options(p)
 
+    p = sub.add_parser("segment", help="affinities -> fragments -> merged segmentation")
+    p.add_argument("--input", required=True, metavar="X.zarr",
+                   help="dataset holding 'affinities' (c, z, y, x), uint8 or float")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="join voxels whose affinity is above this (default 0.5)")
+    p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="write block, a multiple of the chunk shape (default 256^3)")
+    p.add_argument("--min-size", type=int, default=0, metavar="N",
+                   help="segments smaller than N voxels become background 0 (default: keep)")
+    p.add_argument("--no-fragments", action="store_true",
+                   help="do not write the 'fragments' array (faster: segmentation only)")
+    _cluster_options(p, outputs=False)
+
     p = sub.add_parser("info", help="list the arrays of a dataset with their metadata")
     p.add_argument("dataset", metavar="X.zarr")
     return parser
@@ -87,7 +101,8 @@ def _cluster_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LocalSched
     if args.workers is not None and args.workers < 1:
         raise _bad("--workers", args.workers, "a positive integer")
     local: LocalScheduler = "synchronous" if args.scheduler == "synchronous" else "threads"
-    return (tuple(args.chunks) if args.chunks else DEFAULT_CHUNKS), local
+    chunks = getattr(args, "chunks", None)
+    return (tuple(chunks) if chunks else DEFAULT_CHUNKS), local
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -116,6 +131,19 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
     print(args.dst)
 
 
+def _cmd_segment(args: argparse.Namespace) -> None:
+    from .scheduling import cluster
+    from .segment import prepare_segment, run_segment
+
+    _, local = _cluster_args(args)
+    plan = prepare_segment(args.input, threshold=args.threshold, block=args.block,
+                           min_size=args.min_size, keep_fragments=not args.no_fragments,
+                           overwrite=args.overwrite)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        table = run_segment(plan, client=client, scheduler=local, progress=not args.quiet)
+    print(f"{args.input}: {int(table.counts.sum())} fragments -> {table.num_segments} segments")
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from .storage import describe_dataset
 
@@ -129,7 +157,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
               f" on disk ({ratio:.1f}x)")
 
 
-COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "info": _cmd_info}
+COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "segment": _cmd_segment,
+            "info": _cmd_info}
 
 
 def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:

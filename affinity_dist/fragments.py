@@ -3,7 +3,7 @@
 * :func:`label_block` — connected components of the affinity graph inside one block:
   voxel ``p`` and ``p + offset[c]`` are joined when ``aff[c, p] > threshold``, for the
   DESIGN.md offsets ``(-1,0,0), (0,-1,0), (0,0,-1)``; edges that leave the block are
-  ignored. A compiled union-find (numba): one pass over the edges, one over the voxels.
+  ignored. Compiled (numba) two-pass labelling: provisional labels + union-find.
 * :func:`global_ids` — block id in the high 32 bits, local id in the low 32 bits: globally
   unique uint64 fragment ids with no serial pass over blocks.
 * :func:`face_pairs` — the (lower id, upper id) pairs joined by an affinity edge that
@@ -23,8 +23,8 @@ from numpy.typing import NDArray
 
 from .errors import ConfigError, DataError
 
-__all__ = ["LOCAL_BITS", "face_pairs", "global_ids", "label_block", "native_threshold",
-           "split_ids"]
+__all__ = ["LOCAL_BITS", "apply_mapping", "face_pairs", "global_ids", "label_block",
+           "native_threshold", "split_ids"]
 
 #: Fragment id = block id << LOCAL_BITS | local id (local ids start at 1).
 LOCAL_BITS = 32
@@ -57,44 +57,66 @@ def _find(parent: Any, i: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _union(parent: Any, a: int, b: int) -> None:  # pragma: no cover - compiled
+def _union(parent: Any, a: int, b: int) -> int:  # pragma: no cover - compiled
+    """Join the sets of a and b; the smaller root wins. Returns the root."""
     ra, rb = _find(parent, a), _find(parent, b)
     if ra < rb:
         parent[rb] = ra
-    elif rb < ra:
-        parent[ra] = rb
+        return ra
+    parent[ra] = rb
+    return rb
 
 
 @njit(cache=True, nogil=True)
 def _label(affs: Any, t: Any, out: Any) -> int:  # pragma: no cover - compiled
+    """Two-pass labelling with provisional labels (classic scan + union-find).
+
+    Pass 1 gives each voxel the provisional label of an earlier neighbour it is joined to
+    (-x, -y, -z, all already visited in raster order), merging labels when it is joined to
+    several, or a new label. A component's first voxel in raster order always gets a new
+    label, the smallest of its component, which is the root (smaller roots win), so pass 2
+    numbers the roots 1..n in raster order of first voxels.
+    """
     nz, ny, nx = out.shape
-    plane = ny * nx
-    parent = np.empty(nz * plane, np.int64)
-    for i in range(nz * plane):
-        parent[i] = i
+    parent = np.empty(nz * ny * nx + 1, np.uint32)
+    n = 0
     for z in range(nz):
         for y in range(ny):
-            row = z * plane + y * nx
             for x in range(nx):
-                i = row + x
-                if z > 0 and affs[0, z, y, x] > t:
-                    _union(parent, i, i - plane)
-                if y > 0 and affs[1, z, y, x] > t:
-                    _union(parent, i, i - nx)
+                label = 0
                 if x > 0 and affs[2, z, y, x] > t:
-                    _union(parent, i, i - 1)
-    # Roots are the smallest index of their component, so a raster scan meets every root
-    # before any other member: consecutive labels in raster order of first voxels.
-    flat = out.reshape(-1)
-    n = 0
-    for i in range(nz * plane):
-        r = _find(parent, i)
-        if r == i:
-            n += 1
-            flat[i] = n
+                    label = out[z, y, x - 1]
+                if y > 0 and affs[1, z, y, x] > t:
+                    other = out[z, y - 1, x]
+                    if label == 0:
+                        label = other
+                    elif other != label:
+                        label = _union(parent, label, other)
+                if z > 0 and affs[0, z, y, x] > t:
+                    other = out[z - 1, y, x]
+                    if label == 0:
+                        label = other
+                    elif other != label:
+                        label = _union(parent, label, other)
+                if label == 0:
+                    n += 1
+                    parent[n] = n
+                    label = n
+                out[z, y, x] = label
+    final = np.empty(n + 1, np.uint32)
+    final[0] = 0
+    k = 0
+    for p in range(1, n + 1):
+        r = _find(parent, p)
+        if r == p:
+            k += 1
+            final[p] = k
         else:
-            flat[i] = flat[r]
-    return n
+            final[p] = final[r]  # r < p: numbered already
+    flat = out.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = final[flat[i]]
+    return k
 
 
 def label_block(affs: NDArray[Any], threshold: float) -> tuple[NDArray[np.uint32], int]:
@@ -120,7 +142,7 @@ def label_block(affs: NDArray[Any], threshold: float) -> tuple[NDArray[np.uint32
         raise DataError(f"affinities: got shape {affs.shape}, expected (3, z, y, x)")
     t = native_threshold(threshold, affs.dtype)
     out = np.empty(affs.shape[1:], np.uint32)
-    if out.size >= 2**32:
+    if out.size >= 2**32 - 1:
         raise DataError(f"block of shape {out.shape}: got {out.size} voxels, "
                         "expected fewer than 2**32 (use a smaller --block)")
     n = _label(affs, affs.dtype.type(t), out) if out.size else 0
@@ -136,8 +158,40 @@ def global_ids(local: NDArray[np.integer[Any]], block_id: int) -> NDArray[np.uin
     if not 0 <= block_id < 2**(64 - LOCAL_BITS):
         raise DataError(f"block {block_id}: id outside [0, 2**32), too many blocks "
                         "(use a larger --block)")
-    out = local.astype(np.uint64)
-    out[out > 0] |= np.uint64(block_id) << np.uint64(LOCAL_BITS)
+    high = np.uint64(block_id) << np.uint64(LOCAL_BITS)
+    out: NDArray[np.uint64] = np.bitwise_or(local, high, dtype=np.uint64)
+    if local.size and local.min() == 0:  # keep background: rare, costs one more pass
+        out[local == 0] = 0
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _apply(fragments: Any, mapping: Any, out: Any) -> int:  # pragma: no cover - compiled
+    src, dst = fragments.reshape(-1), out.reshape(-1)
+    n = mapping.size
+    for i in range(src.size):
+        local = src[i] & 0xFFFFFFFF
+        if local >= n:
+            return int(local)
+        dst[i] = mapping[local]
+    return -1
+
+
+def apply_mapping(fragments: NDArray[np.uint64] | NDArray[np.uint32],
+                  mapping: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """``mapping[local id]`` for every fragment (global or local id) of one block, in one
+    compiled pass.
+
+    >>> apply_mapping(global_ids(np.array([2, 1, 2], np.uint32), 5),
+    ...               np.array([0, 7, 9], np.uint64)).tolist()
+    [9, 7, 9]
+    """
+    contiguous = np.ascontiguousarray(fragments)
+    out = np.empty(contiguous.shape, np.uint64)
+    bad = _apply(contiguous, mapping, out) if contiguous.size else -1
+    if bad >= 0:
+        raise DataError(f"fragments: got local id {bad}, expected < {len(mapping)} "
+                        "(fragments and lookup table disagree: rerun segment)")
     return out
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import ConfigError, DataError, DestinationExistsError
-from .fragments import face_pairs, global_ids, label_block, native_threshold
+from .fragments import (
+    LOCAL_MASK,
+    apply_mapping,
+    face_pairs,
+    global_ids,
+    label_block,
+    native_threshold,
+)
 from .geometry import BlockGrid, Box, as_shape
 from .merge import LookupTable, build_table, relabel_map
 from .scheduling import LocalScheduler, run_blocks
@@ -66,6 +74,13 @@ class SegmentPlan:
     aff_dtype: str
     min_size: int
     overwrite: bool
+    keep_fragments: bool = True
+
+    @property
+    def outputs(self) -> dict[str, str]:
+        """Final array name -> staging name of every array this run writes."""
+        names = ("fragments", "segmentation") if self.keep_fragments else ("segmentation",)
+        return {name: STAGED[name] for name in names}
 
 
 def _face_arrays(grid: BlockGrid, axis: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -93,19 +108,26 @@ def _plane(data: NDArray[Any], axis: int, index: int) -> NDArray[Any]:
     return np.take(data, [index], axis=axis)
 
 
+def _label(plan: SegmentPlan, block_id: int) -> tuple[Box, NDArray[Any], NDArray[np.uint32], int]:
+    """Read a block's affinities (refusing NaN) and label its fragments."""
+    box = plan.grid.write_box(block_id)
+    affs = open_volume(plan.dataset, "affinities").read(box)[:3]
+    if affs.dtype.kind == "f" and np.isnan(affs).any():
+        raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
+                        "expected values in [0, 1]")
+    local, n = label_block(affs, plan.threshold)
+    return box, affs, local, n
+
+
 @dataclass(frozen=True)
 class _FragmentBlock:
     plan: SegmentPlan
 
     def __call__(self, block_id: int) -> tuple[int, int, NDArray[np.uint64], NDArray[np.int64]]:
         plan, grid = self.plan, self.plan.grid
-        box = grid.write_box(block_id)
-        affs = open_volume(plan.dataset, "affinities").read(box)[:3]
-        if affs.dtype.kind == "f" and np.isnan(affs).any():
-            raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
-                            "expected values in [0, 1]")
-        local, n = label_block(affs, plan.threshold)
-        _open(plan, STAGED["fragments"]).write(box, global_ids(local, block_id))
+        box, affs, local, n = _label(plan, block_id)
+        if plan.keep_fragments:
+            _open(plan, STAGED["fragments"]).write(box, global_ids(local, block_id))
         for axis in range(3):
             where = _plane_box(grid, block_id, axis)
             _open(plan, f"{WORK}/first{axis}").write(where, _plane(local, axis, 0))
@@ -148,19 +170,24 @@ class _RelabelBlock:
     table: LookupTable
 
     def __call__(self, block_id: int) -> int:
-        box = self.plan.grid.write_box(block_id)
-        fragments = _open(self.plan, STAGED["fragments"]).read(box)
-        local = (fragments & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        sizes = (np.bincount(local.ravel(), minlength=int(self.table.counts[block_id]) + 1)
-                 if self.table.min_size else None)
+        plan = self.plan
+        if plan.keep_fragments:
+            box = plan.grid.write_box(block_id)
+            fragments: NDArray[Any] = _open(plan, STAGED["fragments"]).read(box)
+        else:  # the kernel is deterministic: labelling again beats storing uint64 fragments
+            box, _, fragments, _ = _label(plan, block_id)
+        sizes = None
+        if self.table.min_size:
+            sizes = np.bincount((fragments & LOCAL_MASK).ravel().astype(np.int64),
+                                minlength=int(self.table.counts[block_id]) + 1)
         mapping = relabel_map(self.table, block_id, sizes)
-        _open(self.plan, STAGED["segmentation"]).write(box, mapping[local])
+        _open(plan, STAGED["segmentation"]).write(box, apply_mapping(fragments, mapping))
         return box.size
 
 
 def prepare_segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
                     block: Sequence[int] | None = None, min_size: int = 0,
-                    overwrite: bool = False) -> SegmentPlan:
+                    keep_fragments: bool = True, overwrite: bool = False) -> SegmentPlan:
     """Validate a segment run without writing anything."""
     affs = open_volume(dataset, "affinities")
     if len(affs.shape) != 4:
@@ -184,7 +211,7 @@ def prepare_segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
         raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
                                      f"{existing}; expected none (or pass --overwrite)")
     return SegmentPlan(str(dataset), float(threshold), BlockGrid(shape, block), (cz, cy, cx),
-                       str(affs.dtype), int(min_size), overwrite)
+                       str(affs.dtype), int(min_size), overwrite, keep_fragments)
 
 
 def run_segment(plan: SegmentPlan, *, client: Any | None = None,
@@ -196,7 +223,7 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
     common: dict[str, Any] = {"shape": grid.shape, "voxel_size": affs.voxel_size,
                               "offset": affs.offset, "chunks": plan.chunks, "register": False}
     try:
-        for name in STAGED.values():
+        for name in plan.outputs.values():
             create_volume(group, name, dtype=np.uint64, overwrite=True, **common)
         work = group.require_group(WORK)
         for axis in range(3):
@@ -205,8 +232,13 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
                                 ("aff", plan.aff_dtype)):
                 create_work_array(work, f"{kind}{axis}", shape=shape, dtype=dtype, chunks=chunks)
         run: dict[str, Any] = {"client": client, "scheduler": scheduler, "progress": progress}
+        clock = time.perf_counter()
         stats = run_blocks(_FragmentBlock(plan), blocks, stage="fragments", **run)
+        log.info("fragments: %d blocks in %.2f s", len(blocks), time.perf_counter() - clock)
+        clock = time.perf_counter()
         pairs = run_blocks(_PairBlock(plan), blocks, stage="pairs", **run)
+        log.info("pairs: %.2f s", time.perf_counter() - clock)
+        clock = time.perf_counter()
         counts = np.array([s[0] for s in stats], np.int64)
         sizes = None
         if plan.min_size:
@@ -215,12 +247,16 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
             sizes = (ids[order], np.concatenate([s[3] for s in stats])[order])
         table = build_table(np.concatenate(pairs, axis=1), counts, sizes,
                             np.array([s[1] for s in stats], np.int64), plan.min_size)
-        log.info("%d fragments, %d face pairs -> %d segments", counts.sum(),
-                 sum(p.shape[1] for p in pairs), table.num_segments)
+        log.info("merge: %d fragments, %d face pairs -> %d segments in %.2f s", counts.sum(),
+                 sum(p.shape[1] for p in pairs), table.num_segments, time.perf_counter() - clock)
+        clock = time.perf_counter()
         run_blocks(_RelabelBlock(plan, table), blocks, stage="relabel", **run)
+        log.info("relabel: %.2f s", time.perf_counter() - clock)
         write_table(group, "lookup", table, {"threshold": plan.threshold,
                                              "block": list(grid.block_shape)})
-        for final, staged in STAGED.items():
+        if not plan.keep_fragments:
+            delete_node(group, "fragments")  # a stale one would contradict the table
+        for final, staged in plan.outputs.items():
             rename_volume(group, staged, final)
     finally:
         for name in (*STAGED.values(), WORK):
@@ -229,7 +265,8 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
 
 
 def segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
-            block: Sequence[int] | None = None, min_size: int = 0, overwrite: bool = False,
+            block: Sequence[int] | None = None, min_size: int = 0,
+            keep_fragments: bool = True, overwrite: bool = False,
             client: Any | None = None, scheduler: LocalScheduler = "threads",
             progress: bool = True) -> Path:
     """Segment the ``affinities`` of a dataset into ``fragments`` and ``segmentation``.
@@ -241,9 +278,11 @@ def segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
     threshold : voxels joined by an affinity > threshold belong to one segment.
     block : write block shape (z, y, x), a multiple of the chunk shape; default 256^3.
     min_size : segments with fewer voxels become background 0 (default 0: keep all).
+    keep_fragments : write the ``fragments`` array (default). Without it the relabel pass
+        labels each block again instead of reading 8 bytes per voxel back.
     client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
     """
     plan = prepare_segment(dataset, threshold=threshold, block=block, min_size=min_size,
-                           overwrite=overwrite)
+                           keep_fragments=keep_fragments, overwrite=overwrite)
     run_segment(plan, client=client, scheduler=scheduler, progress=progress)
     return Path(dataset)

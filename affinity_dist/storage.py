@@ -76,18 +76,18 @@ Codec = Literal["blosc-lz4", "blosc-zstd", "zstd", "none"]
 def default_codec(dtype: DTypeLike) -> Codec:
     """Default compressor per dtype, chosen by ``benchmarks/bench_storage.py``.
 
-    Plain zstd level 3 for every array kind. Measured at 512^3 on fib25 (zarr 3.1, 128^3
-    chunks): raw uint8 1.19x at ~520 MB/s write (blosc-lz4: 1.07x; blosc-zstd-5 1.24x but
-    ~190 MB/s); affinities uint8 3.2x at ~320 MB/s (blosc-lz4 1.75x at the same speed);
-    uint64 labels 88x at ~1.7 GB/s write (blosc-zstd-3 57x). Reads stay >= 750 MB/s.
+    uint8 (raw, affinities): plain zstd level 3 — fib25 raw 1.19x at ~520 MB/s write
+    (blosc-lz4 1.07x; blosc-zstd-5 1.24x but ~190 MB/s), affinities 3.2x (blosc-lz4
+    1.75x at the same speed). Wider integers (labels, fragments, segmentation): blosc-lz4
+    with byte shuffle — 20-35x on label volumes and the fastest writes and reads, which
+    bound the segment stage (it writes two uint64 volumes and reads one).
     """
-    np.dtype(dtype)  # validates
-    return "zstd"
+    return "zstd" if np.dtype(dtype).itemsize == 1 else "blosc-lz4"
 
 
 def _codecs(name: Codec, dtype: np.dtype[Any]) -> list[Any]:
     shuffle = (zarr.codecs.BloscShuffle.bitshuffle if dtype.itemsize == 1
-               else zarr.codecs.BloscShuffle.shuffle)
+               else zarr.codecs.BloscShuffle.shuffle)  # byte shuffle: measured faster
     if name == "blosc-lz4":
         return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=shuffle,
                                        typesize=dtype.itemsize)]

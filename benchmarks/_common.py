@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "affinity_dist"]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
@@ -43,3 +48,34 @@ def tile_to(data: np.ndarray, size: int) -> np.ndarray:
         parts = [out if i % 2 == 0 else np.flip(out, axis) for i in range(r)]
         out = np.concatenate(parts, axis=axis)
     return np.ascontiguousarray(out[:size, :size, :size])
+
+
+def peak_rss(cmd: list[str]) -> tuple[float, float, float, float]:
+    """Run ``cmd``; return (seconds, peak main RSS, peak worker RSS, peak tree RSS) in MB."""
+    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peaks = {"main": 0.0, "worker": 0.0, "tree": 0.0}
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            try:
+                kids = proc.children(recursive=True)
+                main = proc.memory_info().rss
+                rss = [k.memory_info().rss for k in kids if k.is_running()]
+            except psutil.Error:
+                continue
+            peaks["main"] = max(peaks["main"], main / 1e6)
+            peaks["worker"] = max(peaks["worker"], max(rss, default=0) / 1e6)
+            peaks["tree"] = max(peaks["tree"], (main + sum(rss)) / 1e6)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    t0 = time.perf_counter()
+    thread.start()
+    _, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    done.set()
+    thread.join()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()}")
+    return seconds, peaks["main"], peaks["worker"], peaks["tree"]

@@ -16,15 +16,11 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import h5py
-import psutil
-from _common import fib25, tile_to
+from _common import CLI, fib25, peak_rss, tile_to
 
-CLI = [sys.executable, "-m", "affinity_dist"]
 # The peer: what a script without affinity_dist does, whole arrays through memory.
 NAIVE = """
 import sys, h5py, numpy as np, zarr
@@ -35,37 +31,6 @@ g = zarr.open_group(dst, mode="w")
 g.create_array("raw", data=raw, chunks=(128, 128, 128))
 g.create_array("labels", data=labels.astype(np.uint64), chunks=(128, 128, 128))
 """
-
-
-def peak_rss(cmd: list[str]) -> tuple[float, float, float, float]:
-    """Run ``cmd``; return (seconds, peak main RSS, peak worker RSS, peak tree RSS) in MB."""
-    proc = psutil.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peaks = {"main": 0.0, "worker": 0.0, "tree": 0.0}
-    done = threading.Event()
-
-    def poll() -> None:
-        while not done.is_set():
-            try:
-                kids = proc.children(recursive=True)
-                main = proc.memory_info().rss
-                rss = [k.memory_info().rss for k in kids if k.is_running()]
-            except psutil.Error:
-                continue
-            peaks["main"] = max(peaks["main"], main / 1e6)
-            peaks["worker"] = max(peaks["worker"], max(rss, default=0) / 1e6)
-            peaks["tree"] = max(peaks["tree"], (main + sum(rss)) / 1e6)
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    t0 = time.perf_counter()
-    thread.start()
-    _, err = proc.communicate()
-    seconds = time.perf_counter() - t0
-    done.set()
-    thread.join()
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()}")
-    return seconds, peaks["main"], peaks["worker"], peaks["tree"]
 
 
 def write_h5(path: Path, size: int) -> bool:

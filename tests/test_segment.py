@@ -71,3 +71,14 @@ def test_partition_does_not_depend_on_block_shape(tmp_path: Path, shape: tuple[i
     path = write_affinities(tmp_path / "h.zarr", affs, (2, 2, 2))
     segment(path, threshold=0.5, block=block, overwrite=True, progress=False)
     check_against_oracle(path, affs, 0.5)
+
+
+def test_without_fragments_gives_the_same_segmentation(tmp_path: Path) -> None:
+    affs = random_affinities((13, 11, 10), seed=3)
+    a = write_affinities(tmp_path / "a.zarr", affs, (4, 4, 4))
+    b = write_affinities(tmp_path / "b.zarr", affs, (4, 4, 4))
+    segment(a, block=(8, 4, 4), progress=False)
+    segment(b, block=(8, 4, 4), keep_fragments=False, progress=False)
+    np.testing.assert_array_equal(open_volume(a, "segmentation").array[...],
+                                  open_volume(b, "segmentation").array[...])
+    assert not (b / "fragments").exists() and (a / "fragments").exists()
