@@ -2,9 +2,10 @@
 
 Pure numpy/scipy, no I/O. The pairs of all faces are densely re-indexed first
 (``np.unique``), so memory depends on the number of fragments that touch a face, never on
-the id space; the components come from ``scipy.sparse.csgraph.connected_components``
-(chosen by ``benchmarks/bench_merge.py``: it beats networkx by a wide margin and a
-compiled union-find gains little once the re-indexing sort dominates).
+the id space; the components come from a compiled union-find over the dense ids (chosen by
+``benchmarks/bench_merge.py``: 1.6x faster than ``scipy.sparse.csgraph`` at 10^7 pairs and
+7x at 10^6, with less memory; networkx is 15-25x slower than scipy and holds ~450 bytes per
+pair).
 
 Final segment ids are consecutive, 1..K, 0 reserved for background:
 
@@ -23,13 +24,42 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numba import njit
 from numpy.typing import NDArray
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .fragments import LOCAL_BITS, LOCAL_MASK
 
 __all__ = ["LookupTable", "build_table", "components", "relabel_map"]
+
+
+@njit(cache=True, nogil=True)
+def _union_find(a: Any, b: Any, n: int) -> Any:  # pragma: no cover - compiled
+    """Component of each of n nodes, numbered 0.. in order of their smallest node."""
+    parent = np.arange(n)
+    for k in range(a.size):
+        i, j = a[k], b[k]
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        while parent[j] != j:
+            parent[j] = parent[parent[j]]
+            j = parent[j]
+        if i < j:
+            parent[j] = i
+        elif j < i:
+            parent[i] = j
+    label = np.empty(n, np.int64)
+    count = 0
+    for k in range(n):  # a root is its component's smallest node: seen before its members
+        r = k
+        while parent[r] != r:
+            r = parent[r]
+        if r == k:
+            label[k] = count
+            count += 1
+        else:
+            label[k] = label[r]
+    return label
 
 
 def components(pairs: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArray[np.int64]]:
@@ -53,14 +83,7 @@ def components(pairs: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArray[n
         return np.zeros(0, np.uint64), np.zeros(0, np.int64)
     ids, dense = np.unique(pairs.ravel(), return_inverse=True)
     dense = dense.reshape(2, -1)
-    n = len(ids)
-    graph = coo_matrix((np.ones(dense.shape[1], np.int8), (dense[0], dense[1])), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    # renumber components by their smallest member (ids are sorted: first occurrence)
-    _, first = np.unique(comp, return_index=True)
-    order = np.empty(len(first), np.int64)
-    order[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return ids, order[comp]
+    return ids, _union_find(dense[0], dense[1], len(ids))
 
 
 @dataclass(frozen=True)

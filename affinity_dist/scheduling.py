@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
@@ -53,7 +54,7 @@ class _Guarded:
 
 
 class _TqdmCallback(Callback):
-    def __init__(self, bar: tqdm[Any]) -> None:
+    def __init__(self, bar: _Progress) -> None:
         super().__init__()
         self.bar = bar
 
@@ -62,9 +63,40 @@ class _TqdmCallback(Callback):
             self.bar.update(1)
 
 
-def _bar(total: int, desc: str, progress: bool) -> tqdm[Any]:
-    return tqdm(total=total, desc=desc, unit="block", disable=not progress, file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
+class _Progress:
+    """A tqdm bar on a terminal; elsewhere (batch logs) an INFO line every 10 % or 60 s."""
+
+    def __init__(self, total: int, desc: str, progress: bool) -> None:
+        self.total, self.desc, self.done = total, desc, 0
+        self.bar: tqdm[Any] | None = None
+        if progress and sys.stderr.isatty():
+            self.bar = tqdm(total=total, desc=desc, unit="block", file=sys.stderr,
+                            dynamic_ncols=True, mininterval=0.5)
+        self.start = self.last = time.monotonic()
+        self.next_fraction = 0.1
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if self.done / max(self.total, 1) >= self.next_fraction or now - self.last >= 60:
+            log.info("%s: %d/%d blocks, %.0f s", self.desc, self.done, self.total,
+                     now - self.start)
+            self.last = now
+            self.next_fraction = self.done / max(self.total, 1) + 0.1
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _bar(total: int, desc: str, progress: bool) -> _Progress:
+    return _Progress(total, desc, progress)
 
 
 def run_blocks(

@@ -43,6 +43,7 @@ from .geometry import BlockGrid, Box, as_shape
 from .merge import LookupTable, build_table, relabel_map
 from .scheduling import LocalScheduler, run_blocks
 from .storage import (
+    DEFAULT_CHUNKS,
     Volume,
     check_chunk_alignment,
     create_volume,
@@ -51,6 +52,7 @@ from .storage import (
     open_dataset,
     open_volume,
     rename_volume,
+    staged_dataset,
     write_table,
 )
 
@@ -264,16 +266,20 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
     return table
 
 
-def segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
+def segment(data: str | os.PathLike[str] | Any, *, threshold: float = 0.5,
             block: Sequence[int] | None = None, min_size: int = 0,
-            keep_fragments: bool = True, overwrite: bool = False,
+            keep_fragments: bool = True, out: str | os.PathLike[str] | None = None,
+            voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+            chunks: Sequence[int] = DEFAULT_CHUNKS, overwrite: bool = False,
             client: Any | None = None, scheduler: LocalScheduler = "threads",
             progress: bool = True) -> Path:
-    """Segment the ``affinities`` of a dataset into ``fragments`` and ``segmentation``.
+    """Segment affinities into ``fragments`` and ``segmentation``.
 
     Parameters
     ----------
-    dataset : a dataset group holding ``affinities`` (c, z, y, x), uint8 (0-255 = 0-1) or
+    data : a dataset path holding ``affinities`` (c, z, y, x) — the outputs are added to it —
+        or a dask/numpy array of affinities, which is first stored as the ``affinities`` of a
+        new dataset at ``out`` (with ``voxel_size`` and ``chunks``). uint8 (0-255 = 0-1) or
         float; channels 0-2 are the -z, -y, -x affinities.
     threshold : voxels joined by an affinity > threshold belong to one segment.
     block : write block shape (z, y, x), a multiple of the chunk shape; default 256^3.
@@ -281,8 +287,34 @@ def segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
     keep_fragments : write the ``fragments`` array (default). Without it the relabel pass
         labels each block again instead of reading 8 bytes per voxel back.
     client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
+
+    Returns
+    -------
+    The dataset path. Its ``lookup/`` group holds the fragment -> segment table.
     """
+    if isinstance(data, str | os.PathLike):
+        dataset: str | os.PathLike[str] = data
+    else:
+        dataset = _store_affinities(data, out, voxel_size, chunks, overwrite)
     plan = prepare_segment(dataset, threshold=threshold, block=block, min_size=min_size,
                            keep_fragments=keep_fragments, overwrite=overwrite)
     run_segment(plan, client=client, scheduler=scheduler, progress=progress)
     return Path(dataset)
+
+
+def _store_affinities(data: Any, out: str | os.PathLike[str] | None,
+                      voxel_size: Sequence[float], chunks: Sequence[int],
+                      overwrite: bool) -> str | os.PathLike[str]:
+    """A new dataset at ``out`` whose ``affinities`` are the array ``data``."""
+    if out is None:
+        raise ConfigError("out: got None, expected the path of a new dataset to hold the "
+                          "affinities array and the segmentation")
+    shape = tuple(getattr(data, "shape", ()))
+    if len(shape) != 4 or shape[0] < 3:
+        raise DataError(f"affinities: got shape {shape}, expected (c >= 3, z, y, x)")
+    dtype = np.dtype(data.dtype)
+    native_threshold(0.5, dtype)  # uint8 or float only
+    with staged_dataset(out, overwrite=overwrite) as group:
+        create_volume(group, "affinities", shape=shape[1:], channels=shape[0], dtype=dtype,
+                      voxel_size=voxel_size, chunks=chunks).store(data)
+    return out

@@ -169,6 +169,17 @@ class Volume:
                         zip(wanted.start, wanted.stop, clipped.start, clipped.stop, strict=True))
         return self.read(clipped), padding
 
+    def store(self, data: Any) -> None:
+        """Write a whole dask (or numpy) array of this shape, chunk-aligned, in parallel
+        (on the active distributed client, if any)."""
+        import dask.array as da
+
+        if tuple(data.shape) != self.shape:
+            raise DataError(f"write to {self.name}: got shape {tuple(data.shape)}, "
+                            f"expected {self.shape}")
+        source = da.asarray(data).rechunk(self.chunks)  # type: ignore[no-untyped-call]
+        da.store(source, self.array, lock=False)  # type: ignore[arg-type]
+
     def write(self, box: Box, data: NDArray[Any]) -> None:
         """Write ``data`` at spatial ``box``; ``box`` should be aligned to the chunks."""
         lead = (slice(None),) * (len(self.shape) - len(box.start))
