@@ -206,7 +206,15 @@ def open_volume(path: str | os.PathLike[str], name: str, mode: Literal["r", "r+"
     if not isinstance(array, zarr.Array):
         raise InputNotFoundError(f"array: got {name!r} in {str(path)!r}, expected an existing "
                                  f"array (present: {sorted(group.array_keys())})")
-    return Volume(array, name)
+    return Volume(_fast_writes(array), name)
+
+
+def _fast_writes(array: zarr.Array[Any]) -> zarr.Array[Any]:
+    """Write every chunk, empty or not: zarr's all-fill-value check before each chunk
+    write costs more than the write itself (measured: 256^3 uint64 in 100 ms with the
+    check, 45 ms without). Absent chunks still read as 0; run state never depends on which
+    chunk files exist."""
+    return array.with_config({"write_empty_chunks": True})
 
 
 def create_volume(
@@ -257,7 +265,7 @@ def create_volume(
     )
     if register:
         _register_multiscale(group, name, axes, voxel, off)
-    return Volume(array, name)
+    return Volume(_fast_writes(array), name)
 
 
 def _register_multiscale(group: zarr.Group, name: str, axes: Sequence[str],

@@ -8,6 +8,8 @@ of noise) in a Zarr dataset with 128^3 chunks. Measured in the same run:
   segmentation out; and with ``keep_fragments=False``, segmentation only) on a running
   LocalCluster of 2 single-threaded worker processes, median of --repeats runs, and the
   peak RSS of the largest worker (VmHWM);
+* the storage traffic of the stage alone (read the affinities, write, read and write a
+  uint64 volume) on the same cluster: the floor set by Zarr I/O on this machine;
 * the ``affinity-dist segment`` command, which starts its own cluster (start-up included;
   peak RSS by psutil polling of the process tree);
 * the in-memory kernels on the whole volume: ``label_block`` (ours) and cc3d's
@@ -139,6 +141,48 @@ def worker_peak_mb(client: object) -> float:
     return max(peaks.values()) / 1e3
 
 
+class _IOFloor:
+    """The segment stage's storage traffic with no computation: read the affinities, write
+    a uint64 volume, read it back, write another (the fragments of a previous run stand
+    in for realistic compressibility)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, block_id: int) -> int:
+        from affinity_dist.geometry import BlockGrid
+
+        affs = open_volume(self.path, "affinities")
+        grid = BlockGrid(affs.spatial_shape, (256, 256, 256))
+        box = grid.write_box(block_id)
+        affs.read(box)
+        fragments = open_volume(self.path, "fragments").read(box)
+        open_volume(self.path, "_floor_a", "r+").write(box, fragments)
+        again = open_volume(self.path, "_floor_a", "r+").read(box)
+        open_volume(self.path, "_floor_b", "r+").write(box, again)
+        return box.size
+
+
+def io_floor(path: Path, client: object, repeats: int) -> float:
+    """Median seconds of the storage traffic alone, one task per 256^3 block."""
+    from affinity_dist.geometry import BlockGrid
+    from affinity_dist.scheduling import run_blocks
+    from affinity_dist.storage import open_dataset
+
+    group = open_dataset(path, "r+")
+    affs = open_volume(path, "affinities")
+    for name in ("_floor_a", "_floor_b"):
+        create_volume(group, name, shape=affs.spatial_shape, dtype=np.uint64,
+                      chunks=affs.chunks[1:], register=False, overwrite=True)
+    blocks = list(BlockGrid(affs.spatial_shape, (256, 256, 256)))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run_blocks(_IOFloor(path), blocks, client=client, progress=False)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def on_running_cluster(path: Path, workers: int, repeats: int, keep_fragments: bool
                        ) -> tuple[float, float]:
     """Median seconds of ``segment`` on an already running LocalCluster, peak worker MB."""
@@ -156,6 +200,11 @@ def on_running_cluster(path: Path, workers: int, repeats: int, keep_fragments: b
             times.append(time.perf_counter() - t0)
             peaks.append(worker_peak_mb(client))
         print(f"# peak worker RSS after each run: {', '.join(f'{p:.0f}' for p in peaks)} MB")
+        if keep_fragments:
+            floor = io_floor(path, client, repeats)
+            n = int(np.prod(open_volume(path, "affinities").spatial_shape))
+            print(f"{'  storage traffic alone (floor)':<40} {n / floor / 1e6:>9.1f}   median "
+                  f"{floor:.2f} s: read affs, write+read+write uint64, no compute")
         return float(np.median(times)), peaks[0]
 
 
