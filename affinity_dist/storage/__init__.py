@@ -1,0 +1,62 @@
+"""Storage layer: the only package that imports zarr.
+
+A dataset is one Zarr v3 group (``sample.zarr/``) holding the arrays of DESIGN.md
+(``raw``, ``labels``, ``affinities``, ``fragments``, ``segmentation``). Every array carries
+
+* ``dimension_names`` (zarr v3 metadata) and, in its attributes, ``voxel_size`` and
+  ``offset`` in nanometres, ``axis_names``, ``units`` and ``types`` (the keys
+  funlib.persistence reads, so daisy/volara users open our arrays as they are);
+* an entry in the group's OME-Zarr 0.5 ``multiscales`` list (one multiscale per array,
+  named after it, its level 0 at the array's path), so NGFF viewers find voxel size and
+  offset.
+
+Outputs are written into a staging directory beside the destination and renamed into
+place only when complete (:func:`staged_dataset`), so a failed run never looks finished
+and an existing destination is untouched until a new one fully exists.
+"""
+
+from .arrays import (
+    DEFAULT_CHUNKS,
+    Codec,
+    Volume,
+    check_chunk_alignment,
+    create_volume,
+    create_work_array,
+    default_codec,
+    group_path,
+    open_dataset,
+    open_volume,
+    rename_volume,
+)
+from .datasets import (
+    check_destination,
+    delete_node,
+    describe_dataset,
+    list_arrays,
+    open_external,
+    read_table,
+    staged_dataset,
+    write_table,
+)
+
+__all__ = [
+    "DEFAULT_CHUNKS",
+    "Codec",
+    "Volume",
+    "check_chunk_alignment",
+    "check_destination",
+    "create_volume",
+    "create_work_array",
+    "default_codec",
+    "delete_node",
+    "describe_dataset",
+    "group_path",
+    "list_arrays",
+    "open_dataset",
+    "open_external",
+    "open_volume",
+    "read_table",
+    "rename_volume",
+    "staged_dataset",
+    "write_table",
+]

@@ -1,0 +1,158 @@
+"""Whole datasets: atomic creation, destination checks, external sources, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..errors import DataError, DestinationExistsError, InputNotFoundError, bad_value
+from .arrays import Volume, _codecs, group_path, open_dataset
+
+__all__ = [
+    "check_destination",
+    "delete_node",
+    "describe_dataset",
+    "list_arrays",
+    "open_external",
+    "read_table",
+    "staged_dataset",
+    "write_table",
+]
+
+log = logging.getLogger(__name__)
+
+
+def list_arrays(path: str | os.PathLike[str]) -> list[str]:
+    """Paths of all arrays in a Zarr store (``[""]`` when the store is an array itself)."""
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
+    if isinstance(node, zarr.Array):
+        return [""]
+    return sorted(name for name, member in node.members(max_depth=None)
+                  if isinstance(member, zarr.Array))
+
+
+def open_external(path: str | os.PathLike[str], key: str | None) -> zarr.Array[Any]:
+    """Open an array of any Zarr (v2 or v3) store for reading, e.g. an ingest source."""
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
+    if key:
+        if not isinstance(node, zarr.Group) or key not in node:
+            raise InputNotFoundError(f"key: got {key!r}, expected an array in {str(path)!r}")
+        node = node[key]
+    if not isinstance(node, zarr.Array):
+        raise DataError(f"SRC: got group {str(path)!r}, expected an array: name one with a key")
+    return node
+
+
+def check_destination(dst: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Refuse a destination that exists (without ``overwrite``) or cannot be created."""
+    target = Path(dst).absolute()
+    if target.exists() and not overwrite:
+        raise DestinationExistsError(f"DST: got {str(dst)!r}, which exists; "
+                                     "expected a new path (or pass --overwrite)")
+    if not target.parent.is_dir():
+        raise bad_value("DST", str(dst), "a path whose parent directory exists",
+                        InputNotFoundError)
+    try:  # os.access says yes to root even on read-only mounts: really try
+        Path(tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=target.parent)).rmdir()
+    except OSError as err:
+        raise bad_value("DST", str(dst), f"a path in a writable directory ({err.strerror})"
+                        ) from None
+    return target
+
+
+@contextlib.contextmanager
+def staged_dataset(dst: str | os.PathLike[str], *, overwrite: bool = False
+                   ) -> Iterator[zarr.Group]:
+    """Create a new dataset group atomically at ``dst``.
+
+    Validates the destination first (:func:`check_destination`), yields a fresh group in
+    a hidden staging directory beside ``dst``, and moves it into place only when the block
+    exits without error. On error the staging directory is removed and ``dst`` is left
+    exactly as it was.
+    """
+    target = check_destination(dst, overwrite=overwrite)
+    parent = target.parent
+    staging = parent / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+    except OSError as err:
+        raise bad_value("DST", str(dst), f"a path in a writable directory ({err.strerror})"
+                        ) from None
+    try:
+        group = zarr.open_group(store=str(staging), mode="w", zarr_format=3)
+        yield group
+        if target.exists():
+            trash = parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            target.rename(trash)
+            staging.rename(target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("wrote %s", target)
+
+
+def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One row per array of a dataset: name, shape, dtype, chunks, voxel size, bytes."""
+    group = open_dataset(path)
+    rows = []
+    for name, array in sorted(group.arrays()):
+        stored = sum(p.stat().st_size for p in (Path(path) / name).rglob("*") if p.is_file())
+        vol = Volume(array, name)
+        rows.append({"name": name, "shape": vol.shape, "dtype": str(vol.dtype),
+                     "chunks": vol.chunks, "voxel_size": vol.voxel_size, "offset": vol.offset,
+                     "axes": vol.axis_names, "nbytes": array.nbytes, "stored_bytes": stored})
+    return rows
+
+
+def write_table(group: zarr.Group, name: str, table: Any, attrs: dict[str, Any]) -> None:
+    """Store a lookup table (a dataclass of 1D arrays and scalars) as a subgroup."""
+    from dataclasses import asdict
+
+    fields = asdict(table)
+    sub = group.create_group(name, overwrite=True)
+    scalars = {}
+    for key, value in fields.items():
+        if isinstance(value, np.ndarray):
+            chunk = max(1, min(len(value), 2**20))
+            sub.create_array(key, data=value, chunks=(chunk,),
+                             compressors=_codecs("zstd", value.dtype))
+        else:
+            scalars[key] = value
+    sub.attrs.update({**scalars, **attrs})
+
+
+def read_table(path: str | os.PathLike[str], name: str = "lookup") -> dict[str, Any]:
+    """Arrays and attributes of a stored lookup table."""
+    group = open_dataset(path).get(name)
+    if not isinstance(group, zarr.Group):
+        raise InputNotFoundError(f"lookup table: got {name!r} in {str(path)!r}, expected a "
+                                 "table written by segment")
+    out: dict[str, Any] = dict(group.attrs)
+    out.update({key: np.asarray(arr[...]) for key, arr in group.arrays()})
+    return out
+
+
+def delete_node(group: zarr.Group, name: str) -> None:
+    """Remove an array or group of a local dataset, if present."""
+    path = Path(group_path(group)) / name
+    if path.exists():
+        shutil.rmtree(path)
