@@ -37,13 +37,13 @@ def codecs(dtype: np.dtype[Any]) -> dict[str, list[Any]]:
 
     return {
         "none": [],
-        "blosc-lz4" + (" (default labels)" if t > 1 else ""): blosc("lz4", 5),
+        "blosc-lz4": blosc("lz4", 5),
         "blosc-lz4 noshuffle": blosc("lz4", 5, SHUF.noshuffle),
         "blosc-zstd 1": blosc("zstd", 1),
         "blosc-zstd 3": blosc("zstd", 3),
         "blosc-zstd 5": blosc("zstd", 5),
-        "zstd 1": [zarr.codecs.ZstdCodec(level=1)],
-        "zstd 3" + (" (default uint8)" if t == 1 else ""): [zarr.codecs.ZstdCodec(level=3)],
+        "zstd 1 (default)": [zarr.codecs.ZstdCodec(level=1)],
+        "zstd 3": [zarr.codecs.ZstdCodec(level=3)],
         "gzip 5": [zarr.codecs.GzipCodec(level=5)],
     }
 

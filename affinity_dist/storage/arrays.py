@@ -38,35 +38,36 @@ log = logging.getLogger(__name__)
 DEFAULT_CHUNKS: tuple[int, int, int] = (128, 128, 128)
 SPATIAL_AXES = ("z", "y", "x")
 NGFF_VERSION = "0.5"
-Codec = Literal["blosc-lz4", "blosc-zstd", "zstd", "none"]
+Codec = Literal["zstd1", "zstd3", "blosc-lz4", "blosc-zstd", "none"]
 
 
 def default_codec(dtype: DTypeLike) -> Codec:
-    """Default compressor per dtype, chosen by ``benchmarks/bench_storage.py``.
+    """Default compressor: plain zstd level 1 for every array kind.
 
-    uint8 (raw, affinities): plain zstd level 3 — fib25 raw 1.19x at ~520 MB/s write
-    (blosc-lz4 1.07x; blosc-zstd-5 1.24x but ~190 MB/s), affinities 3.2x (blosc-lz4
-    1.75x at the same speed). Wider integers (labels, fragments, segmentation): blosc-lz4
-    with byte shuffle — 20-35x on label volumes and the fastest writes and reads, which
-    bound the segment stage (it writes two uint64 volumes and reads one).
+    Chosen by ``benchmarks/bench_storage.py`` at 512^3 (fib25, zarr 3.1, 128^3 chunks,
+    every chunk written; MB/s write / read, ratio): raw uint8 1190 / 1530, 1.21x (zstd-3:
+    735 / 1700, 1.19x; blosc-lz4 1.07x); affinities uint8 980 / 1390, 3.1x (zstd-3 3.2x at
+    half the write speed; blosc-lz4 1.75x); uint64 labels 3230 / 2780, 77x and segment's
+    fragments 3490 / 3670, 96x (blosc-lz4 with shuffle: as fast, 20-34x).
     """
-    return "zstd" if np.dtype(dtype).itemsize == 1 else "blosc-lz4"
+    np.dtype(dtype)  # validates
+    return "zstd1"
 
 
 def _codecs(name: Codec, dtype: np.dtype[Any]) -> list[Any]:
     shuffle = (zarr.codecs.BloscShuffle.bitshuffle if dtype.itemsize == 1
-               else zarr.codecs.BloscShuffle.shuffle)  # byte shuffle: measured faster
+               else zarr.codecs.BloscShuffle.shuffle)
     if name == "blosc-lz4":
         return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=shuffle,
                                        typesize=dtype.itemsize)]
     if name == "blosc-zstd":
         return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle=shuffle,
                                        typesize=dtype.itemsize)]
-    if name == "zstd":
-        return [zarr.codecs.ZstdCodec(level=3)]
+    if name in ("zstd1", "zstd3"):
+        return [zarr.codecs.ZstdCodec(level=int(name[-1]))]
     if name == "none":
         return []
-    raise bad_value("codec", name, "one of blosc-lz4, blosc-zstd, zstd, none")
+    raise bad_value("codec", name, "one of zstd1, zstd3, blosc-lz4, blosc-zstd, none")
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def write_table(group: zarr.Group, name: str, table: Any, attrs: dict[str, Any])
         if isinstance(value, np.ndarray):
             chunk = max(1, min(len(value), 2**20))
             sub.create_array(key, data=value, chunks=(chunk,),
-                             compressors=_codecs("zstd", value.dtype))
+                             compressors=_codecs("zstd1", value.dtype))
         else:
             scalars[key] = value
     sub.attrs.update({**scalars, **attrs})
