@@ -15,7 +15,7 @@ Every voxel gets a label (a voxel with no edge above threshold is a component of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from numba import njit
@@ -68,7 +68,7 @@ def _union(parent: Any, a: int, b: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _label(affs: Any, t: Any, out: Any) -> int:  # pragma: no cover - compiled
+def _label(affs: Any, t: Any, out: Any) -> Any:  # pragma: no cover - compiled
     """Two-pass labelling with provisional labels (classic scan + union-find).
 
     Pass 1 gives each voxel the provisional label of an earlier neighbour it is joined to
@@ -113,13 +113,25 @@ def _label(affs: Any, t: Any, out: Any) -> int:  # pragma: no cover - compiled
             final[p] = k
         else:
             final[p] = final[r]  # r < p: numbered already
-    flat = out.reshape(-1)
-    for i in range(flat.size):
-        flat[i] = final[flat[i]]
-    return k
+    return k, final
 
 
-def label_block(affs: NDArray[Any], threshold: float) -> tuple[NDArray[np.uint32], int]:
+@njit(cache=True, nogil=True)
+def _finalize(provisional: Any, final: Any, high: Any, out: Any) -> None:  # pragma: no cover
+    """``out = high | final[provisional]`` (uint32 in place with high = 0, or uint64)."""
+    src, dst = provisional.reshape(-1), out.reshape(-1)
+    for i in range(src.size):
+        dst[i] = high | final[src[i]]
+
+
+@overload
+def label_block(affs: NDArray[Any], threshold: float, block_id: None = None
+                ) -> tuple[NDArray[np.uint32], int]: ...
+@overload
+def label_block(affs: NDArray[Any], threshold: float, block_id: int
+                ) -> tuple[NDArray[np.uint64], int]: ...
+def label_block(affs: NDArray[Any], threshold: float, block_id: int | None = None
+                ) -> tuple[NDArray[Any], int]:
     """Connected components of the affinity graph of one block.
 
     Parameters
@@ -127,11 +139,13 @@ def label_block(affs: NDArray[Any], threshold: float) -> tuple[NDArray[np.uint32
     affs : (C >= 3, Z, Y, X) uint8 (0-255 = 0-1) or float affinities; channels 0-2 are the
         -z, -y, -x nearest-neighbour affinities (longer-range channels are ignored).
     threshold : edges with affinity > threshold join their voxels.
+    block_id : if given, return global fragment ids (:func:`global_ids`) directly, which
+        saves a pass over the block.
 
     Returns
     -------
-    labels : (Z, Y, X) uint32, consecutive 1..n in raster order of each component's first
-        voxel (deterministic).
+    labels : (Z, Y, X) uint32 local labels 1..n, consecutive in raster order of each
+        component's first voxel (deterministic); or uint64 global ids with ``block_id``.
     n : number of components.
 
     >>> a = np.zeros((3, 1, 1, 4), np.float32); a[2, 0, 0, 1] = a[2, 0, 0, 3] = 1
@@ -141,12 +155,26 @@ def label_block(affs: NDArray[Any], threshold: float) -> tuple[NDArray[np.uint32
     if affs.ndim != 4 or affs.shape[0] < 3:
         raise DataError(f"affinities: got shape {affs.shape}, expected (3, z, y, x)")
     t = native_threshold(threshold, affs.dtype)
-    out = np.empty(affs.shape[1:], np.uint32)
-    if out.size >= 2**32 - 1:
-        raise DataError(f"block of shape {out.shape}: got {out.size} voxels, "
+    provisional = np.empty(affs.shape[1:], np.uint32)
+    if provisional.size >= 2**32 - 1:
+        raise DataError(f"block of shape {provisional.shape}: got {provisional.size} voxels, "
                         "expected fewer than 2**32 (use a smaller --block)")
-    n = _label(affs, affs.dtype.type(t), out) if out.size else 0
+    if not provisional.size:
+        return provisional if block_id is None else provisional.astype(np.uint64), 0
+    n, final = _label(affs, affs.dtype.type(t), provisional)
+    if block_id is None:
+        _finalize(provisional, final, np.uint32(0), provisional)
+        return provisional, int(n)
+    out = np.empty(provisional.shape, np.uint64)
+    _finalize(provisional, final.astype(np.uint64), _high_bits(block_id), out)
     return out, int(n)
+
+
+def _high_bits(block_id: int) -> np.uint64:
+    if not 0 <= block_id < 2**(64 - LOCAL_BITS):
+        raise DataError(f"block {block_id}: id outside [0, 2**32), too many blocks "
+                        "(use a larger --block)")
+    return np.uint64(block_id) << np.uint64(LOCAL_BITS)
 
 
 def global_ids(local: NDArray[np.integer[Any]], block_id: int) -> NDArray[np.uint64]:
@@ -155,11 +183,7 @@ def global_ids(local: NDArray[np.integer[Any]], block_id: int) -> NDArray[np.uin
     >>> global_ids(np.array([0, 1, 7], np.uint32), 3).tolist()
     [0, 12884901889, 12884901895]
     """
-    if not 0 <= block_id < 2**(64 - LOCAL_BITS):
-        raise DataError(f"block {block_id}: id outside [0, 2**32), too many blocks "
-                        "(use a larger --block)")
-    high = np.uint64(block_id) << np.uint64(LOCAL_BITS)
-    out: NDArray[np.uint64] = np.bitwise_or(local, high, dtype=np.uint64)
+    out: NDArray[np.uint64] = np.bitwise_or(local, _high_bits(block_id), dtype=np.uint64)
     if local.size and local.min() == 0:  # keep background: rare, costs one more pass
         out[local == 0] = 0
     return out

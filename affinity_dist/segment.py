@@ -110,15 +110,20 @@ def _plane(data: NDArray[Any], axis: int, index: int) -> NDArray[Any]:
     return np.take(data, [index], axis=axis)
 
 
-def _label(plan: SegmentPlan, block_id: int) -> tuple[Box, NDArray[Any], NDArray[np.uint32], int]:
-    """Read a block's affinities (refusing NaN) and label its fragments."""
+def _local_plane(fragments: NDArray[np.uint64], axis: int, index: int) -> NDArray[np.uint32]:
+    """A boundary plane of a block's fragments as local ids (the face arrays' dtype)."""
+    return (_plane(fragments, axis, index) & LOCAL_MASK).astype(np.uint32)
+
+
+def _label(plan: SegmentPlan, block_id: int) -> tuple[Box, NDArray[Any], NDArray[np.uint64], int]:
+    """Read a block's affinities (refusing NaN) and label its fragments (global ids)."""
     box = plan.grid.write_box(block_id)
     affs = open_volume(plan.dataset, "affinities").read(box)[:3]
     if affs.dtype.kind == "f" and np.isnan(affs).any():
         raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
                         "expected values in [0, 1]")
-    local, n = label_block(affs, plan.threshold)
-    return box, affs, local, n
+    fragments, n = label_block(affs, plan.threshold, block_id)
+    return box, affs, fragments, n
 
 
 @dataclass(frozen=True)
@@ -127,19 +132,19 @@ class _FragmentBlock:
 
     def __call__(self, block_id: int) -> tuple[int, int, NDArray[np.uint64], NDArray[np.int64]]:
         plan, grid = self.plan, self.plan.grid
-        box, affs, local, n = _label(plan, block_id)
+        box, affs, fragments, n = _label(plan, block_id)
         if plan.keep_fragments:
-            _open(plan, STAGED["fragments"]).write(box, global_ids(local, block_id))
+            _open(plan, STAGED["fragments"]).write(box, fragments)
         for axis in range(3):
             where = _plane_box(grid, block_id, axis)
-            _open(plan, f"{WORK}/first{axis}").write(where, _plane(local, axis, 0))
-            _open(plan, f"{WORK}/last{axis}").write(where, _plane(local, axis, -1))
+            _open(plan, f"{WORK}/first{axis}").write(where, _local_plane(fragments, axis, 0))
+            _open(plan, f"{WORK}/last{axis}").write(where, _local_plane(fragments, axis, -1))
             _open(plan, f"{WORK}/aff{axis}").write(where, _plane(affs[axis], axis, 0))
         if not plan.min_size:
             return n, 0, np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        sizes = np.bincount(local.ravel(), minlength=n + 1)
+        sizes = np.bincount((fragments & LOCAL_MASK).ravel().astype(np.int64), minlength=n + 1)
         boundary = np.unique(np.concatenate([
-            _plane(local, a, i).ravel() for a in range(3) for i in (0, -1)]))
+            _local_plane(fragments, a, i).ravel() for a in range(3) for i in (0, -1)]))
         small = int((sizes[1:] < plan.min_size).sum())
         return n, small, global_ids(boundary, block_id), sizes[boundary].astype(np.int64)
 

@@ -108,3 +108,11 @@ def test_face_pairs_only_edges_above_threshold() -> None:
     assert big.T.tolist() == [[1 << 40, 7], [1 << 40, 8], [3 << 40, 7], [3 << 40, 9]]
     empty = face_pairs(lower, upper, np.zeros_like(affs), 0.5)
     assert empty.shape == (2, 0)
+
+
+def test_label_block_with_block_id_gives_global_ids() -> None:
+    affs = (np.random.default_rng(1).random((3, 6, 7, 8)) < 0.6).astype(np.uint8) * 255
+    local, n = label_block(affs, 0.5)
+    ids, m = label_block(affs, 0.5, block_id=12345)
+    assert n == m and ids.dtype == np.uint64
+    np.testing.assert_array_equal(ids, global_ids(local, 12345))
