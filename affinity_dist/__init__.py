@@ -27,6 +27,7 @@ from .errors import (
 from .ingest import ingest
 from .sample import sample
 from .segment import segment
+from .train import train
 
 __version__ = "0.1.0"
 
@@ -41,4 +42,5 @@ __all__ = [
     "ingest",
     "sample",
     "segment",
+    "train",
 ]

@@ -89,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not write the 'fragments' array (faster: segmentation only)")
     _cluster_options(p, outputs=False)
 
+    p = sub.add_parser("train", help="train the affinity U-Net on volumes with ground truth")
+    p.add_argument("--data", action="append", required=True, metavar="SRC",
+                   help="HDF5/Zarr/N5 with raw and labels (repeat for several volumes)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run directory: checkpoints, loss.csv, loss.png, config.json; an "
+                        "existing run resumes at its last checkpoint")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="training configuration, TOML or JSON (keys of TrainConfig)")
+
     p = sub.add_parser("info", help="list the arrays of a dataset with their metadata")
     p.add_argument("dataset", metavar="X.zarr")
     return parser
@@ -157,8 +167,17 @@ def _cmd_info(args: argparse.Namespace) -> None:
               f" on disk ({ratio:.1f}x)")
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .train import load_config, train
+
+    config = load_config(args.config)
+    model = train(args.data, args.out, iterations=args.iterations, config=config,
+                  progress=not args.quiet)
+    print(model)
+
+
 COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "segment": _cmd_segment,
-            "info": _cmd_info}
+            "train": _cmd_train, "info": _cmd_info}
 
 
 def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:
