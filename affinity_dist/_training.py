@@ -125,6 +125,7 @@ class Trainer:
                    disable=not (progress and sys.stderr.isatty()), dynamic_ncols=True)
         self.model.train()
         start, recent = time.perf_counter(), list[float]()
+        first, last_log = self.iteration, start
         for batch in loader:
             raw, target, weight = (t.to(self.device) for t in batch)
             with self._autocast():
@@ -137,6 +138,11 @@ class Trainer:
             recent = [*recent[-49:], float(loss.detach())]
             bar.set_postfix(loss=f"{np.mean(recent):.4f}")
             bar.update(1)
+            now = time.perf_counter()
+            if bar.disable and now - last_log >= 60:  # batch logs: a line a minute
+                log.info("iteration %d/%d, loss %.4f, %.2f it/s", self.iteration, iterations,
+                         np.mean(recent), (self.iteration - first) / (now - start))
+                last_log = now
             done = self.iteration >= iterations
             if done or self.iteration % self.config.checkpoint_every == 0:
                 self.checkpoint(float(np.mean(recent)), time.perf_counter() - start)
