@@ -179,24 +179,29 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
 
 def _plot(csv_path: Path, png: Path) -> None:
     """loss.png: training (grey) and validation (black) loss over iterations."""
+    import math
+
     from PIL import Image, ImageDraw
 
     rows = list(csv.DictReader(csv_path.open()))
-    if len(rows) < 2:
+    series = {"train_loss": (150, 150, 150), "val_loss": (0, 0, 0)}
+    points = {k: [(int(r["iteration"]), float(r[k])) for r in rows
+                  if math.isfinite(float(r[k]))] for k in series}
+    values = [v for pts in points.values() for _, v in pts]
+    its = [i for pts in points.values() for i, _ in pts]
+    if len(rows) < 2 or not values:
         return
-    its = [int(r["iteration"]) for r in rows]
-    series = {"train_loss": (120, 120, 120), "val_loss": (0, 0, 0)}
-    values = [float(r[k]) for r in rows for k in series]
     top, w, h, m = max(values) or 1.0, 640, 360, 40
+    x0, x1 = min(its), max(*its, min(its) + 1)
     image = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(image)
     draw.rectangle([m, m // 2, w - m // 2, h - m], outline=(0, 0, 0))
     for key, colour in series.items():
-        pts = [(m + (w - 1.5 * m) * (i - its[0]) / max(its[-1] - its[0], 1),
-                h - m - (h - 1.5 * m) * float(r[key]) / top) for i, r in zip(its, rows,
-                                                                             strict=True)]
-        draw.line(pts, fill=colour, width=2)
-    draw.text((m, h - m + 8), f"iterations {its[0]}-{its[-1]}; loss 0-{top:.3f}; "
+        xy = [(m + (w - 1.5 * m) * (i - x0) / (x1 - x0), h - m - (h - 1.5 * m) * v / top)
+              for i, v in points[key]]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+    draw.text((m, h - m + 8), f"iterations {x0}-{x1}; loss 0-{top:.3f}; "
               "grey train, black validation", fill=(0, 0, 0))
     image.save(png)
 
