@@ -19,7 +19,7 @@ from .model import build_model
 from .train import FORMAT, TrainConfig, _plot, _save
 
 log = logging.getLogger(__name__)
-COLUMNS = ["iteration", "train_loss", "val_loss", "val_f1", "seconds"]
+COLUMNS = ["iteration", "train_loss", "val_loss", "val_f1", "val_boundary_f1", "seconds"]
 
 
 class _Stream(IterableDataset[tuple[Any, Any, Any]]):
@@ -66,10 +66,11 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.bf16)
 
-    def validate(self) -> tuple[float, float]:
-        """Mean loss and affinity F1 (threshold 0.5, masked edges) on fixed val crops."""
+    def validate(self) -> tuple[float, float, float]:
+        """Mean loss and affinity F1 of the "same neuron" edges and of the boundary edges
+        (threshold 0.5, masked edges excluded) on fixed validation crops."""
         self.model.eval()
-        losses, tp, fp, fn = [], 0, 0, 0
+        losses, tp, fp, fn, tn = [], 0, 0, 0, 0
         rng = np.random.default_rng(12345)
         with torch.inference_mode():
             for _ in range(self.config.validation_batches):
@@ -83,11 +84,14 @@ class Trainer:
                 tp += int((pred & truth & known).sum())
                 fp += int((pred & ~truth & known).sum())
                 fn += int((~pred & truth & known).sum())
+                tn += int((~pred & ~truth & known).sum())
         self.model.train()
-        return float(np.mean(losses)), 2 * tp / max(2 * tp + fp + fn, 1)
+        # boundary F1: the negative class, where a merge error would start
+        return (float(np.mean(losses)), 2 * tp / max(2 * tp + fp + fn, 1),
+                2 * tn / max(2 * tn + fn + fp, 1))
 
     def checkpoint(self, train_loss: float, seconds: float) -> None:
-        val_loss, f1 = self.validate()
+        val_loss, f1, boundary_f1 = self.validate()
         model_config = self.config.model.to_dict()
         weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         _save(self.run_dir / "checkpoint.pt", {
@@ -95,19 +99,22 @@ class Trainer:
             "model_state": weights, "optimizer_state": self.optimizer.state_dict(),
             "normalization": "uint8/255"})
         _save(self.run_dir / "model.pt", {"format": FORMAT, "iteration": self.iteration,
-                                      "model_config": model_config, "model_state": weights,
-                                      "normalization": "uint8/255", "val_f1": f1})
+                                          "model_config": model_config, "model_state": weights,
+                                          "normalization": "uint8/255", "val_f1": f1,
+                                          "val_boundary_f1": boundary_f1})
         path = self.run_dir / "loss.csv"
-        new = not path.exists()
-        with path.open("a", newline="") as f:
-            writer = csv.writer(f)
-            if new:
-                writer.writerow(COLUMNS)
-            writer.writerow([self.iteration, f"{train_loss:.6f}", f"{val_loss:.6f}",
-                             f"{f1:.4f}", f"{seconds:.1f}"])
+        header = next(csv.reader(path.open()), COLUMNS) if path.exists() else None
+        with path.open("a", newline="") as f:  # an older run keeps its own columns
+            writer = csv.DictWriter(f, fieldnames=header or COLUMNS, extrasaction="ignore")
+            if header is None:
+                writer.writeheader()
+            writer.writerow({"iteration": self.iteration, "train_loss": f"{train_loss:.6f}",
+                             "val_loss": f"{val_loss:.6f}", "val_f1": f"{f1:.4f}",
+                             "val_boundary_f1": f"{boundary_f1:.4f}",
+                             "seconds": f"{seconds:.1f}"})
         _plot(path, self.run_dir / "loss.png")
-        log.info("iteration %d: train loss %.4f, val loss %.4f, val affinity F1 %.3f",
-                 self.iteration, train_loss, val_loss, f1)
+        log.info("iteration %d: train loss %.4f, val loss %.4f, val affinity F1 %.3f "
+                 "(boundary edges %.3f)", self.iteration, train_loss, val_loss, f1, boundary_f1)
 
     def run(self, iterations: int, *, progress: bool = True) -> None:
         if self.iteration >= iterations:

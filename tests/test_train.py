@@ -31,6 +31,8 @@ def test_twenty_iterations_on_gala_lower_the_loss(tmp_path: Path, gala: Path) ->
     rows = _rows(run)
     assert [int(r["iteration"]) for r in rows] == [0, 10, 20]
     assert float(rows[-1]["val_loss"]) < float(rows[0]["val_loss"])
+    assert all(0 <= float(r["val_f1"]) <= 1 and 0 <= float(r["val_boundary_f1"]) <= 1
+               for r in rows)
     from PIL import Image
 
     pixels = np.asarray(Image.open(run / "loss.png").convert("RGB"))
