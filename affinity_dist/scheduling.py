@@ -49,7 +49,8 @@ class _Guarded:
         except AffinityDistError:
             raise
         except Exception as err:
-            raise BlockFailedError(f"{self.stage}: block {index} ({item!r}) failed: "
+            where = f"block {item!r}" if isinstance(item, int) else f"task {index} ({item!r})"
+            raise BlockFailedError(f"{self.stage}: {where} failed: "
                                    f"{type(err).__name__}: {err}") from err
 
 
