@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -78,7 +76,3 @@ class UNet3D(nn.Module):
     def extra_repr(self) -> str:
         params = sum(p.numel() for p in self.parameters())
         return f"levels={self.config.levels}, parameters={params}"
-
-
-def count_parameters(model: Any) -> int:
-    return int(sum(p.numel() for p in model.parameters()))

@@ -96,10 +96,6 @@ class _Progress:
             self.bar.close()
 
 
-def _bar(total: int, desc: str, progress: bool) -> _Progress:
-    return _Progress(total, desc, progress)
-
-
 def run_blocks(
     fn: Callable[[T], R],
     items: Sequence[T],
@@ -126,7 +122,7 @@ def run_blocks(
     """
     guarded = _Guarded(fn, stage)
     token = uuid.uuid4().hex[:8]
-    with _bar(len(items), stage, progress) as bar:
+    with _Progress(len(items), stage, progress) as bar:
         if client is None:
             tasks = [delayed(guarded, pure=False)(i, item,
                                                        dask_key_name=(f"block-{stage}-{token}", i))

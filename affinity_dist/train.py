@@ -219,10 +219,9 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
     if not data:
         raise ConfigError("--data: got nothing, expected at least one volume with labels")
     volumes = [open_training_volume(str(d)) for d in data]
-    aug = config.augment
     sampler = CropSampler(volumes, config.input_shape, config.output_shape,
                           offsets=config.model.offsets, split=config.validation, part="train",
-                          augment=_Augment(aug),
+                          augment=_Augment(config.augment),
                           balance=config.balance)
     val = CropSampler(volumes, config.input_shape, config.output_shape,
                       offsets=config.model.offsets, split=config.validation, part="val",
