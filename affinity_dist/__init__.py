@@ -9,6 +9,8 @@ The Python API mirrors the CLI; each stage takes arrays or paths, an optional
     import affinity_dist as ad
     ad.sample("sample.zarr", shape=(128, 128, 128), seed=1)
     ad.ingest("cremi_A.h5", "A.zarr", voxel_size=(40, 4, 4))
+    ad.predict("A.zarr")                      # the shipped model unless model=...
+    ad.segment("A.zarr", threshold=0.5)
 
 Nothing heavy (torch) is imported by ``import affinity_dist``; stages that need it
 import it when called.
@@ -25,6 +27,7 @@ from .errors import (
     InputNotFoundError,
 )
 from .ingest import ingest
+from .predict import predict
 from .sample import sample
 from .segment import segment
 from .train import train
@@ -40,6 +43,7 @@ __all__ = [
     "InputNotFoundError",
     "__version__",
     "ingest",
+    "predict",
     "sample",
     "segment",
     "train",

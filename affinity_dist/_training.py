@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .data import CropSampler
 from .model import build_model
-from .train import FORMAT, TrainConfig, _plot, _save
+from .train import FORMAT, TrainConfig, _plot, _save, save_model
 
 log = logging.getLogger(__name__)
 COLUMNS = ["iteration", "train_loss", "val_loss", "val_f1", "val_boundary_f1", "seconds"]
@@ -98,10 +98,8 @@ class Trainer:
             "format": FORMAT, "iteration": self.iteration, "model_config": model_config,
             "model_state": weights, "optimizer_state": self.optimizer.state_dict(),
             "normalization": "uint8/255"})
-        _save(self.run_dir / "model.pt", {"format": FORMAT, "iteration": self.iteration,
-                                          "model_config": model_config, "model_state": weights,
-                                          "normalization": "uint8/255", "val_f1": f1,
-                                          "val_boundary_f1": boundary_f1})
+        save_model(self.run_dir / "model.pt", self.model, self.config.model,
+                   iteration=self.iteration, val_f1=f1, val_boundary_f1=boundary_f1)
         path = self.run_dir / "loss.csv"
         header = next(csv.reader(path.open()), COLUMNS) if path.exists() else None
         with path.open("a", newline="") as f:  # an older run keeps its own columns

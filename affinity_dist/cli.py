@@ -76,6 +76,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="map a non-uint8 raw's [min, max] onto 0-255")
     _cluster_options(p)
 
+    p = sub.add_parser("predict", help="raw -> affinities with a U-Net, block by block")
+    p.add_argument("--input", required=True, metavar="X.zarr", help="dataset holding 'raw'")
+    p.add_argument("--model", metavar="CKPT", default=None,
+                   help="checkpoint (a training run's model.pt; default: the shipped model)")
+    p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="write block, a multiple of the chunk shape and of the model's "
+                        "output unit (default 256^3)")
+    p.add_argument("--tile", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="network output tile (default 64^3 on CPU, 128^3 on GPU)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="bf16 autocast (default) or full fp32")
+    p.add_argument("--float", action="store_true",
+                   help="write float32 affinities instead of uint8 0-255")
+    p.add_argument("--batch", type=int, default=1, help="tiles per forward pass (default 1)")
+    _cluster_options(p, outputs=False)
+
     p = sub.add_parser("segment", help="affinities -> fragments -> merged segmentation")
     p.add_argument("--input", required=True, metavar="X.zarr",
                    help="dataset holding 'affinities' (c, z, y, x), uint8 or float")
@@ -141,6 +158,28 @@ def _cmd_ingest(args: argparse.Namespace) -> None:
     print(args.dst)
 
 
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import prepare_predict, run_predict
+    from .scheduling import cluster
+
+    _, local = _cluster_args(args)
+    on_this_machine = args.scheduler in ("local", "threads", "synchronous")
+    plan = prepare_predict(args.input, model=args.model, block=args.block, tile=args.tile,
+                           device=args.device, precision=args.precision,
+                           dtype="float32" if args.float else "uint8", batch=args.batch,
+                           overwrite=args.overwrite, local=on_this_machine)
+    gpus = 0
+    if args.device != "cpu" and args.scheduler == "local":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with cluster(args.scheduler, n_workers=args.workers, gpus=gpus) as client:
+        stats = run_predict(plan, client=client, scheduler=local, progress=not args.quiet)
+    print(f"{args.input}: affinities {stats.voxels / 1e6:.1f} Mvox in {stats.seconds:.1f} s "
+          f"({stats.voxels_per_second / 1e6:.2f} Mvox/s, halo overhead "
+          f"{stats.halo_overhead:.2f})")
+
+
 def _cmd_segment(args: argparse.Namespace) -> None:
     from .scheduling import cluster
     from .segment import prepare_segment, run_segment
@@ -176,7 +215,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     print(model)
 
 
-COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "segment": _cmd_segment,
+COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predict,
+            "segment": _cmd_segment,
             "train": _cmd_train, "info": _cmd_info}
 
 

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from .errors import ConfigError, bad_value
 
-__all__ = ["BlockGrid", "Box", "as_shape", "as_vector"]
+__all__ = ["BlockGrid", "Box", "as_shape", "as_vector", "reflect_indices"]
 
 
 def as_shape(value: Sequence[int], name: str, *, ndim: int | None = None,
@@ -66,6 +66,26 @@ def as_vector(name: str, values: Sequence[float], *, positive: bool = True) -> l
     if positive and any(v <= 0 for v in out):
         raise bad_value(name, out, "three positive numbers (nm, z y x)")
     return out
+
+
+def reflect_indices(start: int, stop: int, n: int) -> NDArray[np.int64]:
+    """Indices ``start .. stop-1`` of an axis of length ``n``, mirrored at its ends.
+
+    Mirroring does not repeat the edge voxel (numpy's ``"reflect"`` mode) and folds again
+    when the range reaches past a whole period, so any window of a mirror-padded volume is
+    read exactly as if the padded volume existed:
+
+    >>> reflect_indices(-3, 7, 5).tolist()
+    [3, 2, 1, 0, 1, 2, 3, 4, 3, 2]
+    """
+    if n < 1:
+        raise bad_value("axis length", n, "a positive integer")
+    index = np.arange(start, stop, dtype=np.int64)
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    index = np.mod(index, period)
+    return np.where(index < n, index, period - index)
 
 
 @dataclass(frozen=True)

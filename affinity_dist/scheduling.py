@@ -146,12 +146,15 @@ def run_blocks(
 
 @contextlib.contextmanager
 def cluster(scheduler: Scheduler | None = None, *, n_workers: int | None = None,
-            threads_per_worker: int = 1, memory_limit: str = "auto") -> Iterator[Any | None]:
+            threads_per_worker: int = 1, memory_limit: str = "auto",
+            gpus: int = 0) -> Iterator[Any | None]:
     """A Dask client for the CLI's ``--scheduler`` value.
 
     ``None`` or ``"local"``: a LocalCluster of worker processes on 127.0.0.1 (dashboard
     link printed); ``"threads"`` / ``"synchronous"``: no client, run in this process;
     anything else: the address of a running scheduler (``tcp://host:8786``).
+    ``gpus``: a local cluster gets one worker per GPU, each declaring ``{"GPU": 1}`` (the
+    resource inference tasks claim).
     """
     if scheduler in ("threads", "synchronous"):
         yield None
@@ -159,10 +162,11 @@ def cluster(scheduler: Scheduler | None = None, *, n_workers: int | None = None,
     from distributed import Client, LocalCluster
 
     if scheduler in (None, "local"):
-        workers = n_workers or max(1, min(os.cpu_count() or 1, 8))
+        workers = n_workers or gpus or max(1, min(os.cpu_count() or 1, 8))
         with (LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                            processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                           memory_limit=memory_limit) as local,
+                           memory_limit=memory_limit,
+                           resources={"GPU": 1} if gpus else None) as local,
               Client(local) as client):
             print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
             yield client

@@ -48,11 +48,11 @@ from .storage import (
     check_chunk_alignment,
     create_volume,
     create_work_array,
+    dataset_from_array,
     delete_node,
     open_dataset,
     open_volume,
     rename_volume,
-    staged_dataset,
     write_table,
 )
 
@@ -300,26 +300,13 @@ def segment(data: str | os.PathLike[str] | Any, *, threshold: float = 0.5,
     if isinstance(data, str | os.PathLike):
         dataset: str | os.PathLike[str] = data
     else:
-        dataset = _store_affinities(data, out, voxel_size, chunks, overwrite)
+        shape = tuple(getattr(data, "shape", ()))
+        if len(shape) != 4 or shape[0] < 3:
+            raise DataError(f"affinities: got shape {shape}, expected (c >= 3, z, y, x)")
+        native_threshold(threshold, np.dtype(data.dtype))  # uint8 or float only
+        dataset = dataset_from_array(out, "affinities", data, voxel_size=voxel_size,
+                                     chunks=chunks, overwrite=overwrite)
     plan = prepare_segment(dataset, threshold=threshold, block=block, min_size=min_size,
                            keep_fragments=keep_fragments, overwrite=overwrite)
     run_segment(plan, client=client, scheduler=scheduler, progress=progress)
     return Path(dataset)
-
-
-def _store_affinities(data: Any, out: str | os.PathLike[str] | None,
-                      voxel_size: Sequence[float], chunks: Sequence[int],
-                      overwrite: bool) -> str | os.PathLike[str]:
-    """A new dataset at ``out`` whose ``affinities`` are the array ``data``."""
-    if out is None:
-        raise ConfigError("out: got None, expected the path of a new dataset to hold the "
-                          "affinities array and the segmentation")
-    shape = tuple(getattr(data, "shape", ()))
-    if len(shape) != 4 or shape[0] < 3:
-        raise DataError(f"affinities: got shape {shape}, expected (c >= 3, z, y, x)")
-    dtype = np.dtype(data.dtype)
-    native_threshold(0.5, dtype)  # uint8 or float only
-    with staged_dataset(out, overwrite=overwrite) as group:
-        create_volume(group, "affinities", shape=shape[1:], channels=shape[0], dtype=dtype,
-                      voxel_size=voxel_size, chunks=chunks).store(data)
-    return out

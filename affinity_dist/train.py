@@ -23,7 +23,7 @@ from .data import CropSampler, Split, check_split, open_training_volume
 from .errors import ConfigError, bad_value
 from .model import UNetConfig
 
-__all__ = ["TrainConfig", "load_checkpoint", "load_config", "train"]
+__all__ = ["TrainConfig", "load_checkpoint", "load_config", "save_model", "train"]
 
 log = logging.getLogger(__name__)
 FORMAT = "affinity_dist.checkpoint/1"
@@ -167,6 +167,16 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, UNetConfig, dict
         raise ConfigError(f"--model: weights in {str(path)!r} do not fit its model "
                           f"configuration ({first})") from None
     return model, config, state
+
+
+def save_model(path: str | os.PathLike[str], model: Any, config: UNetConfig, *,
+               iteration: int = 0, **extra: Any) -> Path:
+    """Write a weights-only model file (what ``predict`` loads) for ``model``."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "iteration": iteration, "model_config": config.to_dict(),
+               "model_state": weights, "normalization": "uint8/255", **extra}
+    _save(Path(path), payload)
+    return Path(path)
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from .arrays import (
 )
 from .datasets import (
     check_destination,
+    dataset_from_array,
     delete_node,
     describe_dataset,
     list_arrays,
@@ -47,6 +48,7 @@ __all__ = [
     "check_destination",
     "create_volume",
     "create_work_array",
+    "dataset_from_array",
     "default_codec",
     "delete_node",
     "describe_dataset",

@@ -8,18 +8,25 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
-from ..errors import DataError, DestinationExistsError, InputNotFoundError, bad_value
-from .arrays import Volume, _codecs, group_path, open_dataset
+from ..errors import (
+    ConfigError,
+    DataError,
+    DestinationExistsError,
+    InputNotFoundError,
+    bad_value,
+)
+from .arrays import Volume, _codecs, create_volume, group_path, open_dataset
 
 __all__ = [
     "check_destination",
+    "dataset_from_array",
     "delete_node",
     "describe_dataset",
     "list_arrays",
@@ -156,3 +163,22 @@ def delete_node(group: zarr.Group, name: str) -> None:
     path = Path(group_path(group)) / name
     if path.exists():
         shutil.rmtree(path)
+
+
+def dataset_from_array(out: str | os.PathLike[str] | None, name: str, data: Any, *,
+                       voxel_size: Sequence[float], chunks: Sequence[int],
+                       overwrite: bool = False) -> str:
+    """A new dataset at ``out`` whose array ``name`` is ``data`` (numpy or dask; 3D, or
+    4D channel-first), written chunk by chunk; returns the dataset path."""
+    if out is None:
+        raise ConfigError(f"out: got None, expected the path of a new dataset to hold the "
+                          f"{name} array and the outputs")
+    shape = tuple(int(n) for n in getattr(data, "shape", ()))
+    if len(shape) not in (3, 4):
+        raise DataError(f"{name}: got an array of shape {shape}, expected (z, y, x) or "
+                        "(c, z, y, x)")
+    channels = shape[0] if len(shape) == 4 else None
+    with staged_dataset(out, overwrite=overwrite) as group:
+        create_volume(group, name, shape=shape[-3:], channels=channels, dtype=data.dtype,
+                      voxel_size=voxel_size, chunks=chunks).store(data)
+    return str(out)

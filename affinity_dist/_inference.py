@@ -1,0 +1,92 @@
+"""The torch side of prediction: devices, one cached model per worker, the forward kernel.
+
+Imported only where inference runs (workers), never at package import. The kernel
+:func:`forward` is pure: float32 tiles in, affinities in [0, 1] out.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from .errors import ConfigError
+
+__all__ = ["Device", "Precision", "cached_model", "forward", "resolve_device"]
+
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["bf16", "fp32"]
+_LOCK = threading.Lock()
+_MODELS: dict[tuple[Any, ...], Any] = {}
+
+
+def _worker_index() -> int | None:
+    """The integer name of this Dask worker (LocalCluster names them 0, 1, ...), if any."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):
+        return None
+    return name if isinstance(name, int) else None
+
+
+def resolve_device(device: Device) -> torch.device:
+    """``auto``: CUDA when this process sees a GPU, else CPU. Several GPUs on one machine
+    are shared out by the Dask worker's index (SLURM jobs see only their own GPU)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device: got {device!r}, expected 'auto', 'cpu' or 'cuda'")
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError("--device: got 'cuda', but this process sees no CUDA GPU "
+                          f"(torch {torch.__version__}); expected 'auto' or 'cpu'")
+    index = _worker_index()
+    return torch.device("cuda", (index or 0) % torch.cuda.device_count())
+
+
+def cached_model(path: str, device: torch.device) -> Any:
+    """The model of checkpoint ``path`` on ``device``, loaded once per process.
+
+    Keyed by path, size and modification time, so a replaced checkpoint is reloaded.
+    Tasks carry only the path: the weights never travel with the task graph.
+    """
+    from .train import load_checkpoint
+
+    stat = Path(path).stat() if Path(path).is_file() else None
+    key = (str(Path(path).resolve()), stat and (stat.st_size, stat.st_mtime_ns), str(device))
+    with _LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model, _, _ = load_checkpoint(path)
+            model.eval().requires_grad_(False).to(device)
+            # channels-last: measured faster for the 3D convolutions on CPU (bench_predict)
+            model = model.to(memory_format=torch.channels_last_3d)
+            _MODELS.clear()  # one model per worker: a new checkpoint replaces the old one
+            _MODELS[key] = model
+    return model
+
+
+def forward(model: Any, tiles: NDArray[np.float32], device: torch.device,
+            precision: Precision = "bf16", channels: int | None = None
+            ) -> NDArray[np.float32]:
+    """Affinities in [0, 1] of a batch of input tiles ``(N, 1, z, y, x)``.
+
+    ``precision`` "bf16" runs under autocast (the shipped model was trained that way; on
+    this CPU 3-5x faster than fp32), "fp32" in full precision. ``channels`` keeps only the
+    first output channels. Inference mode: no autograd state is kept.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device, non_blocking=True)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    with (torch.inference_mode(),
+          torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")):
+        logits = model(x)
+        if channels is not None:
+            logits = logits[:, :channels]
+        out = torch.sigmoid(logits.float())
+    result: NDArray[np.float32] = out.contiguous().cpu().numpy()
+    return result
