@@ -81,8 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="CKPT", default=None,
                    help="checkpoint (a training run's model.pt; default: the shipped model)")
     p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
-                   help="write block, a multiple of the chunk shape and of the model's "
-                        "output unit (default 256^3)")
+                   help="write block, a multiple of the chunk shape (default 256^3)")
     p.add_argument("--tile", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
                    help="network output tile (default 64^3 on CPU, 128^3 on GPU)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

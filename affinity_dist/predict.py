@@ -29,7 +29,6 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from .data import normalize_raw
 from .errors import ConfigError, DataError, DestinationExistsError, InputNotFoundError, bad_value
 from .geometry import BlockGrid, Box, as_shape, reflect_indices
 from .model import UNetConfig
@@ -116,6 +115,13 @@ class PredictStats:
     voxels: int
     read_voxels: int
     network_voxels: int
+    model_seconds: float = 0.0
+    task_seconds: float = 0.0
+
+    @property
+    def model_share(self) -> float:
+        """Share of the tasks' time spent in the network (the rest: I/O, glue)."""
+        return self.model_seconds / max(self.task_seconds, 1e-9)
 
     @property
     def halo_overhead(self) -> float:
@@ -139,8 +145,10 @@ def read_mirrored(raw: Volume, window: Box) -> tuple[NDArray[Any], int]:
     lo = tuple(int(i.min()) for i in index)
     hi = tuple(int(i.max()) + 1 for i in index)
     data = raw.read(Box(lo, hi))
-    if Box(lo, hi) != window:
-        data = data[np.ix_(*(i - o for i, o in zip(index, lo, strict=True)))]
+    for axis, (i, o, a, b) in enumerate(zip(index, lo, window.start, window.stop,
+                                             strict=True)):
+        if a < 0 or b > raw.spatial_shape[axis]:  # one axis at a time: 3x faster than np.ix_
+            data = np.take(data, i - o, axis=axis)
     return data, math.prod(h - o for h, o in zip(hi, lo, strict=True))
 
 
@@ -148,35 +156,39 @@ def read_mirrored(raw: Volume, window: Box) -> tuple[NDArray[Any], int]:
 class _PredictBlock:
     plan: PredictPlan
 
-    def __call__(self, block_id: int) -> tuple[int, int, int]:
+    def __call__(self, block_id: int) -> tuple[int, int, int, float, float]:
         from ._inference import cached_model, forward, resolve_device
 
+        start = time.perf_counter()
         plan = self.plan
         box = plan.grid.write_box(block_id)
         window = plan.input_box(box)
         raw, read = read_mirrored(open_volume(plan.dataset, "raw"), window)
-        raw = normalize_raw(raw)
         device = resolve_device(plan.device)
         model = cached_model(plan.model, device)
         channels = len(plan.config.offsets)
-        out = np.empty((channels, *box.shape), np.float32)
+        out = np.empty((channels, *box.shape), plan.dtype)
         size = tuple(t + c for t, c in zip(plan.net_output, plan.config.context, strict=True))
         # raw[0, 0, 0] is the input of output voxel window.start + left
         base = tuple(s + left for s, left in zip(window.start, plan.left, strict=True))
         origins = list(itertools.product(*plan.tile_starts(box)))
+        in_model = 0.0
         for first in range(0, len(origins), plan.batch):
             batch = origins[first:first + plan.batch]
             tiles = np.stack([raw[None, *(slice(o - b, o - b + n) for o, b, n in
                                           zip(origin, base, size, strict=True))]
                               for origin in batch])
-            affs = forward(model, tiles, device, plan.precision)
+            clock = time.perf_counter()
+            affs = forward(model, tiles, device, plan.precision,
+                           as_uint8=plan.dtype == "uint8")
+            in_model += time.perf_counter() - clock
             for origin, tile in zip(batch, affs, strict=True):
                 keep = _intersect(box, origin, plan.tile)
                 out[:, *keep.relative_to(box)] = tile[:, *keep.relative_to(
                     Box(origin, _add(origin, plan.net_output)))]
-        result = to_uint8(out) if plan.dtype == "uint8" else out
-        open_volume(plan.dataset, STAGED, "r+").write(box, result)
-        return box.size, read, len(origins) * math.prod(size)
+        open_volume(plan.dataset, STAGED, "r+").write(box, out)
+        return (box.size, read, len(origins) * math.prod(size), in_model,
+                time.perf_counter() - start)
 
 
 def _add(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
@@ -211,13 +223,15 @@ def _check_device(device: str, local: bool) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _unit_multiple(values: Sequence[int], unit: Sequence[int], shape: Sequence[int],
-                   name: str) -> None:
-    """Refuse sizes that are not whole multiples of the model's output unit (an axis
-    covered whole needs none)."""
-    if any((v < u or v % u) and v < n for v, u, n in zip(values, unit, shape, strict=True)):
-        raise ConfigError(f"{name}: got {tuple(values)}, expected multiples of the model's "
-                          f"output unit {tuple(unit)} (its total downsampling)")
+def _default_tile(step: int, block: int, n: int, cap: int) -> int:
+    """The largest multiple of ``step`` up to ``cap`` (and no larger than the block or the
+    volume needs) that divides the block, so no tile straddles two blocks; else the
+    largest such multiple."""
+    limit = max(step, min(cap, block, -(-n // step) * step) // step * step)
+    if block >= n:
+        return limit
+    dividing = [t for t in range(limit, 0, -step) if block % t == 0]
+    return dividing[0] if dividing else limit
 
 
 def prepare_predict(dataset: str | os.PathLike[str], *,
@@ -257,16 +271,19 @@ def prepare_predict(dataset: str | os.PathLike[str], *,
         raise bad_value("--batch", batch, "an integer >= 1")
     shape, chunks, step = raw.spatial_shape, raw.chunks, config.step
     if block is None:
-        unit = [math.lcm(c, s) for c, s in zip(chunks, step, strict=True)]
-        block = tuple(-(-b // u) * u for b, u in zip(DEFAULT_BLOCK, unit, strict=True))
+        block = tuple(-(-b // c) * c for b, c in zip(DEFAULT_BLOCK, chunks, strict=True))
     block = as_shape(block, "--block", ndim=3)
     check_chunk_alignment(block, chunks, shape)
-    _unit_multiple(block, step, shape, "--block")
-    if tile is None:  # the default tile, no larger than the block or the volume
-        tile = tuple(max(s, min(DEFAULT_TILE[resolved], b, -(-n // s) * s) // s * s)
+    if any(b < s and b < n for b, s, n in zip(block, step, shape, strict=True)):
+        raise ConfigError(f"--block: got {tuple(block)}, expected at least the model's "
+                          f"output unit {step} (its total downsampling) per axis")
+    if tile is None:
+        tile = tuple(_default_tile(s, b, n, DEFAULT_TILE[resolved])
                      for s, b, n in zip(step, block, shape, strict=True))
     tile = as_shape(tile, "--tile", ndim=3)
-    _unit_multiple(tile, step, (math.inf,) * 3, "--tile")  # type: ignore[arg-type]
+    if any(t % s for t, s in zip(tile, step, strict=True)):
+        raise ConfigError(f"--tile: got {tuple(tile)}, expected multiples of the model's "
+                          f"output unit {step} (its total downsampling)")
     net_output = config.valid_shapes(1, minimum_output=tile)[0][1]
     if "affinities" in open_dataset(dataset) and not overwrite:
         raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
@@ -312,10 +329,15 @@ def run_predict(plan: PredictPlan, *, client: Any | None = None,
         rename_volume(group, STAGED, "affinities")
     finally:
         delete_node(group, STAGED)
-    stats = PredictStats(len(done), seconds, *(sum(d[i] for d in done) for i in range(3)))
+    stats = PredictStats(len(done), seconds, voxels=sum(d[0] for d in done),
+                         read_voxels=sum(d[1] for d in done),
+                         network_voxels=sum(d[2] for d in done),
+                         model_seconds=sum(d[3] for d in done),
+                         task_seconds=sum(d[4] for d in done))
     log.info("predict: %.2f Mvox/s; halo overhead %.2f (raw read / written), compute "
-             "overhead %.2f (network input / output)", stats.voxels_per_second / 1e6,
-             stats.halo_overhead, stats.compute_overhead)
+             "overhead %.2f (network input / output), %.0f %% of task time in the model",
+             stats.voxels_per_second / 1e6, stats.halo_overhead, stats.compute_overhead,
+             100 * stats.model_share)
     return stats
 
 
@@ -334,10 +356,11 @@ def predict(data: str | os.PathLike[str] | Any, *, model: str | os.PathLike[str]
         array, first stored as ``raw`` of a new dataset at ``out``. uint8 raw is normalised
         as in training (/255); float raw is used as it is.
     model : checkpoint (``model.pt`` of a training run); default: the shipped fib25 model.
-    block : write block (z, y, x), a multiple of the chunk shape and of the model's step;
-        default 256^3 rounded up to both.
-    tile : network output tile, a multiple of the model's step (default 64^3 on CPU,
-        128^3 on GPU, no larger than the block). Results depend on it only by float rounding.
+    block : write block (z, y, x), a multiple of the chunk shape, at least the model's
+        step; default 256^3 rounded up to whole chunks.
+    tile : network output tile, a multiple of the model's step (default: up to 64^3 on
+        CPU, 128^3 on GPU, dividing the block where possible so no tile straddles two
+        blocks). Results depend on it only by float rounding.
     device : "auto" (CUDA where a worker has it), "cpu" or "cuda".
     precision : "bf16" (autocast, default) or "fp32".
     dtype : "uint8" (0-255, default) or "float32".
