@@ -49,29 +49,6 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device("cuda", (index or 0) % torch.cuda.device_count())
 
 
-def _keep_freed_memory() -> None:
-    """Let glibc reuse freed activation buffers instead of returning them to the OS.
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins
-    glibc's mmap threshold at 128 KiB: every activation tensor is then a fresh mmap whose
-    pages fault in on each forward pass. Measured with the shipped model on this CPU
-    (64^3 tiles, bf16): 1.26 Mvox/s under that setting, 2.23 with these two mallopt calls,
-    the same as a plain process. The worker's memory stays at its high-water mark instead.
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB
-        libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: keep up to 1 GiB of freed memory
-    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
-        return
-
-
 def cached_model(path: str, device: torch.device) -> Any:
     """The model of checkpoint ``path`` on ``device``, loaded once per process.
 
@@ -85,7 +62,6 @@ def cached_model(path: str, device: torch.device) -> Any:
     with _LOCK:
         model = _MODELS.get(key)
         if model is None:
-            _keep_freed_memory()
             model, _, _ = load_checkpoint(path)
             model.eval().requires_grad_(False).to(device)
             # channels-last: measured faster for the 3D convolutions on CPU (bench_predict)

@@ -288,6 +288,16 @@ def test_on_a_local_cluster_with_two_processes(tmp_path: Path, local_cluster: An
     assert np.array_equal(outs[0], outs[1])
     threads = local_cluster.run(torch.get_num_threads)
     assert set(threads.values()) == {1}  # one torch thread per single-threaded worker
+    assert set(local_cluster.run(_malloc_tuned).values()) == {True}
+
+
+def _malloc_tuned() -> bool:
+    """Did this worker tune glibc's malloc (scheduling.keep_freed_memory) for its blocks?"""
+    import sys
+
+    from affinity_dist import scheduling
+
+    return bool(scheduling._MALLOC_TUNED) or not sys.platform.startswith("linux")
 
 
 def _finished(client: Any, prefix: str) -> int:
