@@ -33,6 +33,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/hadolint docker/Dockerfile docker/Dockerfile.cuda
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_storage.py
@@ -40,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_merge.py
 	$(BIN)/python benchmarks/bench_predict.py
 	$(BIN)/python benchmarks/bench_segment.py
+	$(BIN)/python benchmarks/bench_evaluate.py
 	$(BIN)/python benchmarks/bench_train.py
 
 clean:

@@ -26,6 +26,7 @@ from .errors import (
     DestinationExistsError,
     InputNotFoundError,
 )
+from .evaluate import evaluate
 from .ingest import ingest
 from .predict import predict
 from .sample import sample
@@ -42,6 +43,7 @@ __all__ = [
     "DestinationExistsError",
     "InputNotFoundError",
     "__version__",
+    "evaluate",
     "ingest",
     "predict",
     "sample",

@@ -76,6 +76,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="map a non-uint8 raw's [min, max] onto 0-255")
     _cluster_options(p)
 
+    _predict_parser(sub)
+
+    p = sub.add_parser("segment", help="affinities -> fragments -> merged segmentation")
+    p.add_argument("--input", required=True, metavar="X.zarr",
+                   help="dataset holding 'affinities' (c, z, y, x), uint8 or float")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="join voxels whose affinity is above this (default 0.5)")
+    p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
+                   help="write block, a multiple of the chunk shape (default 256^3)")
+    p.add_argument("--min-size", type=int, default=0, metavar="N",
+                   help="segments smaller than N voxels become background 0 (default: keep)")
+    p.add_argument("--no-fragments", action="store_true",
+                   help="do not write the 'fragments' array (faster: segmentation only)")
+    _cluster_options(p, outputs=False)
+
+    _evaluate_parser(sub)
+
+    p = sub.add_parser("train", help="train the affinity U-Net on volumes with ground truth")
+    p.add_argument("--data", action="append", required=True, metavar="SRC",
+                   help="HDF5/Zarr/N5 with raw and labels (repeat for several volumes)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR",
+                   help="run directory: checkpoints, loss.csv, loss.png, config.json; an "
+                        "existing run resumes at its last checkpoint")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="training configuration, TOML or JSON (keys of TrainConfig)")
+
+    p = sub.add_parser("info", help="list the arrays of a dataset with their metadata")
+    p.add_argument("dataset", metavar="X.zarr")
+    return parser
+
+
+def _predict_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="raw -> affinities with a U-Net, block by block")
     p.add_argument("--input", required=True, metavar="X.zarr", help="dataset holding 'raw'")
     p.add_argument("--model", metavar="CKPT", default=None,
@@ -92,32 +125,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass (default 1)")
     _cluster_options(p, outputs=False)
 
-    p = sub.add_parser("segment", help="affinities -> fragments -> merged segmentation")
+
+def _evaluate_parser(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="VOI, adapted Rand and CREMI score against truth")
     p.add_argument("--input", required=True, metavar="X.zarr",
-                   help="dataset holding 'affinities' (c, z, y, x), uint8 or float")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="join voxels whose affinity is above this (default 0.5)")
+                   help="dataset holding the segmentation")
+    p.add_argument("--truth", metavar="Y.zarr", default=None,
+                   help="dataset holding the ground-truth 'labels' (default: --input)")
+    p.add_argument("--json", metavar="OUT", default=None, help="also write the scores here")
+    p.add_argument("--segmentation", default="segmentation", help="array to score")
+    p.add_argument("--labels", default="labels", help="ground-truth array")
     p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"), default=None,
-                   help="write block, a multiple of the chunk shape (default 256^3)")
-    p.add_argument("--min-size", type=int, default=0, metavar="N",
-                   help="segments smaller than N voxels become background 0 (default: keep)")
-    p.add_argument("--no-fragments", action="store_true",
-                   help="do not write the 'fragments' array (faster: segmentation only)")
+                   help="block read per task, a multiple of the chunks (default 256^3)")
+    p.add_argument("--min-truth-size", type=int, default=0, metavar="N",
+                   help="leave out truth objects smaller than N voxels (default: keep all)")
+    p.add_argument("--top", type=int, default=5, help="worst objects to list (default 5)")
     _cluster_options(p, outputs=False)
-
-    p = sub.add_parser("train", help="train the affinity U-Net on volumes with ground truth")
-    p.add_argument("--data", action="append", required=True, metavar="SRC",
-                   help="HDF5/Zarr/N5 with raw and labels (repeat for several volumes)")
-    p.add_argument("--out", required=True, metavar="RUN_DIR",
-                   help="run directory: checkpoints, loss.csv, loss.png, config.json; an "
-                        "existing run resumes at its last checkpoint")
-    p.add_argument("--iterations", type=int, default=2000)
-    p.add_argument("--config", metavar="FILE", default=None,
-                   help="training configuration, TOML or JSON (keys of TrainConfig)")
-
-    p = sub.add_parser("info", help="list the arrays of a dataset with their metadata")
-    p.add_argument("dataset", metavar="X.zarr")
-    return parser
 
 
 def _cluster_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LocalScheduler]:
@@ -192,6 +215,31 @@ def _cmd_segment(args: argparse.Namespace) -> None:
     print(f"{args.input}: {int(table.counts.sum())} fragments -> {table.num_segments} segments")
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluate import check_report_path, prepare_evaluate, run_evaluate, write_report
+    from .scheduling import cluster
+
+    _, local = _cluster_args(args)
+    plan = prepare_evaluate(args.input, truth=args.truth, segmentation=args.segmentation,
+                            labels=args.labels, block=args.block,
+                            min_truth_size=args.min_truth_size, top=args.top)
+    if args.json is not None:
+        check_report_path(args.json)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        s = run_evaluate(plan, client=client, scheduler=local, progress=not args.quiet)
+    if args.json is not None:
+        write_report(args.json, plan, s)
+    print(f"{args.input}: VOI split {s.voi_split:.4f}  merge {s.voi_merge:.4f}  "
+          f"sum {s.voi_sum:.4f}  adapted Rand error {s.adapted_rand_error:.4f} "
+          f"(precision {s.rand_precision:.4f}, recall {s.rand_recall:.4f})  CREMI score "
+          f"{s.cremi_score:.4f}  {s.segments} segments / {s.truth_objects} truth objects "
+          f"over {s.voxels} voxels")
+    for title, rows in (("most split truth objects", s.worst_splits),
+                        ("most merged segments", s.worst_merges)):
+        if rows:
+            print(f"  {title}: " + ", ".join(f"{i} ({v:.3f} bits)" for i, v in rows))
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from .storage import describe_dataset
 
@@ -215,7 +263,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predict,
-            "segment": _cmd_segment,
+            "segment": _cmd_segment, "evaluate": _cmd_evaluate,
             "train": _cmd_train, "info": _cmd_info}
 
 

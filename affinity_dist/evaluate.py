@@ -1,0 +1,158 @@
+"""Evaluate: a segmentation against ground truth, block by block, out of core.
+
+Every Dask task reads one block of ``segmentation`` and of the truth ``labels`` and returns
+its contingency table (the overlapping id pairs with their voxel counts); the client sums
+the tables and computes VOI split/merge, adapted Rand error and the CREMI score
+(:mod:`affinity_dist.metrics`). Memory grows with the number of overlapping id pairs,
+never with the number of voxels. Truth label 0 is ignored; truth objects smaller than
+``min_truth_size`` voxels can be left out (exactly: their rows are dropped from the
+summed table).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DataError, bad_value
+from .geometry import BlockGrid, as_shape
+from .metrics import Contingency, Scores, contingency, merge_contingency, scores
+from .scheduling import LocalScheduler, run_blocks
+from .storage import check_chunk_alignment, open_volume
+
+__all__ = ["EvaluatePlan", "check_report_path", "evaluate", "prepare_evaluate", "run_evaluate",
+           "write_report"]
+
+log = logging.getLogger(__name__)
+DEFAULT_BLOCK = (256, 256, 256)
+
+
+@dataclass(frozen=True)
+class EvaluatePlan:
+    """A validated evaluation."""
+
+    dataset: str
+    segmentation: str
+    truth: str
+    labels: str
+    grid: BlockGrid
+    min_truth_size: int = 0
+    top: int = 5
+
+
+def prepare_evaluate(dataset: str | os.PathLike[str], *,
+                     truth: str | os.PathLike[str] | None = None,
+                     segmentation: str = "segmentation", labels: str = "labels",
+                     block: Sequence[int] | None = None, min_truth_size: int = 0,
+                     top: int = 5) -> EvaluatePlan:
+    """Validate an evaluation without reading any voxel. ``truth``: a dataset holding the
+    ground truth ``labels`` (default: ``dataset`` itself)."""
+    seg = open_volume(dataset, segmentation)
+    gt = open_volume(truth if truth is not None else dataset, labels)
+    for volume, name in ((seg, "--input"), (gt, "--truth")):
+        if len(volume.shape) != 3 or volume.dtype.kind not in "iu":
+            raise DataError(f"{name}: got {volume.name!r} of shape {volume.shape} and dtype "
+                            f"{volume.dtype}, expected a 3D integer label volume")
+    if seg.shape != gt.shape:
+        raise DataError(f"--truth: got labels of shape {gt.shape}, expected the "
+                        f"segmentation's shape {seg.shape}")
+    for value, name in ((min_truth_size, "--min-truth-size"), (top, "--top")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad_value(name, value, "an integer >= 0")
+    chunks = seg.chunks
+    if block is None:
+        block = tuple(-(-b // c) * c for b, c in zip(DEFAULT_BLOCK, chunks, strict=True))
+    block = as_shape(block, "--block", ndim=3)
+    check_chunk_alignment(block, chunks, seg.shape)
+    return EvaluatePlan(str(dataset), segmentation, str(truth if truth is not None else dataset),
+                        labels, BlockGrid(seg.shape, block), min_truth_size, top)
+
+
+@dataclass(frozen=True)
+class _ContingencyBlock:
+    plan: EvaluatePlan
+
+    def __call__(self, block_id: int) -> Contingency:
+        plan = self.plan
+        box = plan.grid.write_box(block_id)
+        seg = open_volume(plan.dataset, plan.segmentation).read(box)
+        gt = open_volume(plan.truth, plan.labels).read(box)
+        return contingency(seg, gt)
+
+
+def _drop_small_truth(table: Contingency, min_size: int) -> Contingency:
+    if not min_size or not len(table.truth):
+        return table
+    _, inverse = np.unique(table.truth, return_inverse=True)
+    sizes = np.bincount(inverse, weights=table.counts)
+    keep = sizes[inverse] >= min_size
+    return Contingency(table.seg[keep], table.truth[keep], table.counts[keep])
+
+
+def run_evaluate(plan: EvaluatePlan, *, client: Any | None = None,
+                 scheduler: LocalScheduler = "threads", progress: bool = True) -> Scores:
+    """Execute a validated plan; see :func:`evaluate`."""
+    tables = run_blocks(_ContingencyBlock(plan), list(plan.grid), stage="evaluate",
+                        client=client, scheduler=scheduler, progress=progress)
+    table = _drop_small_truth(merge_contingency(tables), plan.min_truth_size)
+    log.info("evaluate: %d blocks, %d overlapping id pairs", plan.grid.num_blocks,
+             len(table.counts))
+    return scores(table, top=plan.top)
+
+
+def evaluate(dataset: str | os.PathLike[str], *, truth: str | os.PathLike[str] | None = None,
+             segmentation: str = "segmentation", labels: str = "labels",
+             block: Sequence[int] | None = None, min_truth_size: int = 0, top: int = 5,
+             json_path: str | os.PathLike[str] | None = None, client: Any | None = None,
+             scheduler: LocalScheduler = "threads", progress: bool = True) -> Scores:
+    """Score ``segmentation`` of ``dataset`` against ground-truth ``labels``.
+
+    Parameters
+    ----------
+    truth : dataset holding ``labels`` (default: ``dataset`` itself), same shape.
+    min_truth_size : leave out truth objects with fewer voxels (default 0: keep all).
+    top : how many worst split truth objects and merged segments to list.
+    json_path : also write the scores as JSON there.
+    client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
+
+    Returns
+    -------
+    :class:`~affinity_dist.metrics.Scores`: VOI split/merge (bits), adapted Rand error with
+    precision and recall, CREMI score, counts and the worst objects.
+    """
+    plan = prepare_evaluate(dataset, truth=truth, segmentation=segmentation, labels=labels,
+                            block=block, min_truth_size=min_truth_size, top=top)
+    if json_path is not None:
+        check_report_path(json_path)
+    result = run_evaluate(plan, client=client, scheduler=scheduler, progress=progress)
+    if json_path is not None:
+        write_report(json_path, plan, result)
+    return result
+
+
+def check_report_path(path: str | os.PathLike[str]) -> Path:
+    """Refuse a --json path whose directory does not exist (before any work is done)."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise ConfigError(f"--json: got {str(path)!r}, expected a path in an existing "
+                          "directory")
+    return target
+
+
+def write_report(path: str | os.PathLike[str], plan: EvaluatePlan, result: Scores) -> None:
+    """The scores as JSON (written to a temporary name, then renamed: never half a file)."""
+    target = check_report_path(path)
+    report = {"dataset": plan.dataset, "segmentation": plan.segmentation,
+              "truth": plan.truth, "labels": plan.labels,
+              "min_truth_size": plan.min_truth_size, **asdict(result),
+              "voi_sum": result.voi_sum, "cremi_score": result.cremi_score}
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(target)
