@@ -140,6 +140,9 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--min-truth-size", type=int, default=0, metavar="N",
                    help="leave out truth objects smaller than N voxels (default: keep all)")
     p.add_argument("--top", type=int, default=5, help="worst objects to list (default 5)")
+    p.add_argument("--preview", metavar="PREFIX", default=None,
+                   help="also write PREFIX-xy.png and PREFIX-xz.png: central sections of "
+                        "raw with the segmentation overlaid")
     _cluster_options(p, outputs=False)
 
 
@@ -225,10 +228,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
                             min_truth_size=args.min_truth_size, top=args.top)
     if args.json is not None:
         check_report_path(args.json)
+    if args.preview is not None:
+        check_report_path(f"{args.preview}-xy.png", "--preview")
     with cluster(args.scheduler, n_workers=args.workers) as client:
         s = run_evaluate(plan, client=client, scheduler=local, progress=not args.quiet)
     if args.json is not None:
         write_report(args.json, plan, s)
+    if args.preview is not None:
+        from .preview import write_previews
+
+        for path in write_previews(args.input, args.preview, args.segmentation):
+            print(f"preview: {path}")
     print(f"{args.input}: VOI split {s.voi_split:.4f}  merge {s.voi_merge:.4f}  "
           f"sum {s.voi_sum:.4f}  adapted Rand error {s.adapted_rand_error:.4f} "
           f"(precision {s.rand_precision:.4f}, recall {s.rand_recall:.4f})  CREMI score "

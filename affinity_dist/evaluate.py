@@ -137,11 +137,11 @@ def evaluate(dataset: str | os.PathLike[str], *, truth: str | os.PathLike[str] |
     return result
 
 
-def check_report_path(path: str | os.PathLike[str]) -> Path:
-    """Refuse a --json path whose directory does not exist (before any work is done)."""
+def check_report_path(path: str | os.PathLike[str], argument: str = "--json") -> Path:
+    """Refuse an output path whose directory does not exist (before any work is done)."""
     target = Path(path)
     if not target.parent.is_dir():
-        raise ConfigError(f"--json: got {str(path)!r}, expected a path in an existing "
+        raise ConfigError(f"{argument}: got {str(path)!r}, expected a path in an existing "
                           "directory")
     return target
 

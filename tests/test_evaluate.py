@@ -122,3 +122,34 @@ def test_api_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError):
         evaluate(data, segmentation="labels", truth=dataset(
             tmp_path / "y.zarr", np.ones((4, 4, 5), np.uint64), None), progress=False)
+
+
+def test_previews_show_raw_and_segments(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from affinity_dist.preview import id_colours, overlay
+
+    truth = np.zeros((6, 20, 30), np.uint64)
+    truth[:, :, 15:] = 7
+    data = dataset(tmp_path / "x.zarr", truth, truth)
+    raw = np.full((6, 20, 30), 200, np.uint8)
+    with staged_dataset(tmp_path / "y.zarr") as group:
+        box = Box((0, 0, 0), truth.shape)
+        create_volume(group, "raw", shape=truth.shape, dtype=np.uint8,
+                      voxel_size=(40, 4, 4)).write(box, raw)
+        create_volume(group, "segmentation", shape=truth.shape, dtype=np.uint64,
+                      voxel_size=(40, 4, 4)).write(box, truth)
+    result = run_cli("evaluate", "--input", tmp_path / "y.zarr", "--truth", data,
+                     "--preview", tmp_path / "p", "--scheduler", "threads")
+    assert result.returncode == 0, result.stderr
+    xy = np.asarray(Image.open(tmp_path / "p-xy.png"))
+    xz = np.asarray(Image.open(tmp_path / "p-xz.png"))
+    assert xy.shape == (20, 30, 3)
+    assert xz.shape == (60, 30, 3)  # z stretched 10x: 40 nm sections, 4 nm pixels
+    assert (xy[:, :15] == 200).all()  # background: raw only
+    expected = overlay(np.array([[200]], np.uint8), np.array([[7]], np.uint64))[0, 0]
+    assert (xy[:, 15:] == expected).all()  # segment 7's colour blended over raw
+    assert not np.array_equal(id_colours(np.array([1])), id_colours(np.array([2])))
+    bad = run_cli("evaluate", "--input", data, "--preview", tmp_path / "no" / "p",
+                  "--scheduler", "threads")
+    assert bad.returncode == 2 and "--preview" in bad.stderr
