@@ -93,6 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     _evaluate_parser(sub)
 
+    p = sub.add_parser("pyramid", help="coarser levels of arrays for viewers (OME-Zarr)")
+    p.add_argument("--input", required=True, metavar="X.zarr")
+    p.add_argument("--arrays", nargs="+", default=None, metavar="NAME",
+                   help="arrays to downsample (default: raw, labels, segmentation, "
+                        "fragments, affinities where present)")
+    p.add_argument("--levels", type=int, default=None,
+                   help="levels below the full resolution (default: until <= 32 voxels)")
+    _cluster_options(p, outputs=False)
+
     p = sub.add_parser("train", help="train the affinity U-Net on volumes with ground truth")
     p.add_argument("--data", action="append", required=True, metavar="SRC",
                    help="HDF5/Zarr/N5 with raw and labels (repeat for several volumes)")
@@ -250,6 +259,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             print(f"  {title}: " + ", ".join(f"{i} ({v:.3f} bits)" for i, v in rows))
 
 
+def _cmd_pyramid(args: argparse.Namespace) -> None:
+    from .pyramid import pyramid
+    from .scheduling import cluster
+    from .storage import open_dataset
+
+    _, local = _cluster_args(args)
+    open_dataset(args.input)  # a missing dataset fails before a cluster starts
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        done = pyramid(args.input, args.arrays, levels=args.levels, client=client,
+                       scheduler=local, progress=not args.quiet)
+    for name, paths in done.items():
+        print(f"{name}: {len(paths)} levels ({', '.join(paths) or 'none'})")
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from .storage import describe_dataset
 
@@ -273,7 +296,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predict,
-            "segment": _cmd_segment, "evaluate": _cmd_evaluate,
+            "segment": _cmd_segment, "evaluate": _cmd_evaluate, "pyramid": _cmd_pyramid,
             "train": _cmd_train, "info": _cmd_info}
 
 

@@ -49,7 +49,7 @@ def keep_freed_memory() -> None:
     fresh mmap whose pages fault in again. Measured on this machine: segment's storage
     traffic per 256^3 block 0.22 s in a plain process, 0.41 s under that setting, 0.27 s
     with these two mallopt calls; the shipped U-Net 1.26 Mvox/s under it, 2.23 with them.
-    A worker then holds up to 256 MiB of freed memory for reuse.
+    A worker then holds up to 64 MiB of freed memory for reuse.
     """
     if _MALLOC_TUNED or not sys.platform.startswith("linux"):
         return
@@ -60,7 +60,7 @@ def keep_freed_memory() -> None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB
-        libc.mallopt(-1, 256 * 2**20)  # M_TRIM_THRESHOLD: keep up to 256 MiB freed
+        libc.mallopt(-1, 64 * 2**20)  # M_TRIM_THRESHOLD: keep up to 64 MiB freed
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         return
 

@@ -26,6 +26,7 @@ from .arrays import (
     group_path,
     open_dataset,
     open_volume,
+    register_levels,
     rename_volume,
 )
 from .datasets import (
@@ -58,6 +59,7 @@ __all__ = [
     "open_external",
     "open_volume",
     "read_table",
+    "register_levels",
     "rename_volume",
     "staged_dataset",
     "write_table",

@@ -30,6 +30,7 @@ __all__ = [
     "group_path",
     "open_dataset",
     "open_volume",
+    "register_levels",
     "rename_volume",
 ]
 
@@ -257,6 +258,31 @@ def _register_multiscale(group: zarr.Group, name: str, axes: Sequence[str],
     ome: dict[str, Any] = dict(attrs.get("ome", {}))
     scales = [m for m in ome.get("multiscales", []) if m.get("name") != name]
     group.attrs["ome"] = {**ome, "version": NGFF_VERSION, "multiscales": [*scales, entry]}
+
+
+def register_levels(group: zarr.Group, name: str,
+                    levels: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> None:
+    """Make array ``name``'s OME-Zarr multiscale its level 0 followed by ``levels``:
+    ``(path, voxel_size, offset)`` each, coarser and coarser (NGFF viewers pick a level
+    per zoom)."""
+    attrs: dict[str, Any] = dict(group.attrs)
+    ome: dict[str, Any] = dict(attrs.get("ome", {}))
+    scales = list(ome.get("multiscales", []))
+    entry = next((m for m in scales if m.get("name") == name), None)
+    if entry is None:
+        raise InputNotFoundError(f"multiscale: got {name!r}, expected an array registered "
+                                 "in the dataset's OME-Zarr metadata")
+    lead = len(entry["axes"]) - 3
+    datasets = [entry["datasets"][0]] + [{
+        "path": path,
+        "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0] * lead + [float(v) for v in voxel]},
+            {"type": "translation", "translation": [0.0] * lead + [float(o) for o in off]},
+        ],
+    } for path, voxel, off in levels]
+    entry = {**entry, "datasets": datasets}
+    group.attrs["ome"] = {**ome, "multiscales": [entry if m.get("name") == name else m
+                                                 for m in scales]}
 
 
 def create_work_array(group: zarr.Group, name: str, *, shape: Sequence[int],
