@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="levels below the full resolution (default: until <= 32 voxels)")
     _cluster_options(p, outputs=False)
 
+    p = sub.add_parser("run", help="every stage of a workflow file, with a report")
+    p.add_argument("workflow", metavar="WORKFLOW", help="workflow file (TOML, see workflows/)")
+    p.add_argument("--scheduler", metavar="ADDR", default=None,
+                   help="override the workflow's cluster.scheduler ('local', an address, "
+                        "'threads', 'synchronous')")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes of a local cluster (default: the workflow's)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
     p = sub.add_parser("train", help="train the affinity U-Net on volumes with ground truth")
     p.add_argument("--data", action="append", required=True, metavar="SRC",
                    help="HDF5/Zarr/N5 with raw and labels (repeat for several volumes)")
@@ -273,6 +282,19 @@ def _cmd_pyramid(args: argparse.Namespace) -> None:
         print(f"{name}: {len(paths)} levels ({', '.join(paths) or 'none'})")
 
 
+def _cmd_run(args: argparse.Namespace) -> None:
+    from .run import report_paths, run_workflow
+    from .workflow import load_workflow
+
+    if args.workers is not None and args.workers < 1:
+        raise _bad("--workers", args.workers, "a positive integer")
+    workflow = load_workflow(args.workflow)
+    report = run_workflow(workflow, scheduler=args.scheduler, workers=args.workers,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{workflow.output}: {len(report['stages'])} stages in {report['seconds']:.1f} s; "
+          f"report {report_paths(workflow)['report']}")
+
+
 def _cmd_info(args: argparse.Namespace) -> None:
     from .storage import describe_dataset
 
@@ -297,6 +319,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predict,
             "segment": _cmd_segment, "evaluate": _cmd_evaluate, "pyramid": _cmd_pyramid,
+            "run": _cmd_run,
             "train": _cmd_train, "info": _cmd_info}
 
 
