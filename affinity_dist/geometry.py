@@ -126,6 +126,17 @@ class Box:
         stop = tuple(max(min(s, n), a) for s, n, a in zip(self.stop, shape, start, strict=True))
         return Box(start, stop)
 
+    def intersect(self, other: Box) -> Box:
+        """The part of this box inside ``other`` (an empty overlap keeps start <= stop).
+
+        >>> Box((0, 0), (4, 4)).intersect(Box((2, -1), (6, 3)))
+        Box(start=(2, 0), stop=(4, 3))
+        """
+        start = tuple(max(a, b) for a, b in zip(self.start, other.start, strict=True))
+        stop = tuple(max(min(a, b), c) for a, b, c in
+                     zip(self.stop, other.stop, start, strict=True))
+        return Box(start, stop)
+
     def contains(self, other: Box) -> bool:
         return all(a <= c and d <= b for a, b, c, d in
                    zip(self.start, self.stop, other.start, other.stop, strict=True))

@@ -100,13 +100,6 @@ class Scores:
         return math.sqrt(self.voi_sum * self.adapted_rand_error)
 
 
-def _sum_by(ids: NDArray[np.uint64], values: NDArray[Any]) -> tuple[NDArray[np.uint64],
-                                                                    NDArray[np.float64]]:
-    unique, inverse = np.unique(ids, return_inverse=True)
-    sums = np.bincount(inverse, weights=values, minlength=len(unique))
-    return unique, np.asarray(sums, dtype=np.float64)
-
-
 def _xlogx(p: NDArray[np.float64]) -> NDArray[np.float64]:
     out = np.zeros_like(p)
     nz = p > 0
@@ -122,15 +115,19 @@ def scores(table: Contingency, top: int = 5) -> Scores:
     if n == 0:
         return Scores(0.0, 0.0, 0.0, 1.0, 1.0, 0, 0, 0)
     p = counts / n
-    seg_ids, p_seg = _sum_by(table.seg, p)
-    gt_ids, p_gt = _sum_by(table.truth, p)
-    p_seg_of_row = p_seg[np.searchsorted(seg_ids, table.seg)]
-    p_gt_of_row = p_gt[np.searchsorted(gt_ids, table.truth)]
+    seg_ids, seg_of_row = np.unique(table.seg, return_inverse=True)
+    gt_ids, gt_of_row = np.unique(table.truth, return_inverse=True)
+
+    def by_seg(values: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(np.bincount(seg_of_row, values, len(seg_ids)), np.float64)
+
+    def by_gt(values: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(np.bincount(gt_of_row, values, len(gt_ids)), np.float64)
+
+    p_seg, p_gt = by_seg(p), by_gt(p)
     # H(seg | truth) per truth object, H(truth | seg) per segment
-    split_terms = -(_xlogx(p) - p * np.log2(p_gt_of_row))
-    merge_terms = -(_xlogx(p) - p * np.log2(p_seg_of_row))
-    _, split_by_gt = _sum_by(table.truth, split_terms)
-    _, merge_by_seg = _sum_by(table.seg, merge_terms)
+    split_by_gt = by_gt(p * np.log2(p_gt[gt_of_row]) - _xlogx(p))
+    merge_by_seg = by_seg(p * np.log2(p_seg[seg_of_row]) - _xlogx(p))
     # adapted Rand (skimage's formula: counts of voxel pairs)
     sum_pij2 = counts @ counts - n
     a = p_gt * n  # truth object sizes

@@ -183,7 +183,7 @@ class _PredictBlock:
                            as_uint8=plan.dtype == "uint8")
             in_model += time.perf_counter() - clock
             for origin, tile in zip(batch, affs, strict=True):
-                keep = _intersect(box, origin, plan.tile)
+                keep = box.intersect(Box(origin, _add(origin, plan.tile)))
                 out[:, *keep.relative_to(box)] = tile[:, *keep.relative_to(
                     Box(origin, _add(origin, plan.net_output)))]
         open_volume(plan.dataset, STAGED, "r+").write(box, out)
@@ -195,13 +195,6 @@ def _add(a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
     return tuple(x + y for x, y in zip(a, b, strict=True))
 
 
-def _intersect(box: Box, origin: Sequence[int], shape: Sequence[int]) -> Box:
-    """The part of ``box`` inside the tile at ``origin`` of ``shape``."""
-    stop = _add(origin, shape)
-    return Box(tuple(max(a, b) for a, b in zip(origin, box.start, strict=True)),
-               tuple(min(a, b) for a, b in zip(stop, box.stop, strict=True)))
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -211,16 +204,15 @@ def _sha256(path: Path) -> str:
 
 
 def _check_device(device: str, local: bool) -> str:
+    """Validate ``--device`` and name the device the default tile is chosen for: resolved
+    here when the workers are local ('cuda' without a GPU refused), else as requested."""
     if device not in ("auto", "cpu", "cuda"):
         raise bad_value("--device", device, "'auto', 'cpu' or 'cuda'")
-    if device == "cpu":
-        return "cpu"
-    import torch
+    if device == "cuda" and not local:
+        return "cuda"
+    from ._inference import resolve_device
 
-    if device == "cuda" and local and not torch.cuda.is_available():
-        raise ConfigError(f"--device: got 'cuda', but this machine has no CUDA GPU (torch "
-                          f"{torch.__version__}); expected 'auto' or 'cpu'")
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(device).type  # type: ignore[arg-type]
 
 
 def _default_tile(step: int, block: int, n: int, cap: int) -> int:

@@ -84,10 +84,9 @@ class _LevelBlock:
     def __call__(self, block_id: int) -> int:
         box = self.grid.write_box(block_id)
         src = open_volume(self.dataset, self.source)
-        start = tuple(a * f for a, f in zip(box.start, self.factor, strict=True))
-        stop = tuple(min(b * f, n) for b, f, n in zip(box.stop, self.factor,
-                                                      src.spatial_shape, strict=True))
-        data = downsample(src.read(Box(start, stop)), self.factor, self.labels)
+        cells = Box(tuple(a * f for a, f in zip(box.start, self.factor, strict=True)),
+                    tuple(b * f for b, f in zip(box.stop, self.factor, strict=True)))
+        data = downsample(src.read(cells.clip(src.spatial_shape)), self.factor, self.labels)
         open_volume(self.dataset, self.target, "r+").write(box, data)
         return box.size
 
