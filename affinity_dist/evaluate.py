@@ -11,7 +11,6 @@ summed table).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from .errors import ConfigError, DataError, bad_value
 from .geometry import BlockGrid, as_shape
 from .metrics import Contingency, Scores, contingency, merge_contingency, scores
 from .scheduling import LocalScheduler, run_blocks
-from .storage import check_chunk_alignment, open_volume
+from .storage import check_chunk_alignment, open_volume, write_json
 
 __all__ = ["EvaluatePlan", "check_report_path", "evaluate", "prepare_evaluate", "run_evaluate",
            "write_report"]
@@ -153,6 +152,4 @@ def write_report(path: str | os.PathLike[str], plan: EvaluatePlan, result: Score
               "truth": plan.truth, "labels": plan.labels,
               "min_truth_size": plan.min_truth_size, **asdict(result),
               "voi_sum": result.voi_sum, "cremi_score": result.cremi_score}
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(target)
+    write_json(target, report)

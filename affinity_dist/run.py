@@ -10,7 +10,6 @@ workers. Not yet resumable: a rerun needs ``overwrite`` (see issue 6).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -18,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .scheduling import LocalScheduler, cluster
-from .storage import list_arrays
+from .scheduling import LocalScheduler, cluster, worker_peak_mb
+from .storage import list_arrays, write_json
 from .workflow import Workflow
 
 __all__ = ["report_paths", "run_workflow"]
@@ -33,22 +32,6 @@ def report_paths(workflow: Workflow) -> dict[str, Path]:
     stem = out.parent / out.name.removesuffix(".zarr")
     return {"report": Path(f"{stem}-report.json"), "scores": Path(f"{stem}-scores.json"),
             "preview": Path(f"{stem}-preview")}
-
-
-def _peak_worker_mb(client: Any | None) -> float | None:
-    if client is None:
-        return None
-
-    def vm_hwm() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    try:
-        return float(max(client.run(vm_hwm).values()))
-    except (OSError, ValueError):
-        return None
 
 
 def _stage(workflow: Workflow, stage: str, overwrite: bool, run: dict[str, Any]
@@ -132,9 +115,7 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None,
             report["stages"].append(entry)
             print(f"{stage}: {entry['blocks']} blocks, {entry['seconds']:.1f} s, "
                   f"{entry['voxels_per_second'] / 1e6:.2f} Mvox/s", flush=True)
-        report["peak_worker_mb"] = _peak_worker_mb(client)
+        report["peak_worker_mb"] = worker_peak_mb(client) if client is not None else None
     report["seconds"] = round(time.perf_counter() - start, 3)
-    tmp = paths["report"].with_name(f".{paths['report'].name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(paths["report"])
+    write_json(paths["report"], report)
     return report

@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from dask.base import compute
@@ -26,7 +27,8 @@ from tqdm import tqdm
 
 from .errors import AffinityDistError, BlockFailedError, ConfigError
 
-__all__ = ["Scheduler", "cluster", "keep_freed_memory", "release_freed_memory", "run_blocks"]
+__all__ = ["Scheduler", "cluster", "keep_freed_memory", "peak_memory_mb", "release_freed_memory",
+           "run_blocks", "worker_peak_mb"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,9 +70,25 @@ def keep_freed_memory() -> None:
 
 
 def release_freed_memory() -> None:
-    """Return the heap's free pages to the OS (glibc ``malloc_trim``), after a block."""
+    """Return the heap's free pages to the OS (glibc ``malloc_trim``): at a stage's end."""
     if _MALLOC_TUNED:
         _MALLOC_TUNED[0].malloc_trim(0)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MB (Linux VmHWM, which unlike ru_maxrss
+    is not inherited over fork); NaN where /proc is absent."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return float("nan")
+    return next((int(line.split()[1]) / 1e3 for line in lines
+                 if line.startswith("VmHWM:")), float("nan"))
+
+
+def worker_peak_mb(client: Any) -> float:
+    """The largest peak resident memory over the cluster's worker processes, in MB."""
+    return float(max(client.run(peak_memory_mb).values()))
 
 
 class _Guarded:

@@ -28,6 +28,7 @@ from _common import fib25, tile_to
 
 from affinity_dist.evaluate import evaluate
 from affinity_dist.geometry import Box
+from affinity_dist.scheduling import worker_peak_mb
 from affinity_dist.storage import create_volume, staged_dataset
 
 
@@ -44,13 +45,6 @@ def volumes(size: int) -> tuple[np.ndarray, np.ndarray]:
     seg = np.roll(truth, 1, axis=2)
     seg[seg == big[1]] = big[0]
     return truth, seg
-
-
-def vm_hwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main() -> None:
@@ -75,7 +69,7 @@ def main() -> None:
                 start = time.perf_counter()
                 ours = evaluate(path, client=client, progress=False)
                 times.append(time.perf_counter() - start)
-            peak = max(client.run(vm_hwm_mb).values())
+            peak = worker_peak_mb(client)
     from skimage.metrics import adapted_rand_error, variation_of_information
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

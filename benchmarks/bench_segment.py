@@ -34,6 +34,7 @@ import numpy as np
 from _common import CLI, fib25, peak_rss
 
 from affinity_dist.geometry import Box
+from affinity_dist.scheduling import worker_peak_mb
 from affinity_dist.storage import create_volume, open_volume, staged_dataset
 
 THRESHOLD = 0.5
@@ -125,20 +126,6 @@ def dask_image_peer(path: Path, out: Path) -> float:
         labels, _ = ndmeasure.label(mask, structure=structure)
         labels.to_zarr(str(out), overwrite=True)
     return time.perf_counter() - t0
-
-
-def vm_hwm_kb() -> int:
-    """Peak RSS of this process image (VmHWM; unlike ru_maxrss not inherited via fork)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
-def worker_peak_mb(client: object) -> float:
-    """Largest peak RSS over the cluster's worker processes, in MB."""
-    peaks = client.run(vm_hwm_kb)  # type: ignore[attr-defined]
-    return max(peaks.values()) / 1e3
 
 
 class _IOFloor:

@@ -38,6 +38,7 @@ from .datasets import (
     open_external,
     read_table,
     staged_dataset,
+    write_json,
     write_table,
 )
 
@@ -62,5 +63,6 @@ __all__ = [
     "register_levels",
     "rename_volume",
     "staged_dataset",
+    "write_json",
     "write_table",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "open_external",
     "read_table",
     "staged_dataset",
+    "write_json",
     "write_table",
 ]
 
@@ -182,3 +183,13 @@ def dataset_from_array(out: str | os.PathLike[str] | None, name: str, data: Any,
         create_volume(group, name, shape=shape[-3:], channels=channels, dtype=data.dtype,
                       voxel_size=voxel_size, chunks=chunks).store(data)
     return str(out)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as JSON under a temporary name, then rename: never half a file."""
+    import json
+
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(target)
