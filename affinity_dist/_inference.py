@@ -1,7 +1,7 @@
 """The torch side of prediction: devices, one cached model per worker, the forward kernel.
 
 Imported only where inference runs (workers), never at package import. The kernel
-:func:`forward` is pure: float32 tiles in, affinities in [0, 1] out.
+:func:`forward` is pure: raw tiles (uint8 or float) in, affinities (float32 or uint8) out.
 """
 
 from __future__ import annotations
