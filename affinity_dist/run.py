@@ -10,6 +10,7 @@ workers. Not yet resumable: a rerun needs ``overwrite`` (see issue 6).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -86,18 +87,25 @@ def _stage(workflow: Workflow, stage: str, overwrite: bool, run: dict[str, Any]
 
 def run_workflow(workflow: Workflow, *, scheduler: str | None = None,
                  workers: int | None = None, overwrite: bool = False,
-                 progress: bool = True) -> dict[str, Any]:
-    """Run every stage of ``workflow``; returns (and writes) the run report."""
-    target = scheduler or workflow.scheduler
+                 progress: bool = True, client: Any | None = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run every stage of ``workflow``; returns (and writes) the run report.
+
+    ``client``: a connected ``distributed.Client`` to run on (e.g. SLURM workers started
+    by ``workflows/submit_workflow.py``) instead of the workflow's ``cluster.scheduler``;
+    ``extra``: entries added to the report (e.g. the SLURM job ids).
+    """
+    target = "client" if client is not None else scheduler or workflow.scheduler
     paths = report_paths(workflow)
     if not paths["report"].parent.is_dir():
         raise ConfigError(f"workflow: got output = {workflow.output!r}, expected a path in "
                           "an existing directory")
     local: LocalScheduler = "synchronous" if target == "synchronous" else "threads"
     report: dict[str, Any] = {"workflow": workflow.file, "output": workflow.output,
-                              "scheduler": target, "stages": []}
+                              "scheduler": target, **(extra or {}), "stages": []}
     start = time.perf_counter()
-    with cluster(target, n_workers=workers or workflow.cluster.get("workers")) as client:
+    given = contextlib.nullcontext(client) if client is not None else None
+    with given or cluster(target, n_workers=workers or workflow.cluster.get("workers")) as client:
         report["dashboard"] = getattr(client, "dashboard_link", None)
         run = {"client": client, "scheduler": local, "progress": progress}
         on_this_machine = target in ("local", "threads", "synchronous")
