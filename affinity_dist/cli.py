@@ -158,6 +158,9 @@ def _evaluate_parser(sub: Any) -> None:
     p.add_argument("--min-truth-size", type=int, default=0, metavar="N",
                    help="leave out truth objects smaller than N voxels (default: keep all)")
     p.add_argument("--top", type=int, default=5, help="worst objects to list (default 5)")
+    p.add_argument("--boundary-tolerance", type=float, default=0.0, metavar="NM",
+                   help="ignore truth voxels within NM nm of a truth boundary in their xy "
+                        "section, as CREMI does (default 0: off)")
     p.add_argument("--preview", metavar="PREFIX", default=None,
                    help="also write PREFIX-xy.png and PREFIX-xz.png: central sections of "
                         "raw with the segmentation overlaid")
@@ -243,7 +246,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     _, local = _cluster_args(args)
     plan = prepare_evaluate(args.input, truth=args.truth, segmentation=args.segmentation,
                             labels=args.labels, block=args.block,
-                            min_truth_size=args.min_truth_size, top=args.top)
+                            min_truth_size=args.min_truth_size, top=args.top,
+                            boundary_tolerance=args.boundary_tolerance)
     if args.json is not None:
         check_report_path(args.json)
     if args.preview is not None:
@@ -262,6 +266,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
           f"(precision {s.rand_precision:.4f}, recall {s.rand_recall:.4f})  CREMI score "
           f"{s.cremi_score:.4f}  {s.segments} segments / {s.truth_objects} truth objects "
           f"over {s.voxels} voxels")
+    if plan.boundary_tolerance:
+        print(f"  truth voxels within {plan.boundary_tolerance:g} nm of a truth boundary "
+              "ignored")
     for title, rows in (("most split truth objects", s.worst_splits),
                         ("most merged segments", s.worst_merges)):
         if rows:

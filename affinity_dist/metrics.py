@@ -7,18 +7,23 @@ label 0 ("unknown") is ignored everywhere; segmentation label 0 counts as one se
 (as in ``skimage.metrics``, whose conventions these follow: VOI in bits, split =
 H(segmentation | truth), merge = H(truth | segmentation), adapted Rand error =
 1 - F-score of the pair precision and recall).
+
+:func:`border_mask` is CREMI's optional boundary tolerance: the truth voxels it marks are
+set to 0 (ignored) before the table is built.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.ndimage import binary_dilation, distance_transform_edt
 
-__all__ = ["Contingency", "Scores", "contingency", "merge_contingency", "scores"]
+__all__ = ["Contingency", "Scores", "border_mask", "contingency", "merge_contingency", "scores"]
 
 
 @dataclass(frozen=True)
@@ -145,3 +150,61 @@ def scores(table: Contingency, top: int = 5) -> Scores:
     return Scores(float(split_by_gt.sum()), float(merge_by_seg.sum()), float(are),
                   float(precision), float(recall), len(seg_ids), len(gt_ids), int(n),
                   worst(gt_ids, split_by_gt), worst(seg_ids, merge_by_seg))
+
+
+_MAX_DILATION_OFFSETS = 64
+
+
+def border_mask(labels: NDArray[Any], tolerance_nm: float, voxel_size: Sequence[float]
+                ) -> NDArray[np.bool_]:
+    """Voxels within ``tolerance_nm`` of a label boundary in their own xy section.
+
+    The semantics of CREMI's ``create_border_mask_2d`` (cremi_python,
+    ``cremi/evaluation/border_mask.py``), section by section along z:
+
+    * a voxel is a **boundary voxel** when one of its four in-plane neighbours (y +- 1,
+      x +- 1) has a different label. Every label counts, 0 included (CREMI checks no label
+      specially: a truth object ends at an unknown region as it ends at another object), so
+      both voxels of every differing pair are boundary voxels. Voxels outside the array do
+      not count (CREMI pads by edge replication): the array's edges are no boundary.
+    * a voxel is **masked** when its in-plane Euclidean distance in nm (voxel centres,
+      ``sampling`` = the y and x voxel size) to the nearest boundary voxel is <=
+      ``tolerance_nm``; boundary voxels themselves (distance 0) always are, so tolerance 0
+      marks exactly the boundary voxels (as CREMI's ``max_dist=0``).
+    * a section without any boundary voxel has no masked voxel (CREMI would pass an image
+      without background to ``distance_transform_edt``, whose result is then undefined).
+
+    CREMI's evaluation requires equal y and x resolution and converts the threshold to
+    pixels; distances in nm with per-axis sampling are the same there and also cover
+    anisotropic xy. ``labels``: (z, y, x) integers; ``voxel_size``: (z, y, x) in nm (z is
+    unused: the mask never looks across sections).
+    """
+    if labels.ndim != 3:
+        raise ValueError(f"labels: got shape {labels.shape}, expected (z, y, x)")
+    if not (math.isfinite(tolerance_nm) and tolerance_nm >= 0):
+        raise ValueError(f"tolerance_nm: got {tolerance_nm!r}, expected a finite number >= 0")
+    if len(voxel_size) != 3 or not all(math.isfinite(v) and v > 0 for v in voxel_size):
+        raise ValueError(f"voxel_size: got {tuple(voxel_size)}, expected 3 positive numbers")
+    boundary = np.zeros(labels.shape, bool)
+    for axis in (1, 2):
+        lower = [slice(None)] * 3
+        upper = [slice(None)] * 3
+        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+        differ = labels[tuple(lower)] != labels[tuple(upper)]
+        boundary[tuple(lower)] |= differ
+        boundary[tuple(upper)] |= differ
+    vy, vx = float(voxel_size[1]), float(voxel_size[2])
+    if tolerance_nm < min(vy, vx):  # no other voxel is that close to a boundary voxel
+        return boundary
+    # the in-plane offsets within the tolerance: dilating the boundary by a small disc is
+    # faster than distance transforms (measured 3-4x up to ~50 offsets), same mask
+    ky, kx = int(tolerance_nm // vy), int(tolerance_nm // vx)
+    dy, dx = np.ogrid[-ky:ky + 1, -kx:kx + 1]
+    disc = (dy * vy) ** 2 + (dx * vx) ** 2 <= tolerance_nm ** 2
+    if disc.sum() <= _MAX_DILATION_OFFSETS:
+        return np.asarray(binary_dilation(boundary, structure=disc[None]), bool)
+    mask = boundary.copy()
+    for z in np.flatnonzero(boundary.any(axis=(1, 2))):
+        distance = distance_transform_edt(~boundary[z], sampling=(vy, vx))
+        mask[z] = distance <= tolerance_nm
+    return mask

@@ -45,7 +45,7 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
     "segment": {"threshold": (float, int), "block": (list,), "min_size": (int,),
                 "keep_fragments": (bool,)},
     "evaluate": {"min_truth_size": (int,), "top": (int,), "preview": (bool,),
-                 "block": (list,)},
+                 "block": (list,), "boundary_tolerance": (float, int)},
     "cluster": {"scheduler": (str,), "workers": (int,)},
 }
 _PATHS = {("input", "source"), ("input", "dataset"), ("predict", "model")}
