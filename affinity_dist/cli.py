@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="list the arrays of a dataset with their metadata")
     p.add_argument("dataset", metavar="X.zarr")
+    _view_parser(sub)
     return parser
 
 
@@ -142,6 +143,24 @@ def _predict_parser(sub: Any) -> None:
                    help="write float32 affinities instead of uint8 0-255")
     p.add_argument("--batch", type=int, default=1, help="tiles per forward pass (default 1)")
     _cluster_options(p, outputs=False)
+
+
+def _view_parser(sub: Any) -> None:
+    p = sub.add_parser("view", help="serve a dataset in neuroglancer (or screenshot it, or "
+                       "write its webKnossos metadata)")
+    p.add_argument("dataset", metavar="X.zarr")
+    p.add_argument("--screenshot", metavar="PNG", default=None,
+                   help="render the xy section in headless Chromium, write this PNG and exit")
+    p.add_argument("--size", type=int, nargs=2, metavar=("W", "H"), default=[1024, 768],
+                   help="screenshot size in pixels (default 1024 768)")
+    p.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                   help="seconds to wait for the screenshot (default 300)")
+    p.add_argument("--port", type=int, default=0,
+                   help="port of the neuroglancer server (default 0: any free port)")
+    p.add_argument("--bind", default="127.0.0.1", metavar="ADDR",
+                   help="address the server listens on (default 127.0.0.1: this machine only)")
+    p.add_argument("--webknossos", action="store_true",
+                   help="write X.zarr/datasource-properties.json for webKnossos and exit")
 
 
 def _evaluate_parser(sub: Any) -> None:
@@ -315,6 +334,22 @@ def _cmd_info(args: argparse.Namespace) -> None:
               f" on disk ({ratio:.1f}x)")
 
 
+def _cmd_view(args: argparse.Namespace) -> None:
+    if args.webknossos:
+        from .webknossos import write_webknossos_metadata
+
+        print(write_webknossos_metadata(args.dataset))
+        return
+    from .view import view
+
+    if args.timeout <= 0:
+        raise _bad("--timeout", args.timeout, "a positive number of seconds")
+    view(args.dataset, screenshot=args.screenshot, port=args.port, bind=args.bind,
+         size=args.size, timeout=args.timeout)
+    if args.screenshot is not None:
+        print(args.screenshot)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from .train import load_config, train
 
@@ -327,7 +362,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predict,
             "segment": _cmd_segment, "evaluate": _cmd_evaluate, "pyramid": _cmd_pyramid,
             "run": _cmd_run,
-            "train": _cmd_train, "info": _cmd_info}
+            "train": _cmd_train, "info": _cmd_info,
+            "view": _cmd_view}
 
 
 def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:
