@@ -29,10 +29,18 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ConfigError, DataError, DestinationExistsError, InputNotFoundError, bad_value
+from .errors import (
+    AffinityDistError,
+    ConfigError,
+    DataError,
+    DestinationExistsError,
+    InputNotFoundError,
+    bad_value,
+)
 from .geometry import BlockGrid, Box, as_shape, reflect_indices
 from .model import UNetConfig
-from .scheduling import LocalScheduler, run_blocks
+from .scheduling import BlockCounts, LocalScheduler
+from .state import StageState, array_key, run_recorded
 from .storage import (
     DEFAULT_CHUNKS,
     Volume,
@@ -55,6 +63,8 @@ DEFAULT_BLOCK: Vec = (256, 256, 256)
 #: finds 64^3 fastest for the shipped model (128^3 falls out of cache); a GPU wants more.
 DEFAULT_TILE = {"cpu": 64, "cuda": 128}
 STAGED = "_staging_affinities"
+#: Bump when a change of this module changes the affinities it writes (keys the run state).
+VERSION = 1
 
 
 def default_model() -> Path:
@@ -85,6 +95,17 @@ class PredictPlan:
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["bf16", "fp32"]
     batch: int = 1
+    raw_key: str = ""
+
+    @property
+    def state(self) -> StageState:
+        """The run state: keyed by raw, model checksum and everything that decides the
+        affinities (not ``batch``, which does not)."""
+        return StageState.of(self.dataset, "predict", {
+            "version": VERSION, "raw": self.raw_key, "model_sha256": self.model_sha256,
+            "block": list(self.grid.block_shape), "tile": list(self.tile),
+            "net_output": list(self.net_output), "chunks": list(self.chunks),
+            "dtype": self.dtype, "precision": self.precision, "device": self.device})
 
     @property
     def left(self) -> Vec:
@@ -117,6 +138,7 @@ class PredictStats:
     network_voxels: int
     model_seconds: float = 0.0
     task_seconds: float = 0.0
+    counts: BlockCounts | None = None
 
     @property
     def model_share(self) -> float:
@@ -284,7 +306,8 @@ def prepare_predict(dataset: str | os.PathLike[str], *,
     cz, cy, cx = chunks
     return PredictPlan(str(dataset), str(path.absolute()), _sha256(path), config,
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),
-                       dtype, device, precision, batch)  # type: ignore[arg-type]
+                       dtype, device, precision, batch,  # type: ignore[arg-type]
+                       array_key(dataset, "raw"))
 
 
 def _gpu_resources(client: Any | None) -> dict[str, float] | None:
@@ -306,26 +329,44 @@ def run_predict(plan: PredictPlan, *, client: Any | None = None,
              "precision": plan.precision, "normalization": "uint8/255",
              "encoding": "uint8 0-255 = 0-1" if plan.dtype == "uint8" else "float32 0-1"}
     resources = _gpu_resources(client)
+    state = plan.state
+    attrs["run_key"] = state.key
+    usable = STAGED in group and open_volume(plan.dataset, STAGED).attrs.get("run_key") == state.key
+    resuming = state.begin(keep=usable)
     log.info("predict: %d blocks of %s, tile %s (network %s -> %s), context %s, %s%s",
              plan.grid.num_blocks, plan.grid.block_shape, plan.tile,
              _add(plan.net_output, config.context), plan.net_output, config.context,
              plan.precision, ", one GPU per task" if resources else "")
-    try:
+    if not resuming:
         create_volume(group, STAGED, shape=raw.spatial_shape, channels=len(config.offsets),
                       dtype=plan.dtype, voxel_size=raw.voxel_size, offset=raw.offset,
                       chunks=plan.chunks, attributes=attrs, overwrite=True, register=False)
-        clock = time.perf_counter()
-        done = run_blocks(_PredictBlock(plan), list(plan.grid), stage="predict", client=client,
-                          scheduler=scheduler, progress=progress, resources=resources)
-        seconds = time.perf_counter() - clock
-        rename_volume(group, STAGED, "affinities")
+    counts = BlockCounts()
+    clock = time.perf_counter()
+    try:
+        done = run_recorded(state, "predict", _PredictBlock(plan), list(plan.grid), counts,
+                            previous=False, client=client, scheduler=scheduler,
+                            progress=progress, resources=resources)
+    except AffinityDistError as err:
+        if err.exit_code == 2:  # bad input found by a block: leave nothing behind
+            delete_node(group, STAGED)
+            state.discard()
+        raise
     finally:
-        delete_node(group, STAGED)
+        if Path(state.root).exists() and len(state.done("predict")) < plan.grid.num_blocks:
+            log.error("predict: stopped with %d of %d blocks recorded in %s; a rerun "
+                      "computes only the others", len(state.done("predict")),
+                      plan.grid.num_blocks, state.root)
+    seconds = time.perf_counter() - clock
+    rename_volume(group, STAGED, "affinities")
+    state.finish({"blocks": plan.grid.num_blocks})
+    if counts.skipped:
+        log.info("predict: resumed, %d blocks were done already", counts.skipped)
     stats = PredictStats(len(done), seconds, voxels=sum(d[0] for d in done),
                          read_voxels=sum(d[1] for d in done),
                          network_voxels=sum(d[2] for d in done),
                          model_seconds=sum(d[3] for d in done),
-                         task_seconds=sum(d[4] for d in done))
+                         task_seconds=sum(d[4] for d in done), counts=counts)
     log.info("predict: %.2f Mvox/s; halo overhead %.2f (raw read / written), compute "
              "overhead %.2f (network input / output), %.0f %% of task time in the model",
              stats.voxels_per_second / 1e6, stats.halo_overhead, stats.compute_overhead,

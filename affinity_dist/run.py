@@ -4,22 +4,30 @@ ingest (when the input is a source) -> predict -> segment -> evaluate (when the 
 has ground-truth labels) -> previews. Each stage is the same plan/run pair the single
 commands use; the run prints the dashboard link, a progress bar per stage, and writes a
 report beside the output (``<output>-report.json``, plus a short summary on stdout):
-per-stage seconds, voxels/s, blocks, predict's halo overhead, and the peak memory of the
-workers. Not yet resumable: a rerun needs ``overwrite`` (see issue 6).
+per-stage seconds, voxels/s, block tasks computed / skipped / retried, predict's halo
+overhead, and the peak memory of the workers.
+
+Resumable (see :mod:`affinity_dist.state`): a stage whose output was finished under the
+same key (inputs, model checksum, options, code version) is skipped; an interrupted stage
+continues with the blocks it has not recorded; a changed option redoes that stage and
+those after it (their inputs' keys change). Outputs a run did not make are not replaced
+without ``overwrite``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .scheduling import LocalScheduler, cluster, worker_peak_mb
-from .storage import list_arrays, write_json
+from .errors import ConfigError, DestinationExistsError
+from .scheduling import BlockCounts, LocalScheduler, cluster, worker_peak_mb
+from .state import StageState, array_key
+from .storage import list_arrays, open_volume, write_json
 from .workflow import Workflow
 
 __all__ = ["report_paths", "run_workflow"]
@@ -35,54 +43,108 @@ def report_paths(workflow: Workflow) -> dict[str, Path]:
             "preview": Path(f"{stem}-preview")}
 
 
-def _stage(workflow: Workflow, stage: str, overwrite: bool, run: dict[str, Any]
-           ) -> dict[str, Any]:
-    """Run one stage; returns its report entry."""
-    out, options = workflow.output, dict(getattr(workflow, stage, {}))
-    local = run.pop("local")
-    entry: dict[str, Any] = {}
-    if stage == "ingest":
-        from .ingest import prepare_ingest, run_ingest
+def _skip_or_check(dataset: str, names: tuple[str, ...], state: StageState,
+                   overwrite: bool) -> bool:
+    """True when every output was finished under this key (the stage is skipped); else
+    refuse to replace an output a run did not make, unless ``overwrite``."""
+    arrays = set(list_arrays(dataset)) if Path(dataset).exists() else set()
+    keys = {n: open_volume(dataset, n).attrs.get("run_key") if n in arrays else None
+            for n in names}
+    if not overwrite and state.complete and all(k == state.key for k in keys.values()):
+        return True
+    foreign = [n for n in names if n in arrays and keys[n] is None]
+    if foreign and not overwrite:
+        raise DestinationExistsError(f"workflow: got output = {dataset!r} which holds "
+                                     f"{foreign} not made by a run; expected none (or pass "
+                                     "--overwrite)")
+    return False
 
-        inp = dict(workflow.input)
-        plan = prepare_ingest(inp.pop("source"), out, overwrite=overwrite, **inp)
-        run_ingest(plan, **run)
-        entry.update(voxels=math.prod(plan.grid.shape), blocks=plan.grid.num_blocks)
-    elif stage == "predict":
-        from .predict import prepare_predict, run_predict
 
-        pplan = prepare_predict(out, overwrite=overwrite, local=local, **options)
-        stats = run_predict(pplan, **run)
-        entry.update(voxels=stats.voxels, blocks=stats.blocks,
-                     halo_overhead=round(stats.halo_overhead, 3),
-                     compute_overhead=round(stats.compute_overhead, 3),
-                     model_share=round(stats.model_share, 3))
-    elif stage == "segment":
-        from .segment import prepare_segment, run_segment
+def _ingest(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:
+    from .ingest import prepare_ingest, run_ingest
 
-        splan = prepare_segment(out, overwrite=overwrite, **options)
-        table = run_segment(splan, **run)
-        z, y, x = splan.grid.shape
-        entry.update(voxels=z * y * x, blocks=splan.grid.num_blocks,
-                     fragments=int(table.counts.sum()), segments=int(table.num_segments))
-    else:
-        from .evaluate import prepare_evaluate, run_evaluate, write_report
+    out, inp = workflow.output, dict(workflow.input)
+    source = Path(inp.pop("source"))
+    stat = source.stat()
+    state = StageState.of(out, "ingest", {"source": str(source.resolve()), "size": stat.st_size,
+                                          "mtime": stat.st_mtime_ns, **inp})
+    made = Path(out).exists() and StageState.of(out, "ingest", {}).summary().get("key")
+    if Path(out).exists() and state.complete and not overwrite:
+        plan = prepare_ingest(source, out, overwrite=True, **inp)
+        return {"voxels": math.prod(plan.grid.shape), "blocks": plan.grid.num_blocks,
+                "skipped": plan.grid.num_blocks}
+    plan = prepare_ingest(source, out, overwrite=overwrite or bool(made), **inp)
+    run_ingest(plan, **run)
+    state.begin(keep=False)
+    state.finish({"blocks": plan.grid.num_blocks})
+    return {"voxels": math.prod(plan.grid.shape), "blocks": plan.grid.num_blocks,
+            "computed": plan.grid.num_blocks}
 
-        preview = options.pop("preview", True)
-        eplan = prepare_evaluate(out, **options)
-        scores = run_evaluate(eplan, **run)
-        paths = report_paths(workflow)
-        write_report(paths["scores"], eplan, scores)
-        z, y, x = eplan.grid.shape
-        entry.update(voxels=z * y * x, blocks=eplan.grid.num_blocks,
-                     voi_split=scores.voi_split, voi_merge=scores.voi_merge,
-                     adapted_rand_error=scores.adapted_rand_error,
-                     cremi_score=scores.cremi_score, scores=str(paths["scores"]))
-        if preview:
-            from .preview import write_previews
 
-            entry["previews"] = [str(p) for p in write_previews(out, paths["preview"])]
-    return entry
+def _predict(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:
+    from .predict import prepare_predict, run_predict
+
+    plan = prepare_predict(workflow.output, overwrite=True, local=run.pop("local"),
+                           **workflow.predict)
+    entry: dict[str, Any] = {"voxels": math.prod(plan.grid.shape),
+                             "blocks": plan.grid.num_blocks, "key": plan.state.key}
+    if _skip_or_check(plan.dataset, ("affinities",), plan.state, overwrite):
+        return {**entry, "skipped": plan.grid.num_blocks}
+    stats = run_predict(plan, **run)
+    return {**entry, **(stats.counts.as_dict() if stats.counts else {}),
+            "halo_overhead": round(stats.halo_overhead, 3),
+            "compute_overhead": round(stats.compute_overhead, 3),
+            "model_share": round(stats.model_share, 3)}
+
+
+def _segment(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:
+    from .segment import prepare_segment, run_segment
+
+    plan = prepare_segment(workflow.output, overwrite=True, **workflow.segment)
+    entry: dict[str, Any] = {"voxels": math.prod(plan.grid.shape),
+                             "blocks": plan.grid.num_blocks, "key": plan.state.key}
+    if _skip_or_check(plan.dataset, tuple(plan.outputs), plan.state, overwrite):
+        return {**entry, "skipped": plan.grid.num_blocks,
+                "segments": plan.state.summary().get("segments")}
+    counts = BlockCounts()
+    table = run_segment(plan, counts=counts, **run)
+    return {**entry, **counts.as_dict(), "fragments": int(table.counts.sum()),
+            "segments": int(table.num_segments)}
+
+
+def _evaluate(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:
+    from .evaluate import prepare_evaluate, run_evaluate, write_report
+
+    options = dict(workflow.evaluate)
+    preview = options.pop("preview", True)
+    plan = prepare_evaluate(workflow.output, **options)
+    paths = report_paths(workflow)
+    state = StageState.of(plan.dataset, "evaluate", {
+        "segmentation": array_key(plan.dataset, "segmentation"),
+        "labels": array_key(plan.dataset, "labels"), "preview": preview,
+        "scores": str(paths["scores"]), **options})
+    entry: dict[str, Any] = {"voxels": math.prod(plan.grid.shape),
+                             "blocks": plan.grid.num_blocks, "scores": str(paths["scores"])}
+    if state.complete and paths["scores"].is_file() and not overwrite:
+        scores = json.loads(paths["scores"].read_text())
+        return {**entry, "skipped": plan.grid.num_blocks,
+                **{k: scores[k] for k in SCORE_KEYS}, **state.summary().get("entry", {})}
+    state.begin(keep=False)
+    result = run_evaluate(plan, **run)
+    write_report(paths["scores"], plan, result)
+    entry.update(computed=plan.grid.num_blocks,
+                 **{k: getattr(result, k) for k in SCORE_KEYS})
+    extra: dict[str, Any] = {}
+    if preview:
+        from .preview import write_previews
+
+        extra["previews"] = [str(p) for p in write_previews(workflow.output, paths["preview"])]
+    state.finish({"entry": extra})
+    return {**entry, **extra}
+
+
+SCORE_KEYS = ("voi_split", "voi_merge", "adapted_rand_error", "cremi_score")
+_STAGES = {"ingest": _ingest, "predict": _predict, "segment": _segment, "evaluate": _evaluate}
 
 
 def run_workflow(workflow: Workflow, *, scheduler: str | None = None,
@@ -105,9 +167,9 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None,
                               "scheduler": target, **(extra or {}), "stages": []}
     start = time.perf_counter()
     given = contextlib.nullcontext(client) if client is not None else None
-    with given or cluster(target, n_workers=workers or workflow.cluster.get("workers")) as client:
-        report["dashboard"] = getattr(client, "dashboard_link", None)
-        run = {"client": client, "scheduler": local, "progress": progress}
+    with given or cluster(target, n_workers=workers or workflow.cluster.get("workers")) as dask:
+        report["dashboard"] = getattr(dask, "dashboard_link", None)
+        run = {"client": dask, "scheduler": local, "progress": progress}
         on_this_machine = target in ("local", "threads", "synchronous")
         for stage in workflow.stages:
             missing = ({"labels", "segmentation"} - set(list_arrays(workflow.output))
@@ -116,14 +178,20 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None,
                 log.info("evaluate: skipped, %s has no %s", workflow.output, sorted(missing))
                 continue
             clock = time.perf_counter()
-            entry = {"stage": stage, **_stage(workflow, stage, overwrite,
-                                              {**run, "local": on_this_machine})}
+            stage_run = {**run, "local": on_this_machine} if stage == "predict" else dict(run)
+            entry = {"stage": stage, "computed": 0, "skipped": 0, "retried": 0,
+                     **_STAGES[stage](workflow, overwrite, stage_run)}
             entry["seconds"] = round(time.perf_counter() - clock, 3)
-            entry["voxels_per_second"] = round(entry["voxels"] / max(entry["seconds"], 1e-9))
+            if entry["computed"]:
+                entry["voxels_per_second"] = round(entry["voxels"] / max(entry["seconds"], 1e-9))
+                rate = f"{entry['voxels_per_second'] / 1e6:.2f} Mvox/s"
+            else:
+                rate = "done earlier: nothing to compute"
             report["stages"].append(entry)
-            print(f"{stage}: {entry['blocks']} blocks, {entry['seconds']:.1f} s, "
-                  f"{entry['voxels_per_second'] / 1e6:.2f} Mvox/s", flush=True)
-        report["peak_worker_mb"] = worker_peak_mb(client) if client is not None else None
+            print(f"{stage}: {entry['blocks']} blocks ({entry['computed']} block tasks "
+                  f"computed, {entry['skipped']} skipped, {entry['retried']} retried), "
+                  f"{entry['seconds']:.1f} s, {rate}", flush=True)
+        report["peak_worker_mb"] = worker_peak_mb(dask) if dask is not None else None
     report["seconds"] = round(time.perf_counter() - start, 3)
     write_json(paths["report"], report)
     return report

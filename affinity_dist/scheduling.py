@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -27,8 +28,8 @@ from tqdm import tqdm
 
 from .errors import AffinityDistError, BlockFailedError, ConfigError
 
-__all__ = ["Scheduler", "cluster", "keep_freed_memory", "peak_memory_mb", "release_freed_memory",
-           "run_blocks", "worker_peak_mb"]
+__all__ = ["BlockCounts", "Scheduler", "cluster", "keep_freed_memory", "peak_memory_mb",
+           "release_freed_memory", "run_blocks", "worker_peak_mb"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,22 +92,50 @@ def worker_peak_mb(client: Any) -> float:
     return float(max(client.run(peak_memory_mb).values()))
 
 
+#: Attempts of a block after an unexpected error (I/O hiccup, ...) before the run stops.
+RETRIES = 2
+
+
+@dataclass
+class BlockCounts:
+    """Block tasks of a stage: computed, skipped (recorded as done earlier), and retried
+    (computed again after an error)."""
+
+    computed: int = 0
+    skipped: int = 0
+    retried: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"computed": self.computed, "skipped": self.skipped, "retried": self.retried}
+
+
 class _Guarded:
-    """Call ``fn(item)``; turn unexpected errors into a BlockFailedError naming the block."""
+    """Call ``fn(item)``, retrying unexpected errors up to ``retries`` times; then turn
+    the error into a BlockFailedError naming the block. Errors of affinity_dist's own
+    (bad data: NaN, ...) are deterministic and not retried. Returns (retries used, result).
+    """
 
-    def __init__(self, fn: Callable[[Any], Any], stage: str) -> None:
-        self.fn, self.stage = fn, stage
+    def __init__(self, fn: Callable[[Any], Any], stage: str, retries: int = RETRIES) -> None:
+        self.fn, self.stage, self.retries = fn, stage, retries
 
-    def __call__(self, index: int, item: Any) -> Any:
+    def __call__(self, index: int, item: Any) -> tuple[int, Any]:
         keep_freed_memory()
-        try:
-            return self.fn(item)
-        except AffinityDistError:
-            raise
-        except Exception as err:
-            where = f"block {item!r}" if isinstance(item, int) else f"task {index} ({item!r})"
-            raise BlockFailedError(f"{self.stage}: {where} failed: "
-                                   f"{type(err).__name__}: {err}") from err
+        for attempt in range(self.retries + 1):
+            try:
+                return attempt, self.fn(item)
+            except AffinityDistError:
+                raise
+            except Exception as err:
+                where = (f"block {item!r}" if isinstance(item, int)
+                         else f"task {index} ({item!r})")
+                if attempt == self.retries:
+                    raise BlockFailedError(
+                        f"{self.stage}: {where} failed after {attempt + 1} attempts: "
+                        f"{type(err).__name__}: {err}") from err
+                log.warning("%s: %s failed (%s: %s), retrying", self.stage, where,
+                            type(err).__name__, err)
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
 
 
 class _TqdmCallback(Callback):
@@ -160,6 +189,8 @@ def run_blocks(
     scheduler: LocalScheduler = "threads",
     progress: bool = True,
     resources: dict[str, float] | None = None,
+    counts: BlockCounts | None = None,
+    retries: int = RETRIES,
 ) -> list[R]:
     """Run ``fn(item)`` for every item, one Dask task each; results in item order.
 
@@ -170,37 +201,61 @@ def run_blocks(
     client : a ``distributed.Client``; ``None`` runs in this process with ``scheduler``.
     stage : name used for task keys, the progress bar and error messages.
     resources : worker resources every task claims (e.g. ``{"GPU": 1}``), distributed only.
+    counts : accumulates the blocks computed and retried.
+    retries : attempts after an unexpected error, per block (a lost worker is handled by
+        distributed itself: its tasks go to other workers).
 
     Raises
     ------
     BlockFailedError : naming the first block that failed (the others are cancelled).
     """
-    guarded = _Guarded(fn, stage)
+    guarded = _Guarded(fn, stage, retries)
     token = uuid.uuid4().hex[:8]
+    counts = counts if counts is not None else BlockCounts()
+    if not items:
+        return []
     with _Progress(len(items), stage, progress) as bar:
         if client is None:
             tasks = [delayed(guarded, pure=False)(i, item,
                                                        dask_key_name=(f"block-{stage}-{token}", i))
                      for i, item in enumerate(items)]
             with _TqdmCallback(bar):
-                results = list(compute(*tasks, scheduler=scheduler))
+                pairs = list(compute(*tasks, scheduler=scheduler))
             release_freed_memory()
-            return results
+            return _unpack(pairs, counts)
         from distributed import as_completed
 
         keys = [f"{stage}-{token}-{i}" for i in range(len(items))]
         futures = client.map(guarded, range(len(items)), items, key=keys, pure=False,
                              resources=resources)
         try:
-            for future in as_completed(futures):
+            for index, future in enumerate(as_completed(futures)):
                 if future.status == "error":
-                    future.result()  # raises the block's error here, in the client
+                    _raise_for(future, stage, items[keys.index(future.key)], index)
                 bar.update(1)
-            results = list(client.gather(futures))
+            pairs = list(client.gather(futures))
             client.run(release_freed_memory)  # a stage's buffers go back to the OS
-            return results
+            return _unpack(pairs, counts)
         finally:
             client.cancel([f for f in futures if not f.done()])
+
+
+def _unpack(pairs: list[tuple[int, R]], counts: BlockCounts) -> list[R]:
+    counts.computed += len(pairs)
+    counts.retried += sum(1 for attempts, _ in pairs if attempts)
+    return [result for _, result in pairs]
+
+
+def _raise_for(future: Any, stage: str, item: Any, index: int) -> None:
+    """Raise a failed future's error in the client; errors raised by the scheduler rather
+    than the task (a block whose workers kept dying: KilledWorker) name the block too."""
+    try:
+        future.result()
+    except AffinityDistError:
+        raise
+    except Exception as err:
+        where = f"block {item!r}" if isinstance(item, int) else f"task {index} ({item!r})"
+        raise BlockFailedError(f"{stage}: {where} failed: {type(err).__name__}: {err}") from err
 
 
 @contextlib.contextmanager

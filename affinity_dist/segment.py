@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import ConfigError, DataError, DestinationExistsError
+from .errors import AffinityDistError, ConfigError, DataError, DestinationExistsError
 from .fragments import (
     LOCAL_MASK,
     apply_mapping,
@@ -43,7 +43,8 @@ from .fragments import (
 )
 from .geometry import BlockGrid, Box, as_shape
 from .merge import LookupTable, build_table, relabel_map
-from .scheduling import LocalScheduler, run_blocks
+from .scheduling import BlockCounts, LocalScheduler
+from .state import StageState, array_key, run_recorded
 from .storage import (
     DEFAULT_CHUNKS,
     Volume,
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 DEFAULT_BLOCK: tuple[int, int, int] = (256, 256, 256)
 WORK = "_segment_work"
 STAGED = {"fragments": "_staging_fragments", "segmentation": "_staging_segmentation"}
+#: Bump when a change of this module changes what segment writes (keys the run state).
+VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,16 @@ class SegmentPlan:
     overwrite: bool
     keep_fragments: bool = True
     token: str = ""  # unique per prepared run: keys the per-process cache of open arrays
+    affinities_key: str = ""
+
+    @property
+    def state(self) -> StageState:
+        """The run state: keyed by the affinities and every option that decides the result."""
+        return StageState.of(self.dataset, "segment", {
+            "version": VERSION, "affinities": self.affinities_key,
+            "threshold": self.threshold, "block": list(self.grid.block_shape),
+            "chunks": list(self.chunks), "min_size": self.min_size,
+            "keep_fragments": self.keep_fragments})
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -229,56 +242,85 @@ def prepare_segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
                                      f"{existing}; expected none (or pass --overwrite)")
     return SegmentPlan(str(dataset), float(threshold), BlockGrid(shape, block), (cz, cy, cx),
                        str(affs.dtype), int(min_size), overwrite, keep_fragments,
-                       uuid.uuid4().hex)
+                       uuid.uuid4().hex, array_key(dataset, "affinities"))
+
+
+def _usable(group: Any, plan: SegmentPlan) -> bool:
+    """Whether an interrupted run with this key left its partial outputs in place."""
+    key = plan.state.key
+    return all(name in group and group[name].attrs.get("run_key") == key
+               for name in (*plan.outputs.values(), WORK))
 
 
 def run_segment(plan: SegmentPlan, *, client: Any | None = None,
-                scheduler: LocalScheduler = "threads", progress: bool = True) -> LookupTable:
-    """Execute a validated plan; see :func:`segment`. Returns the lookup table."""
+                scheduler: LocalScheduler = "threads", progress: bool = True,
+                counts: BlockCounts | None = None) -> LookupTable:
+    """Execute a validated plan; see :func:`segment`. Returns the lookup table.
+
+    Resumable: blocks recorded as done by an interrupted run with the same key (same
+    affinities, threshold, block, ...) are not computed again; ``counts`` accumulates the
+    block tasks computed, skipped and retried over the three passes.
+    """
     group = open_dataset(plan.dataset, "r+")
     affs = open_volume(plan.dataset, "affinities")
-    grid, blocks = plan.grid, list(plan.grid)
-    common: dict[str, Any] = {"shape": grid.shape, "voxel_size": affs.voxel_size,
-                              "offset": affs.offset, "chunks": plan.chunks, "register": False}
-    try:
+    grid, blocks, state = plan.grid, list(plan.grid), plan.state
+    counts = counts if counts is not None else BlockCounts()
+    if not state.begin(keep=_usable(group, plan)):
+        common: dict[str, Any] = {"shape": grid.shape, "voxel_size": affs.voxel_size,
+                                  "offset": affs.offset, "chunks": plan.chunks,
+                                  "register": False, "attributes": {"run_key": state.key}}
         for name in plan.outputs.values():
             create_volume(group, name, dtype=np.uint64, overwrite=True, **common)
-        work = group.require_group(WORK)
+        work = group.require_group(WORK, overwrite=True)
         for axis in range(3):
             shape, chunks = _face_arrays(grid, axis)
             for kind, dtype in (("first", np.uint32), ("last", np.uint32),
                                 ("aff", plan.aff_dtype)):
                 create_work_array(work, f"{kind}{axis}", shape=shape, dtype=dtype, chunks=chunks)
-        run: dict[str, Any] = {"client": client, "scheduler": scheduler, "progress": progress}
+        work.attrs["run_key"] = state.key  # last: the partial outputs are complete
+    run: dict[str, Any] = {"client": client, "scheduler": scheduler, "progress": progress}
+    finished = False
+    try:
         clock = time.perf_counter()
-        stats = run_blocks(_FragmentBlock(plan), blocks, stage="fragments", **run)
+        stats = run_recorded(state, "fragments", _FragmentBlock(plan), blocks, counts, **run)
         log.info("fragments: %d blocks in %.2f s", len(blocks), time.perf_counter() - clock)
         clock = time.perf_counter()
-        pairs = run_blocks(_PairBlock(plan), blocks, stage="pairs", **run)
+        pairs = run_recorded(state, "pairs", _PairBlock(plan), blocks, counts, **run)
         log.info("pairs: %.2f s", time.perf_counter() - clock)
         clock = time.perf_counter()
-        counts = np.array([s[0] for s in stats], np.int64)
+        counts_ = np.array([s[0] for s in stats], np.int64)
         sizes = None
         if plan.min_size:
             ids = np.concatenate([s[2] for s in stats])
             order = np.argsort(ids)
             sizes = (ids[order], np.concatenate([s[3] for s in stats])[order])
-        table = build_table(np.concatenate(pairs, axis=1), counts, sizes,
+        table = build_table(np.concatenate(pairs, axis=1), counts_, sizes,
                             np.array([s[1] for s in stats], np.int64), plan.min_size)
-        log.info("merge: %d fragments, %d face pairs -> %d segments in %.2f s", counts.sum(),
+        log.info("merge: %d fragments, %d face pairs -> %d segments in %.2f s", counts_.sum(),
                  sum(p.shape[1] for p in pairs), table.num_segments, time.perf_counter() - clock)
         clock = time.perf_counter()
-        run_blocks(_RelabelBlock(plan, table), blocks, stage="relabel", **run)
+        run_recorded(state, "relabel", _RelabelBlock(plan, table), blocks, counts,
+                     previous=False, **run)
         log.info("relabel: %.2f s", time.perf_counter() - clock)
-        write_table(group, "lookup", table, {"threshold": plan.threshold,
-                                             "block": list(grid.block_shape)})
-        if not plan.keep_fragments:
-            delete_node(group, "fragments")  # a stale one would contradict the table
-        for final, staged in plan.outputs.items():
-            rename_volume(group, staged, final)
+        finished = True
+    except AffinityDistError as err:
+        if err.exit_code == 2:  # bad input found by a block (NaN): leave nothing behind
+            for name in (*plan.outputs.values(), WORK):
+                delete_node(group, name)
+            state.discard()
+        raise
     finally:
-        for name in (*STAGED.values(), WORK):
-            delete_node(group, name)
+        if not finished and Path(state.root).exists():
+            log.error("segment: stopped; the blocks done are recorded in %s, a rerun with "
+                      "the same options computes only the others", state.root)
+    write_table(group, "lookup", table, {"threshold": plan.threshold,
+                                         "block": list(grid.block_shape), "run_key": state.key})
+    if not plan.keep_fragments:
+        delete_node(group, "fragments")  # a stale one would contradict the table
+    for final, staged in plan.outputs.items():
+        rename_volume(group, staged, final)
+    state.finish({"blocks": grid.num_blocks, "segments": int(table.num_segments)})
+    delete_node(group, WORK)
     return table
 
 

@@ -49,8 +49,9 @@ workers = 2
     assert report["peak_worker_mb"] > 0
     seg = open_volume(tmp_path / "s.zarr", "segmentation").read(Box((0, 0, 0), (40, 48, 56)))
     assert seg.max() > 0
-    again = run_cli("-q", "run", wf)  # not resumable yet: refuses to overwrite
-    assert again.returncode == 2 and "--overwrite" in again.stderr
+    # every block computed once: predict 12, segment 3 passes x 1 block (default 256^3)
+    assert [s["computed"] for s in report["stages"]][:2] == [12, 3]
+    assert evaluate["computed"] > 0 and not any(s["skipped"] for s in report["stages"])
 
 
 def test_ingest_stage_from_a_source(tmp_path: Path, gala: Path) -> None:

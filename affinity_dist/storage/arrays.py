@@ -174,8 +174,11 @@ def open_volume(path: str | os.PathLike[str], name: str, mode: Literal["r", "r+"
     group = open_dataset(path, mode)
     array = group.get(name)
     if not isinstance(array, zarr.Array):
+        from .datasets import list_arrays
+
+        present = [a for a in list_arrays(path) if "/" not in a]
         raise InputNotFoundError(f"array: got {name!r} in {str(path)!r}, expected an existing "
-                                 f"array (present: {sorted(group.array_keys())})")
+                                 f"array (present: {present})")
     return Volume(_fast_writes(array), name)
 
 

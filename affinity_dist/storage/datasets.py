@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,10 @@ def list_arrays(path: str | os.PathLike[str]) -> list[str]:
         raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
     if isinstance(node, zarr.Array):
         return [""]
-    return sorted(name for name, member in node.members(max_depth=None)
-                  if isinstance(member, zarr.Array))
+    with warnings.catch_warnings():  # the run state folder (_run_state) is not Zarr
+        warnings.filterwarnings("ignore", "Object at _run_state", category=UserWarning)
+        members = node.members(max_depth=None)
+    return sorted(name for name, member in members if isinstance(member, zarr.Array))
 
 
 def open_external(path: str | os.PathLike[str], key: str | None) -> zarr.Array[Any]:
