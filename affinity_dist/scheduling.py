@@ -220,24 +220,31 @@ def run_blocks(
                                                        dask_key_name=(f"block-{stage}-{token}", i))
                      for i, item in enumerate(items)]
             with _TqdmCallback(bar):
-                pairs = list(compute(*tasks, scheduler=scheduler))
+                done = list(compute(*tasks, scheduler=scheduler))
             release_freed_memory()
-            return _unpack(pairs, counts)
+            return _unpack(done, counts)
         from distributed import as_completed
 
         keys = [f"{stage}-{token}-{i}" for i in range(len(items))]
-        futures = client.map(guarded, range(len(items)), items, key=keys, pure=False,
-                             resources=resources)
+        futures: list[Any] = client.map(guarded, range(len(items)), items, key=keys,
+                                        pure=False, resources=resources)
+        index = {key: i for i, key in enumerate(keys)}
+        pairs: list[Any] = [None] * len(items)
         try:
-            for index, future in enumerate(as_completed(futures)):
+            for future in as_completed(futures):
+                i = index[future.key]
                 if future.status == "error":
-                    _raise_for(future, stage, items[keys.index(future.key)], index)
+                    _raise_for(future, stage, items[i], i)
+                # fetch now and drop the future: the worker frees the result at once
+                # instead of holding every block's result until the stage ends
+                pairs[i] = future.result()
+                futures[i] = None
+                del future
                 bar.update(1)
-            pairs = list(client.gather(futures))
             client.run(release_freed_memory)  # a stage's buffers go back to the OS
             return _unpack(pairs, counts)
         finally:
-            client.cancel([f for f in futures if not f.done()])
+            client.cancel([f for f in futures if f is not None and not f.done()])
 
 
 def _unpack(pairs: list[tuple[int, R]], counts: BlockCounts) -> list[R]:

@@ -49,8 +49,9 @@ def list_arrays(path: str | os.PathLike[str]) -> list[str]:
         raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
     if isinstance(node, zarr.Array):
         return [""]
-    with warnings.catch_warnings():  # the run state folder (_run_state) is not Zarr
-        warnings.filterwarnings("ignore", "Object at _run_state", category=UserWarning)
+    with warnings.catch_warnings():  # files beside the arrays: _run_state/, webKnossos'
+        warnings.filterwarnings(  # datasource-properties.json, report files
+            "ignore", "Object at .* is not recognized", category=UserWarning)
         members = node.members(max_depth=None)
     return sorted(name for name, member in members if isinstance(member, zarr.Array))
 
