@@ -318,7 +318,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
     report = run_workflow(workflow, scheduler=args.scheduler, workers=args.workers,
                           overwrite=args.overwrite, progress=not args.quiet)
     print(f"{workflow.output}: {len(report['stages'])} stages in {report['seconds']:.1f} s; "
-          f"report {report_paths(workflow)['report']}")
+          f"report {report_paths(workflow)['report']} (summary: "
+          f"{report_paths(workflow)['summary']})")
 
 
 def _cmd_info(args: argparse.Namespace) -> None:

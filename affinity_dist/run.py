@@ -39,7 +39,8 @@ def report_paths(workflow: Workflow) -> dict[str, Path]:
     """Where a run writes its report, scores and previews: beside the output dataset."""
     out = Path(workflow.output)
     stem = out.parent / out.name.removesuffix(".zarr")
-    return {"report": Path(f"{stem}-report.json"), "scores": Path(f"{stem}-scores.json"),
+    return {"report": Path(f"{stem}-report.json"), "summary": Path(f"{stem}-report.txt"),
+            "scores": Path(f"{stem}-scores.json"),
             "preview": Path(f"{stem}-preview")}
 
 
@@ -143,6 +144,18 @@ def _evaluate(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[
     return {**entry, **extra}
 
 
+def _write_summary(path: Path, report: dict[str, Any], lines: list[str]) -> None:
+    """The short human summary beside the JSON report (complete runs only)."""
+    head = [f"affinity-dist run {report['workflow']}", f"output {report['output']}",
+            f"scheduler {report['scheduler']}  dashboard {report.get('dashboard')}"]
+    scores = next((s for s in report["stages"] if s["stage"] == "evaluate"), None)
+    if scores is not None:
+        head.append("scores: " + "  ".join(f"{k} {scores[k]:.4f}" for k in SCORE_KEYS))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join([*head, *lines]) + "\n")
+    tmp.replace(path)
+
+
 SCORE_KEYS = ("voi_split", "voi_merge", "adapted_rand_error", "cremi_score")
 _STAGES = {"ingest": _ingest, "predict": _predict, "segment": _segment, "evaluate": _evaluate}
 
@@ -166,6 +179,7 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None,
     report: dict[str, Any] = {"workflow": workflow.file, "output": workflow.output,
                               "scheduler": target, **(extra or {}), "stages": []}
     start = time.perf_counter()
+    lines: list[str] = []
     given = contextlib.nullcontext(client) if client is not None else None
     with given or cluster(target, n_workers=workers or workflow.cluster.get("workers")) as dask:
         report["dashboard"] = getattr(dask, "dashboard_link", None)
@@ -188,10 +202,14 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None,
             else:
                 rate = "done earlier: nothing to compute"
             report["stages"].append(entry)
-            print(f"{stage}: {entry['blocks']} blocks ({entry['computed']} block tasks "
-                  f"computed, {entry['skipped']} skipped, {entry['retried']} retried), "
-                  f"{entry['seconds']:.1f} s, {rate}", flush=True)
+            lines.append(f"{stage}: {entry['blocks']} blocks ({entry['computed']} block tasks "
+                         f"computed, {entry['skipped']} skipped, {entry['retried']} retried), "
+                         f"{entry['seconds']:.1f} s, {rate}")
+            print(lines[-1], flush=True)
         report["peak_worker_mb"] = worker_peak_mb(dask) if dask is not None else None
     report["seconds"] = round(time.perf_counter() - start, 3)
+    lines.append(f"peak worker memory {report['peak_worker_mb'] or 0:.0f} MB; "
+                 f"{report['seconds']:.1f} s in all")
     write_json(paths["report"], report)
+    _write_summary(paths["summary"], report, lines)
     return report

@@ -47,6 +47,8 @@ workers = 2
     assert evaluate["voi_split"] >= 0 and Path(evaluate["scores"]).is_file()
     assert all(Path(p).is_file() for p in evaluate["previews"])
     assert report["peak_worker_mb"] > 0
+    summary = (tmp_path / "s-report.txt").read_text()
+    assert "predict: 12 blocks (12 block tasks computed" in summary and "voi_split" in summary
     seg = open_volume(tmp_path / "s.zarr", "segmentation").read(Box((0, 0, 0), (40, 48, 56)))
     assert seg.max() > 0
     # every block computed once: predict 12, segment 3 passes x 1 block (default 256^3)
