@@ -15,8 +15,10 @@
     [segment]                            # threshold, block, min_size, keep_fragments
     threshold = 0.5
     [evaluate]                           # min_truth_size, top, preview (default true)
-    [cluster]                            # scheduler ("local", an address, "threads"), workers
-    scheduler = "local"
+    [cluster]                            # scheduler ("local", an address, "threads",
+    scheduler = "local"                  # "slurm"), workers
+    # [cluster.slurm]                    # with scheduler = "slurm": partition, cores, memory,
+    # jobs = 4                           # walltime, ... (see affinity_dist.slurm)
 
 Unknown keys and wrong types are refused with one line naming the key (exit 2); relative
 paths are relative to the workflow file. :func:`load_workflow` reads and validates;
@@ -46,7 +48,7 @@ _SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
                 "keep_fragments": (bool,)},
     "evaluate": {"min_truth_size": (int,), "top": (int,), "preview": (bool,),
                  "block": (list,), "boundary_tolerance": (float, int)},
-    "cluster": {"scheduler": (str,), "workers": (int,)},
+    "cluster": {"scheduler": (str,), "workers": (int,), "slurm": (dict,)},
 }
 _PATHS = {("input", "source"), ("input", "dataset"), ("predict", "model")}
 
@@ -84,6 +86,24 @@ def _check_section(name: str, values: Any, base: Path) -> dict[str, Any]:
             raise ConfigError(f"workflow: got {name}.{key} = {value!r}, expected {expected}")
         out[key] = _resolve(base, str(value)) if (name, key) in _PATHS else value
     return out
+
+
+def _check_cluster(cluster: dict[str, Any], base: Path) -> None:
+    """``workers`` >= 1; ``[cluster.slurm]`` validated (defaults filled in) exactly when the
+    scheduler is ``"slurm"``, which takes its size from there rather than ``workers``."""
+    workers, scheduler = cluster.get("workers"), cluster.get("scheduler", "local")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workflow: got cluster.workers = {workers}, expected >= 1")
+    if scheduler != "slurm" and "slurm" in cluster:
+        raise ConfigError(f"workflow: got [cluster.slurm] with cluster.scheduler = "
+                          f"{scheduler!r}, expected scheduler = 'slurm'")
+    if scheduler == "slurm":
+        from .slurm import check_options
+
+        if workers is not None:
+            raise ConfigError(f"workflow: got cluster.workers = {workers} with scheduler "
+                              "'slurm', expected cluster.slurm.jobs and processes instead")
+        cluster["slurm"] = check_options(cluster.get("slurm", {}), base)
 
 
 def _resolve(base: Path, path: str) -> str:
@@ -137,8 +157,6 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
     if dataset is not None and Path(output).resolve() != Path(dataset).resolve():
         raise ConfigError(f"workflow: got output = {output!r} with input.dataset = "
                           f"{dataset!r}, expected the same path (the run adds its arrays)")
-    workers = sections["cluster"].get("workers")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workflow: got cluster.workers = {workers}, expected >= 1")
+    _check_cluster(sections["cluster"], base)
     return Workflow(str(file), output, tuple(stages),
                     **{f.name: sections[f.name] for f in fields(Workflow) if f.name in sections})
