@@ -171,6 +171,10 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None,
     ``extra``: entries added to the report (e.g. the SLURM job ids).
     """
     target = "client" if client is not None else scheduler or workflow.scheduler
+    if target == "slurm":
+        raise ConfigError("cluster.scheduler: got 'slurm', expected 'local', an address, "
+                          "'threads' or 'synchronous' for affinity-dist run; run SLURM "
+                          "workflows with python workflows/submit_workflow.py WORKFLOW")
     paths = report_paths(workflow)
     if not paths["report"].parent.is_dir():
         raise ConfigError(f"workflow: got output = {workflow.output!r}, expected a path in "

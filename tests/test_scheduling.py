@@ -19,7 +19,8 @@ def _work(block: int) -> int:
 @pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
 def test_failures_name_the_block(scheduler: str) -> None:
     assert run_blocks(_work, [0, 1, 2], scheduler=scheduler, progress=False) == [0, 10, 20]
-    with pytest.raises(BlockFailedError, match=r"demo: block 3 failed after 3 attempts: ValueError: boom"):
+    with pytest.raises(BlockFailedError,
+                       match=r"demo: block 3 failed after 3 attempts: ValueError: boom"):
         run_blocks(_work, [0, 3], stage="demo", scheduler=scheduler, progress=False)
     with pytest.raises(DataError, match="block 4 holds NaN"):  # exit 2, not 1
         run_blocks(_work, [4], scheduler=scheduler, progress=False)

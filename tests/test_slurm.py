@@ -315,7 +315,7 @@ def test_bad_key_exits_2_with_one_line_and_run_refuses_slurm(tmp_path: Path) -> 
     result = run_cli("run", wf)  # affinity-dist run does not submit jobs
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "'slurm'" in lines[0], result.stderr
+    assert len(lines) == 1 and "submit_workflow.py" in lines[0], result.stderr
     wf.write_text('[input]\ndataset = "d.zarr"\n[cluster]\nscheduler = "local"\n')
     result = _submit(wf)  # and submit_workflow runs only SLURM workflows
     assert result.returncode == 2 and "expected 'slurm'" in result.stderr
