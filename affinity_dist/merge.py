@@ -29,7 +29,8 @@ from numpy.typing import NDArray
 
 from .fragments import LOCAL_BITS, LOCAL_MASK
 
-__all__ = ["LookupTable", "build_table", "components", "relabel_map"]
+__all__ = ["LookupTable", "block_map", "block_starts", "build_table", "components",
+           "relabel_map"]
 
 
 @njit(cache=True, nogil=True)
@@ -158,17 +159,31 @@ def relabel_map(table: LookupTable, block_id: int,
 
     ``sizes`` (voxels per local id, length counts[b] + 1) is needed with ``min_size``.
     """
-    n = int(table.counts[block_id])
-    out = np.zeros(n + 1, np.uint64)
     local, seg = table.block_table(block_id)
+    return block_map(local, seg, int(table.counts[block_id]), int(table.offsets[block_id]),
+                     min_size=table.min_size, sizes=sizes)
+
+
+def block_map(local: NDArray[np.uint64], seg: NDArray[np.uint64], n: int, offset: int, *,
+              min_size: int = 0, sizes: NDArray[np.integer[Any]] | None = None
+              ) -> NDArray[np.uint64]:
+    """Dense map local id -> segment id of a block with ``n`` fragments, from its slice of
+    the table: merged fragments ``local`` -> ``seg``; the others numbered from ``offset``."""
+    out = np.zeros(n + 1, np.uint64)
     unmerged = np.ones(n + 1, bool)
     unmerged[0] = False
     unmerged[local.astype(np.int64)] = False
-    if table.min_size > 0:
+    if min_size > 0:
         if sizes is None:
             raise ValueError("relabel with min_size needs the block's fragment sizes")
-        unmerged &= np.asarray(sizes)[: n + 1] >= table.min_size
+        unmerged &= np.asarray(sizes)[: n + 1] >= min_size
     k = int(unmerged.sum())
-    out[unmerged] = np.arange(1, k + 1, dtype=np.uint64) + np.uint64(table.offsets[block_id])
+    out[unmerged] = np.arange(1, k + 1, dtype=np.uint64) + np.uint64(offset)
     out[local.astype(np.int64)] = seg
     return out
+
+
+def block_starts(table: LookupTable) -> NDArray[np.int64]:
+    """(B + 1,) where each block's merged fragments start in ``table.fragment_ids``."""
+    bounds = np.arange(len(table.counts) + 1, dtype=np.uint64) << np.uint64(LOCAL_BITS)
+    return np.searchsorted(table.fragment_ids, bounds).astype(np.int64)

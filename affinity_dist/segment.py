@@ -42,7 +42,7 @@ from .fragments import (
     native_threshold,
 )
 from .geometry import BlockGrid, Box, as_shape
-from .merge import LookupTable, build_table, relabel_map
+from .merge import LookupTable, block_map, block_starts, build_table
 from .scheduling import BlockCounts, LocalScheduler
 from .state import StageState, array_key, run_recorded
 from .storage import (
@@ -53,8 +53,10 @@ from .storage import (
     create_work_array,
     dataset_from_array,
     delete_node,
+    move_node,
     open_dataset,
     open_volume,
+    read_table_slice,
     rename_volume,
     write_table,
 )
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 #: Default write block: 256^3 voxels (rounded up to whole chunks).
 DEFAULT_BLOCK: tuple[int, int, int] = (256, 256, 256)
 WORK = "_segment_work"
+LOOKUP = "_staging_lookup"
 STAGED = {"fragments": "_staging_fragments", "segmentation": "_staging_segmentation"}
 #: Bump when a change of this module changes what segment writes (keys the run state).
 VERSION = 1
@@ -194,10 +197,29 @@ class _PairBlock:
         return np.concatenate(pairs, axis=1)
 
 
+@functools.lru_cache(maxsize=4)
+def _block_index(dataset: str, token: str) -> tuple[NDArray[np.int64], ...]:
+    """The lookup table's per-block arrays (O(blocks), read once per worker and run)."""
+    return tuple(read_table_slice(dataset, LOOKUP, key).astype(np.int64)
+                 for key in ("counts", "offsets", "starts"))
+
+
+def _block_mapping(plan: SegmentPlan, block_id: int, min_size: int,
+                   sizes: NDArray[Any] | None) -> NDArray[np.uint64]:
+    """A block's dense id map, from its slice of the stored table: a task never carries
+    the table (10^8 merged fragments on a terabyte volume), only its block id."""
+    counts, offsets, starts = _block_index(plan.dataset, plan.token)
+    a, b = int(starts[block_id]), int(starts[block_id + 1])
+    ids = read_table_slice(plan.dataset, LOOKUP, "fragment_ids", a, b)
+    seg = read_table_slice(plan.dataset, LOOKUP, "segment_ids", a, b)
+    return block_map(ids & LOCAL_MASK, seg, int(counts[block_id]), int(offsets[block_id]),
+                     min_size=min_size, sizes=sizes)
+
+
 @dataclass(frozen=True)
 class _RelabelBlock:
     plan: SegmentPlan
-    table: LookupTable
+    min_size: int
 
     def __call__(self, block_id: int) -> int:
         plan = self.plan
@@ -207,10 +229,9 @@ class _RelabelBlock:
         else:  # the kernel is deterministic: labelling again beats storing uint64 fragments
             box, _, fragments, _ = _label(plan, block_id)
         sizes = None
-        if self.table.min_size:
-            sizes = np.bincount((fragments & LOCAL_MASK).ravel().astype(np.int64),
-                                minlength=int(self.table.counts[block_id]) + 1)
-        mapping = relabel_map(self.table, block_id, sizes)
+        if self.min_size:
+            sizes = np.bincount((fragments & LOCAL_MASK).ravel().astype(np.int64))
+        mapping = _block_mapping(plan, block_id, self.min_size, sizes)
         _open(plan, STAGED["segmentation"]).write(box, apply_mapping(fragments, mapping))
         return box.size
 
@@ -298,14 +319,18 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
                             np.array([s[1] for s in stats], np.int64), plan.min_size)
         log.info("merge: %d fragments, %d face pairs -> %d segments in %.2f s", counts_.sum(),
                  sum(p.shape[1] for p in pairs), table.num_segments, time.perf_counter() - clock)
+        write_table(group, LOOKUP, table, {"threshold": plan.threshold,
+                                           "block": list(grid.block_shape),
+                                           "run_key": state.key},
+                    extra={"starts": block_starts(table)})
         clock = time.perf_counter()
-        run_recorded(state, "relabel", _RelabelBlock(plan, table), blocks, counts,
+        run_recorded(state, "relabel", _RelabelBlock(plan, table.min_size), blocks, counts,
                      previous=False, **run)
         log.info("relabel: %.2f s", time.perf_counter() - clock)
         finished = True
     except AffinityDistError as err:
         if err.exit_code == 2:  # bad input found by a block (NaN): leave nothing behind
-            for name in (*plan.outputs.values(), WORK):
+            for name in (*plan.outputs.values(), WORK, LOOKUP):
                 delete_node(group, name)
             state.discard()
         raise
@@ -313,8 +338,7 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
         if not finished and Path(state.root).exists():
             log.error("segment: stopped; the blocks done are recorded in %s, a rerun with "
                       "the same options computes only the others", state.root)
-    write_table(group, "lookup", table, {"threshold": plan.threshold,
-                                         "block": list(grid.block_shape), "run_key": state.key})
+    move_node(group, LOOKUP, "lookup")
     if not plan.keep_fragments:
         delete_node(group, "fragments")  # a stale one would contradict the table
     for final, staged in plan.outputs.items():

@@ -32,7 +32,9 @@ __all__ = [
     "describe_dataset",
     "list_arrays",
     "open_external",
+    "move_node",
     "read_table",
+    "read_table_slice",
     "staged_dataset",
     "write_json",
     "write_table",
@@ -135,16 +137,18 @@ def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_table(group: zarr.Group, name: str, table: Any, attrs: dict[str, Any]) -> None:
-    """Store a lookup table (a dataclass of 1D arrays and scalars) as a subgroup."""
+def write_table(group: zarr.Group, name: str, table: Any, attrs: dict[str, Any],
+                extra: dict[str, np.ndarray] | None = None) -> None:
+    """Store a lookup table (a dataclass of 1D arrays and scalars, plus ``extra`` arrays)
+    as a subgroup; tasks read their slices of it with :func:`read_table_slice`."""
     from dataclasses import asdict
 
-    fields = asdict(table)
+    fields = {**asdict(table), **(extra or {})}
     sub = group.create_group(name, overwrite=True)
     scalars = {}
     for key, value in fields.items():
         if isinstance(value, np.ndarray):
-            chunk = max(1, min(len(value), 2**20))
+            chunk = max(1, min(len(value), 2**18))
             sub.create_array(key, data=value, chunks=(chunk,),
                              compressors=_codecs("zstd1", value.dtype))
         else:
@@ -161,6 +165,21 @@ def read_table(path: str | os.PathLike[str], name: str = "lookup") -> dict[str, 
     out: dict[str, Any] = dict(group.attrs)
     out.update({key: np.asarray(arr[...]) for key, arr in group.arrays()})
     return out
+
+
+def read_table_slice(path: str | os.PathLike[str], name: str, key: str,
+                     start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """``[start:stop]`` of one array of a stored table (a block's part of the lookup)."""
+    array = zarr.open_array(store=str(Path(path) / name / key), mode="r")
+    out: np.ndarray = np.asarray(array[start:stop])
+    return out
+
+
+def move_node(group: zarr.Group, old: str, new: str) -> None:
+    """Rename a group (or plain array) of a local dataset, replacing ``new``."""
+    root = Path(group_path(group))
+    delete_node(group, new)
+    (root / old).rename(root / new)
 
 
 def delete_node(group: zarr.Group, name: str) -> None:
