@@ -55,6 +55,12 @@ def keep_freed_memory() -> None:
     Buffers are reused from block to block; :func:`release_freed_memory` hands them back
     to the OS when a stage ends (trimming after every block made each block fault its
     activations in again: the MALA-sized net lost ~7 %).
+
+    At most 2 malloc arenas: glibc gives every thread that allocates (Zarr's codec and
+    I/O threads) its own arena, each keeping up to the trim threshold of freed memory,
+    so a worker's resident memory crept up with the number of blocks it had processed.
+    Measured (segment, 2 workers, 256^3 blocks): peak worker RSS 834 MB at 512^3 and
+    921 MB at 1024^3 without the cap, 774 and 776 MB with it, at the same speed.
     """
     if _MALLOC_TUNED or not sys.platform.startswith("linux"):
         return
@@ -65,6 +71,7 @@ def keep_freed_memory() -> None:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB
         libc.mallopt(-1, 64 * 2**20)  # M_TRIM_THRESHOLD: keep up to 64 MiB freed
+        libc.mallopt(-8, 2)  # M_ARENA_MAX: freed memory is shared, not kept per thread
     except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
         return
     _MALLOC_TUNED.append(libc)
