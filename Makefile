@@ -23,11 +23,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	rm -rf $(DEMO) && mkdir -p $(DEMO)
 	$(BIN)/affinity-dist sample $(DEMO)/sample.zarr --shape 128 160 160 --seed 1 --workers 2
-	$(BIN)/affinity-dist ingest $(DEMO)/sample.zarr $(DEMO)/ingested.zarr --chunks 64 64 64 --workers 2
-	$(BIN)/affinity-dist predict --input $(DEMO)/ingested.zarr --block 64 64 64 --workers 2
-	$(BIN)/affinity-dist segment --input $(DEMO)/ingested.zarr --threshold 0.5 --min-size 1000 --workers 2
-	$(BIN)/affinity-dist evaluate --input $(DEMO)/ingested.zarr --json $(DEMO)/scores.json --preview $(DEMO)/preview --workers 2
-	$(BIN)/affinity-dist info $(DEMO)/ingested.zarr
+	$(BIN)/affinity-dist run workflows/sample.toml
+	$(BIN)/affinity-dist info $(DEMO)/sample.zarr
 
 # pytest exits 5 when it collects no test: that is not a failure of the suite.
 test: $(STAMP)

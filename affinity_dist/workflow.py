@@ -108,7 +108,7 @@ def _check_cluster(cluster: dict[str, Any], base: Path) -> None:
 
 def _resolve(base: Path, path: str) -> str:
     """A path of the workflow file, relative to the file's folder unless absolute."""
-    return path if Path(path).is_absolute() else str(base / path)
+    return path if Path(path).is_absolute() else os.path.normpath(base / path)
 
 
 def load_workflow(path: str | os.PathLike[str]) -> Workflow:

@@ -128,7 +128,10 @@ def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per array of a dataset: name, shape, dtype, chunks, voxel size, bytes."""
     group = open_dataset(path)
     rows = []
-    for name, array in sorted(group.arrays()):
+    with warnings.catch_warnings():  # files beside the arrays (see list_arrays)
+        warnings.filterwarnings("ignore", "Object at .* is not recognized", category=UserWarning)
+        arrays = sorted(group.arrays())
+    for name, array in arrays:
         stored = sum(p.stat().st_size for p in (Path(path) / name).rglob("*") if p.is_file())
         vol = Volume(array, name)
         rows.append({"name": name, "shape": vol.shape, "dtype": str(vol.dtype),
