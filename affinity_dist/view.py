@@ -21,6 +21,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -280,6 +281,10 @@ def _capture(viewer: Any, size: tuple[int, int], deadline: float) -> bytes:
     return image
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def view(dataset: str | os.PathLike[str], *, screenshot: str | os.PathLike[str] | None = None,
          port: int = 0, bind: str = "127.0.0.1", size: Sequence[int] = (1024, 768),
          timeout: float = 300.0, block: bool = True) -> str:
@@ -310,11 +315,18 @@ def view(dataset: str | os.PathLike[str], *, screenshot: str | os.PathLike[str] 
         finally:
             neuroglancer.stop()
     elif block:
+        # Ctrl-C and SIGTERM stop the server, also where SIGINT was ignored at start-up
+        # (a process started in the background by a non-interactive shell)
+        main = threading.current_thread() is threading.main_thread()
+        previous = {sig: signal.signal(sig, _interrupt)
+                    for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             log.info("viewer stopped")
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             neuroglancer.stop()
     return url

@@ -110,9 +110,13 @@ def test_offset_in_voxels(tmp_path: Path) -> None:
     assert list(state.position) == [24.0, 14.0, 12.0]  # x, y, z centre in 4, 4, 40 nm
 
 
-def test_server_serves_the_viewer_until_interrupted(dataset: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "affinity_dist", "view", str(dataset)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_server_serves_the_viewer_until_interrupted(dataset: Path, stop: int) -> None:
+    # started with SIGINT ignored, as a non-interactive shell starts background jobs:
+    # the viewer still stops on Ctrl-C (and on SIGTERM)
+    command = f'trap "" INT; exec "{sys.executable}" -m affinity_dist view "{dataset}"'
+    proc = subprocess.Popen(["bash", "-c", command], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
@@ -120,7 +124,7 @@ def test_server_serves_the_viewer_until_interrupted(dataset: Path) -> None:
         with urllib.request.urlopen(url, timeout=60) as reply:
             assert reply.status == 200
             assert "neuroglancer" in reply.read().decode().lower()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=60) == 0
     finally:
         if proc.poll() is None:
