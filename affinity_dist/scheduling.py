@@ -206,6 +206,7 @@ def run_blocks(
     resources: dict[str, float] | None = None,
     counts: BlockCounts | None = None,
     retries: int = RETRIES,
+    release: bool = True,
 ) -> list[R]:
     """Run ``fn(item)`` for every item, one Dask task each; results in item order.
 
@@ -219,6 +220,8 @@ def run_blocks(
     counts : accumulates the blocks computed and retried.
     retries : attempts after an unexpected error, per block (a lost worker is handled by
         distributed itself: its tasks go to other workers).
+    release : hand the workers' freed memory back to the OS at the end (a stage of several
+        passes releases after its last: the next pass would fault the buffers in again).
 
     Raises
     ------
@@ -236,7 +239,8 @@ def run_blocks(
                      for i, item in enumerate(items)]
             with _TqdmCallback(bar):
                 done = list(compute(*tasks, scheduler=scheduler))
-            release_freed_memory()
+            if release:
+                release_freed_memory()
             return _unpack(done, counts)
         from distributed import as_completed
 
@@ -256,7 +260,8 @@ def run_blocks(
                 futures[i] = None
                 del future
                 bar.update(1)
-            client.run(release_freed_memory)  # a stage's buffers go back to the OS
+            if release:
+                client.run(release_freed_memory)  # a stage's buffers go back to the OS
             return _unpack(pairs, counts)
         finally:
             client.cancel([f for f in futures if f is not None and not f.done()])

@@ -303,10 +303,12 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
     finished = False
     try:
         clock = time.perf_counter()
-        stats = run_recorded(state, "fragments", _FragmentBlock(plan), blocks, counts, **run)
+        stats = run_recorded(state, "fragments", _FragmentBlock(plan), blocks, counts,
+                             release=False, **run)
         log.info("fragments: %d blocks in %.2f s", len(blocks), time.perf_counter() - clock)
         clock = time.perf_counter()
-        pairs = run_recorded(state, "pairs", _PairBlock(plan), blocks, counts, **run)
+        pairs = run_recorded(state, "pairs", _PairBlock(plan), blocks, counts,
+                             release=False, **run)
         log.info("pairs: %.2f s", time.perf_counter() - clock)
         clock = time.perf_counter()
         counts_ = np.array([s[0] for s in stats], np.int64)
