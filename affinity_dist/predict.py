@@ -30,20 +30,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import (
-    AffinityDistError,
     ConfigError,
     DataError,
     DestinationExistsError,
     InputNotFoundError,
     bad_value,
 )
-from .geometry import BlockGrid, Box, as_shape, reflect_indices
+from .geometry import BlockGrid, Box, as_shape
 from .model import UNetConfig
 from .scheduling import BlockCounts, LocalScheduler
-from .state import StageState, array_key, run_recorded
+from .state import StageState, array_key, recording, run_recorded
 from .storage import (
     DEFAULT_CHUNKS,
-    Volume,
     check_chunk_alignment,
     create_volume,
     dataset_from_array,
@@ -160,20 +158,6 @@ class PredictStats:
         return self.voxels / max(self.seconds, 1e-9)
 
 
-def read_mirrored(raw: Volume, window: Box) -> tuple[NDArray[Any], int]:
-    """``window`` of ``raw``, mirrored where it leaves the volume; and voxels read."""
-    index = [reflect_indices(a, b, n)
-             for a, b, n in zip(window.start, window.stop, raw.spatial_shape, strict=True)]
-    lo = tuple(int(i.min()) for i in index)
-    hi = tuple(int(i.max()) + 1 for i in index)
-    data = raw.read(Box(lo, hi))
-    for axis, (i, o, a, b) in enumerate(zip(index, lo, window.start, window.stop,
-                                             strict=True)):
-        if a < 0 or b > raw.spatial_shape[axis]:  # one axis at a time: 3x faster than np.ix_
-            data = np.take(data, i - o, axis=axis)
-    return data, math.prod(h - o for h, o in zip(hi, lo, strict=True))
-
-
 @dataclass(frozen=True)
 class _PredictBlock:
     plan: PredictPlan
@@ -185,7 +169,7 @@ class _PredictBlock:
         plan = self.plan
         box = plan.grid.write_box(block_id)
         window = plan.input_box(box)
-        raw, read = read_mirrored(open_volume(plan.dataset, "raw"), window)
+        raw, read = open_volume(plan.dataset, "raw").read_mirrored(window)
         device = resolve_device(plan.device)
         model = cached_model(plan.model, device)
         channels = len(plan.config.offsets)
@@ -343,20 +327,10 @@ def run_predict(plan: PredictPlan, *, client: Any | None = None,
                       chunks=plan.chunks, attributes=attrs, overwrite=True, register=False)
     counts = BlockCounts()
     clock = time.perf_counter()
-    try:
+    with recording(state, "predict", lambda: delete_node(group, STAGED)):
         done = run_recorded(state, "predict", _PredictBlock(plan), list(plan.grid), counts,
                             previous=False, client=client, scheduler=scheduler,
                             progress=progress, resources=resources)
-    except AffinityDistError as err:
-        if err.exit_code == 2:  # bad input found by a block: leave nothing behind
-            delete_node(group, STAGED)
-            state.discard()
-        raise
-    finally:
-        if Path(state.root).exists() and len(state.done("predict")) < plan.grid.num_blocks:
-            log.error("predict: stopped with %d of %d blocks recorded in %s; a rerun "
-                      "computes only the others", len(state.done("predict")),
-                      plan.grid.num_blocks, state.root)
     seconds = time.perf_counter() - clock
     rename_volume(group, STAGED, "affinities")
     state.finish({"blocks": plan.grid.num_blocks})

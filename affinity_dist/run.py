@@ -27,7 +27,7 @@ from typing import Any
 from .errors import ConfigError, DestinationExistsError
 from .scheduling import BlockCounts, LocalScheduler, cluster, worker_peak_mb
 from .state import StageState, array_key
-from .storage import list_arrays, open_volume, write_json
+from .storage import list_arrays, open_volume, write_atomic, write_json
 from .workflow import Workflow
 
 __all__ = ["report_paths", "run_workflow"]
@@ -151,9 +151,7 @@ def _write_summary(path: Path, report: dict[str, Any], lines: list[str]) -> None
     scores = next((s for s in report["stages"] if s["stage"] == "evaluate"), None)
     if scores is not None:
         head.append("scores: " + "  ".join(f"{k} {scores[k]:.4f}" for k in SCORE_KEYS))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join([*head, *lines]) + "\n")
-    tmp.replace(path)
+    write_atomic(path, "\n".join([*head, *lines]) + "\n")
 
 
 SCORE_KEYS = ("voi_split", "voi_merge", "adapted_rand_error", "cremi_score")

@@ -124,6 +124,11 @@ class BlockCounts:
         return {"computed": self.computed, "skipped": self.skipped, "retried": self.retried}
 
 
+def _where(item: Any, index: int) -> str:
+    """How errors name a task: its block id, or its index and description."""
+    return f"block {item!r}" if isinstance(item, int) else f"task {index} ({item!r})"
+
+
 class _Guarded:
     """Call ``fn(item)``, retrying unexpected errors up to ``retries`` times; then turn
     the error into a BlockFailedError naming the block. Errors of affinity_dist's own
@@ -141,8 +146,7 @@ class _Guarded:
             except AffinityDistError:
                 raise
             except Exception as err:
-                where = (f"block {item!r}" if isinstance(item, int)
-                         else f"task {index} ({item!r})")
+                where = _where(item, index)
                 if attempt == self.retries:
                     raise BlockFailedError(
                         f"{self.stage}: {where} failed after {attempt + 1} attempts: "
@@ -281,8 +285,8 @@ def _raise_for(future: Any, stage: str, item: Any, index: int) -> None:
     except AffinityDistError:
         raise
     except Exception as err:
-        where = f"block {item!r}" if isinstance(item, int) else f"task {index} ({item!r})"
-        raise BlockFailedError(f"{stage}: {where} failed: {type(err).__name__}: {err}") from err
+        raise BlockFailedError(f"{stage}: {_where(item, index)} failed: "
+                               f"{type(err).__name__}: {err}") from err
 
 
 @contextlib.contextmanager

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import AffinityDistError, ConfigError, DataError, DestinationExistsError
+from .errors import ConfigError, DataError, DestinationExistsError
 from .fragments import (
     LOCAL_MASK,
     apply_mapping,
@@ -44,7 +44,7 @@ from .fragments import (
 from .geometry import BlockGrid, Box, as_shape
 from .merge import LookupTable, block_map, block_starts, build_table
 from .scheduling import BlockCounts, LocalScheduler
-from .state import StageState, array_key, run_recorded
+from .state import StageState, array_key, recording, run_recorded
 from .storage import (
     DEFAULT_CHUNKS,
     Volume,
@@ -300,8 +300,11 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
                 create_work_array(work, f"{kind}{axis}", shape=shape, dtype=dtype, chunks=chunks)
         work.attrs["run_key"] = state.key  # last: the partial outputs are complete
     run: dict[str, Any] = {"client": client, "scheduler": scheduler, "progress": progress}
-    finished = False
-    try:
+    def partial() -> None:
+        for name in (*plan.outputs.values(), WORK, LOOKUP):
+            delete_node(group, name)
+
+    with recording(state, "segment", partial):
         clock = time.perf_counter()
         stats = run_recorded(state, "fragments", _FragmentBlock(plan), blocks, counts,
                              release=False, **run)
@@ -311,16 +314,17 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
                              release=False, **run)
         log.info("pairs: %.2f s", time.perf_counter() - clock)
         clock = time.perf_counter()
-        counts_ = np.array([s[0] for s in stats], np.int64)
+        fragment_counts = np.array([s[0] for s in stats], np.int64)
         sizes = None
         if plan.min_size:
             ids = np.concatenate([s[2] for s in stats])
             order = np.argsort(ids)
             sizes = (ids[order], np.concatenate([s[3] for s in stats])[order])
-        table = build_table(np.concatenate(pairs, axis=1), counts_, sizes,
+        table = build_table(np.concatenate(pairs, axis=1), fragment_counts, sizes,
                             np.array([s[1] for s in stats], np.int64), plan.min_size)
-        log.info("merge: %d fragments, %d face pairs -> %d segments in %.2f s", counts_.sum(),
-                 sum(p.shape[1] for p in pairs), table.num_segments, time.perf_counter() - clock)
+        log.info("merge: %d fragments, %d face pairs -> %d segments in %.2f s",
+                 fragment_counts.sum(), sum(p.shape[1] for p in pairs), table.num_segments,
+                 time.perf_counter() - clock)
         write_table(group, LOOKUP, table, {"threshold": plan.threshold,
                                            "block": list(grid.block_shape),
                                            "run_key": state.key},
@@ -329,17 +333,6 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
         run_recorded(state, "relabel", _RelabelBlock(plan, table.min_size), blocks, counts,
                      previous=False, **run)
         log.info("relabel: %.2f s", time.perf_counter() - clock)
-        finished = True
-    except AffinityDistError as err:
-        if err.exit_code == 2:  # bad input found by a block (NaN): leave nothing behind
-            for name in (*plan.outputs.values(), WORK, LOOKUP):
-                delete_node(group, name)
-            state.discard()
-        raise
-    finally:
-        if not finished and Path(state.root).exists():
-            log.error("segment: stopped; the blocks done are recorded in %s, a rerun with "
-                      "the same options computes only the others", state.root)
     move_node(group, LOOKUP, "lookup")
     if not plan.keep_fragments:
         delete_node(group, "fragments")  # a stale one would contradict the table

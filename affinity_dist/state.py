@@ -22,20 +22,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .errors import BlockFailedError
+from .errors import AffinityDistError, BlockFailedError
 from .scheduling import BlockCounts, run_blocks
+from .storage import write_atomic, write_json
 
-__all__ = ["STATE_DIR", "StageState", "array_key", "digest", "run_recorded"]
+__all__ = ["STATE_DIR", "StageState", "array_key", "digest", "recording", "run_recorded"]
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = "_run_state"
 T = TypeVar("T")
@@ -62,12 +65,6 @@ def array_key(dataset: str | os.PathLike[str], name: str) -> str:
     return digest({"shape": list(volume.shape), "dtype": str(volume.dtype), "mtime": stamp})
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
 @dataclass(frozen=True)
 class _Recorded:
     """Run ``fn(block)`` on a worker, then record the block as done with its result."""
@@ -77,7 +74,7 @@ class _Recorded:
 
     def __call__(self, block: int) -> Any:
         result = self.fn(block)
-        _write_atomic(Path(self.folder) / f"{block}.pkl", pickle.dumps(result, protocol=5))
+        write_atomic(Path(self.folder) / f"{block}.pkl", pickle.dumps(result, protocol=5))
         return result
 
 
@@ -118,8 +115,7 @@ class StageState:
         if root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
-        _write_atomic(root / "key.json", json.dumps(
-            {"key": self.key, "config": self.config}, indent=1, default=str).encode())
+        write_json(root / "key.json", {"key": self.key, "config": self.config})
         return False
 
     def discard(self) -> None:
@@ -154,14 +150,30 @@ class StageState:
         """Mark the stage complete (after its outputs are in place) and drop the per-block
         records: a rerun with this key now skips the stage."""
         root = Path(self.root)
-        _write_atomic(root / "complete.json", json.dumps(
-            {"key": self.key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary},
-            indent=1, default=str).encode())
+        write_json(root / "complete.json", {
+            "key": self.key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary})
         shutil.rmtree(root / "done", ignore_errors=True)
 
     def summary(self) -> dict[str, Any]:
         """What the completing run recorded (blocks, ...)."""
         return self._read("complete.json")
+
+
+@contextlib.contextmanager
+def recording(state: StageState, stage: str, partial: Callable[[], None]) -> Iterator[None]:
+    """The body of a resumable stage. Bad input found by a block (exit 2: NaN, ...)
+    removes the partial outputs (``partial()``) and the records: nothing is left behind;
+    any other failure keeps both, so that a rerun computes only the missing blocks."""
+    try:
+        yield
+    except BaseException as err:
+        if isinstance(err, AffinityDistError) and err.exit_code == 2:
+            partial()
+            state.discard()
+        else:
+            log.error("%s: stopped; the finished blocks are recorded in %s, a rerun with the "
+                      "same options computes only the others", stage, state.root)
+        raise
 
 
 def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: Sequence[int],

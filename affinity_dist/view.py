@@ -33,8 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import AffinityDistError, ConfigError, DataError, bad_value
-from .storage import Volume, open_dataset, open_volume
-from .webknossos import top_arrays
+from .storage import Volume, list_arrays, open_dataset, open_volume, write_atomic
 
 __all__ = ["AFFINITY_SHADER", "CHROMIUM_FLAGS", "Layer", "add_layers", "find_browser",
            "open_viewer", "take_screenshot", "view", "viewable_layers"]
@@ -85,7 +84,8 @@ def viewable_layers(dataset: str | os.PathLike[str]) -> list[Layer]:
     group = open_dataset(dataset)
     present = [n for n in LAYER_ORDER if n in group]
     if not present:
-        raise DataError(f"dataset: got {str(dataset)!r} with arrays {top_arrays(dataset)}, "
+        arrays = list_arrays(dataset, top_level=True)
+        raise DataError(f"dataset: got {str(dataset)!r} with arrays {arrays}, "
                         f"expected at least one of {', '.join(LAYER_ORDER)}")
     shown_labels = next((n for n in reversed(LABEL_ARRAYS) if n in present), None)
     layers = []
@@ -248,9 +248,7 @@ def take_screenshot(viewer: Any, path: str | os.PathLike[str], *,
             image = _capture(viewer, (width, height), time.monotonic() + timeout)
         finally:
             driver.quit()
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(image)
-    tmp.replace(target)
+    write_atomic(target, image)
     return target
 
 

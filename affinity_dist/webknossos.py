@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ import numpy as np
 from .errors import DataError
 from .storage import Volume, list_arrays, open_dataset, open_volume, write_json
 
-__all__ = ["FILENAME", "top_arrays", "webknossos_properties", "write_webknossos_metadata"]
+__all__ = ["FILENAME", "webknossos_properties", "write_webknossos_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +47,6 @@ ELEMENT_CLASS = {"uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint
                  "float32": "float"}
 #: webKnossos handles uint64 segment ids as JavaScript numbers.
 MAX_SAFE_ID = 2**53 - 1
-
-
-def top_arrays(dataset: str | os.PathLike[str]) -> list[str]:
-    """Arrays at the dataset's top level, without zarr's warning about the metadata file
-    that is not part of the Zarr hierarchy."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", f"Object at {FILENAME}", UserWarning)
-        return [a for a in list_arrays(dataset) if "/" not in a]
 
 
 def _xyz(values: Any) -> list[Any]:
@@ -159,7 +150,8 @@ def webknossos_properties(dataset: str | os.PathLike[str]) -> dict[str, Any]:
     attrs: dict[str, Any] = dict(group.attrs)
     names = [n for n in LAYER_ARRAYS if n in group]
     if not names:
-        raise DataError(f"dataset: got {str(dataset)!r} with arrays {top_arrays(dataset)}, "
+        arrays = list_arrays(dataset, top_level=True)
+        raise DataError(f"dataset: got {str(dataset)!r} with arrays {arrays}, "
                         f"expected at least one of {', '.join(LAYER_ARRAYS)}")
     volumes = [open_volume(dataset, n) for n in names]
     for vol in volumes:

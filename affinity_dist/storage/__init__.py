@@ -24,6 +24,7 @@ from .arrays import (
     create_work_array,
     default_codec,
     group_path,
+    move_node,
     open_dataset,
     open_volume,
     register_levels,
@@ -35,11 +36,11 @@ from .datasets import (
     delete_node,
     describe_dataset,
     list_arrays,
-    move_node,
     open_external,
     read_table,
     read_table_slice,
     staged_dataset,
+    write_atomic,
     write_json,
     write_table,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "register_levels",
     "rename_volume",
     "staged_dataset",
+    "write_atomic",
     "write_json",
     "write_table",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import uuid
@@ -17,7 +18,7 @@ import zarr.codecs
 from numpy.typing import DTypeLike, NDArray
 
 from ..errors import ConfigError, DataError, InputNotFoundError, bad_value
-from ..geometry import Box, as_shape, as_vector
+from ..geometry import Box, as_shape, as_vector, reflect_indices
 
 __all__ = [
     "DEFAULT_CHUNKS",
@@ -28,6 +29,7 @@ __all__ = [
     "create_work_array",
     "default_codec",
     "group_path",
+    "move_node",
     "open_dataset",
     "open_volume",
     "register_levels",
@@ -139,6 +141,21 @@ class Volume:
                         zip(wanted.start, wanted.stop, clipped.start, clipped.stop, strict=True))
         return self.read(clipped), padding
 
+    def read_mirrored(self, window: Box) -> tuple[NDArray[Any], int]:
+        """``window`` (spatial, may leave the volume), mirrored at the volume border (all
+        channels); and the number of voxels read."""
+        index = [reflect_indices(a, b, n) for a, b, n in
+                 zip(window.start, window.stop, self.spatial_shape, strict=True)]
+        lo = tuple(int(i.min()) for i in index)
+        hi = tuple(int(i.max()) + 1 for i in index)
+        data = self.read(Box(lo, hi))
+        lead = len(self.shape) - len(window.start)
+        for axis, (i, o, a, b) in enumerate(zip(index, lo, window.start, window.stop,
+                                                 strict=True)):
+            if a < 0 or b > self.spatial_shape[axis]:  # an axis at a time: 3x faster than ix_
+                data = np.take(data, i - o, axis=lead + axis)
+        return data, math.prod(h - o for h, o in zip(hi, lo, strict=True))
+
     def store(self, data: Any) -> None:
         """Write a whole dask (or numpy) array of this shape, chunk-aligned, in parallel
         (on the active distributed client, if any)."""
@@ -176,9 +193,8 @@ def open_volume(path: str | os.PathLike[str], name: str, mode: Literal["r", "r+"
     if not isinstance(array, zarr.Array):
         from .datasets import list_arrays
 
-        present = [a for a in list_arrays(path) if "/" not in a]
         raise InputNotFoundError(f"array: got {name!r} in {str(path)!r}, expected an existing "
-                                 f"array (present: {present})")
+                                 f"array (present: {list_arrays(path, top_level=True)})")
     return Volume(_fast_writes(array), name)
 
 
@@ -299,18 +315,24 @@ def create_work_array(group: zarr.Group, name: str, *, shape: Sequence[int],
 
 def rename_volume(group: zarr.Group, old: str, new: str) -> None:
     """Move array ``old`` to ``new`` in a local dataset (replacing ``new``), metadata too."""
-    root = Path(group_path(group))
     volume = Volume(group[old], old)  # type: ignore[arg-type]
-    if (root / new).exists():
-        trash = root / f"_trash_{new}_{uuid.uuid4().hex[:8]}"
-        (root / new).rename(trash)
-        shutil.rmtree(trash)
-    (root / old).rename(root / new)
+    move_node(group, old, new)
     attrs: dict[str, Any] = dict(group.attrs)
     ome: dict[str, Any] = dict(attrs.get("ome", {}))
     ome["multiscales"] = [m for m in ome.get("multiscales", []) if m.get("name") != old]
     group.attrs["ome"] = ome
     _register_multiscale(group, new, volume.axis_names, volume.voxel_size, volume.offset)
+
+
+def move_node(group: zarr.Group, old: str, new: str) -> None:
+    """Rename a node (array or group) of a local dataset, replacing ``new``: the old
+    ``new`` is first renamed aside, then deleted, so it never stays half-deleted."""
+    root = Path(group_path(group))
+    if (root / new).exists():
+        trash = root / f"_trash_{new}_{uuid.uuid4().hex[:8]}"
+        (root / new).rename(trash)
+        shutil.rmtree(trash)
+    (root / old).rename(root / new)
 
 
 def group_path(group: zarr.Group) -> str:

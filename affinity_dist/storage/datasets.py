@@ -32,10 +32,10 @@ __all__ = [
     "describe_dataset",
     "list_arrays",
     "open_external",
-    "move_node",
     "read_table",
     "read_table_slice",
     "staged_dataset",
+    "write_atomic",
     "write_json",
     "write_table",
 ]
@@ -43,18 +43,26 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def list_arrays(path: str | os.PathLike[str]) -> list[str]:
-    """Paths of all arrays in a Zarr store (``[""]`` when the store is an array itself)."""
+@contextlib.contextmanager
+def _quiet_listing() -> Iterator[None]:
+    """Silence zarr's warning about files beside the arrays that are not Zarr nodes (the
+    run state ``_run_state/``, webKnossos' ``datasource-properties.json``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Object at .* is not recognized", category=UserWarning)
+        yield
+
+
+def list_arrays(path: str | os.PathLike[str], *, top_level: bool = False) -> list[str]:
+    """Paths of all arrays in a Zarr store (``[""]`` when the store is an array itself);
+    with ``top_level`` only the arrays directly in the group."""
     try:
         node = zarr.open(store=str(path), mode="r")
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
     if isinstance(node, zarr.Array):
         return [""]
-    with warnings.catch_warnings():  # files beside the arrays: _run_state/, webKnossos'
-        warnings.filterwarnings(  # datasource-properties.json, report files
-            "ignore", "Object at .* is not recognized", category=UserWarning)
-        members = node.members(max_depth=None)
+    with _quiet_listing():
+        members = node.members(max_depth=0 if top_level else None)
     return sorted(name for name, member in members if isinstance(member, zarr.Array))
 
 
@@ -128,8 +136,7 @@ def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per array of a dataset: name, shape, dtype, chunks, voxel size, bytes."""
     group = open_dataset(path)
     rows = []
-    with warnings.catch_warnings():  # files beside the arrays (see list_arrays)
-        warnings.filterwarnings("ignore", "Object at .* is not recognized", category=UserWarning)
+    with _quiet_listing():
         arrays = sorted(group.arrays())
     for name, array in arrays:
         stored = sum(p.stat().st_size for p in (Path(path) / name).rglob("*") if p.is_file())
@@ -178,13 +185,6 @@ def read_table_slice(path: str | os.PathLike[str], name: str, key: str,
     return out
 
 
-def move_node(group: zarr.Group, old: str, new: str) -> None:
-    """Rename a group (or plain array) of a local dataset, replacing ``new``."""
-    root = Path(group_path(group))
-    delete_node(group, new)
-    (root / old).rename(root / new)
-
-
 def delete_node(group: zarr.Group, name: str) -> None:
     """Remove an array or group of a local dataset, if present."""
     path = Path(group_path(group)) / name
@@ -211,11 +211,17 @@ def dataset_from_array(out: str | os.PathLike[str] | None, name: str, data: Any,
     return str(out)
 
 
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write a file under a unique temporary name, then rename: never half a file, even
+    with two writers of the same path."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.replace(target)
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
-    """Write ``data`` as JSON under a temporary name, then rename: never half a file."""
+    """Write ``data`` as JSON, atomically (:func:`write_atomic`)."""
     import json
 
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(target)
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
