@@ -202,16 +202,21 @@ def _apply(fragments: Any, mapping: Any, out: Any) -> int:  # pragma: no cover -
 
 
 def apply_mapping(fragments: NDArray[np.uint64] | NDArray[np.uint32],
-                  mapping: NDArray[np.uint64]) -> NDArray[np.uint64]:
+                  mapping: NDArray[np.uint64], *, in_place: bool = False) -> NDArray[np.uint64]:
     """``mapping[local id]`` for every fragment (global or local id) of one block, in one
-    compiled pass.
+    compiled pass; with ``in_place``, into ``fragments`` itself (contiguous uint64), which
+    saves a block-sized buffer.
 
     >>> apply_mapping(global_ids(np.array([2, 1, 2], np.uint32), 5),
     ...               np.array([0, 7, 9], np.uint64)).tolist()
     [9, 7, 9]
     """
     contiguous = np.ascontiguousarray(fragments)
-    out = np.empty(contiguous.shape, np.uint64)
+    if in_place and (contiguous is not fragments or fragments.dtype != np.uint64
+                     or not fragments.flags.writeable):
+        raise ValueError("apply_mapping(in_place=True): expected a writeable contiguous "
+                         f"uint64 array, got {fragments.dtype}")
+    out = contiguous if in_place else np.empty(contiguous.shape, np.uint64)
     bad = _apply(contiguous, mapping, out) if contiguous.size else -1
     if bad >= 0:
         raise DataError(f"fragments: got local id {bad}, expected < {len(mapping)} "

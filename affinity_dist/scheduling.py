@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -85,6 +86,37 @@ def keep_freed_memory() -> None:
     _MALLOC_TUNED.append(libc)
 
 
+_CODEC_THREADS: list[int] = []  # set once per worker process
+_CODEC_LOCK = threading.Lock()
+
+
+def match_codec_threads() -> None:
+    """In a Dask worker, give Zarr as many codec threads as the worker has task threads
+    (once per process; a no-op outside a worker or when Zarr's ``threading.max_workers``
+    is already set, e.g. by ``ZARR_THREADING__MAX_WORKERS``).
+
+    Zarr otherwise compresses and decompresses in a pool of cpu_count + 4 threads per
+    process, so every worker of a cluster competes for all the cores of the machine.
+    Measured (segment 512^3, 2 single-threaded workers on 2 cores, 4 rounds alternating
+    fresh clusters, 12 runs each): 94.3 -> 96.8 Mvox/s median.
+    """
+    with _CODEC_LOCK:  # a worker's task threads all wait until it is set
+        if _CODEC_THREADS:
+            return
+        _CODEC_THREADS.append(0)
+        try:
+            from distributed import get_worker
+
+            threads = int(get_worker().state.nthreads)
+        except (ImportError, ValueError, AttributeError):
+            return
+        import zarr
+
+        if zarr.config.get("threading.max_workers", None) is None:
+            zarr.config.set({"threading.max_workers": max(1, threads)})
+            _CODEC_THREADS[0] = threads
+
+
 def release_freed_memory() -> None:
     """Return the heap's free pages to the OS (glibc ``malloc_trim``): at a stage's end."""
     if _MALLOC_TUNED:
@@ -140,6 +172,7 @@ class _Guarded:
 
     def __call__(self, index: int, item: Any) -> tuple[int, Any]:
         keep_freed_memory()
+        match_codec_threads()
         for attempt in range(self.retries + 1):
             try:
                 return attempt, self.fn(item)

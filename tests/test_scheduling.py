@@ -24,3 +24,19 @@ def test_failures_name_the_block(scheduler: str) -> None:
         run_blocks(_work, [0, 3], stage="demo", scheduler=scheduler, progress=False)
     with pytest.raises(DataError, match="block 4 holds NaN"):  # exit 2, not 1
         run_blocks(_work, [4], scheduler=scheduler, progress=False)
+
+
+def _codec_threads(block: int) -> object:
+    import zarr
+
+    return zarr.config.get("threading.max_workers", None)
+
+
+def test_workers_give_zarr_as_many_codec_threads_as_task_threads() -> None:
+    distributed = pytest.importorskip("distributed")
+    with (distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                                   host="127.0.0.1", dashboard_address=None) as cluster,
+          distributed.Client(cluster) as client):
+        before = client.run(_codec_threads, 0)
+        assert list(before.values()) == [None]  # Zarr's own default: cpu_count + 4
+        assert run_blocks(_codec_threads, [0, 1, 2], client=client, progress=False) == [2] * 3
