@@ -216,7 +216,8 @@ def apply_mapping(fragments: NDArray[np.uint64] | NDArray[np.uint32],
                      or not fragments.flags.writeable):
         raise ValueError("apply_mapping(in_place=True): expected a writeable contiguous "
                          f"uint64 array, got {fragments.dtype}")
-    out = contiguous if in_place else np.empty(contiguous.shape, np.uint64)
+    out: NDArray[np.uint64] = (contiguous if in_place  # type: ignore[assignment]
+                               else np.empty(contiguous.shape, np.uint64))
     bad = _apply(contiguous, mapping, out) if contiguous.size else -1
     if bad >= 0:
         raise DataError(f"fragments: got local id {bad}, expected < {len(mapping)} "

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
 from .errors import ConfigError, DataError, DestinationExistsError
 from .fragments import (
@@ -144,7 +144,8 @@ def _open(plan: SegmentPlan, name: str) -> Volume:
 
 def _local_plane(fragments: NDArray[np.uint64], axis: int, index: int) -> NDArray[np.uint32]:
     """A boundary plane of a block's fragments as local ids (the face arrays' dtype)."""
-    return (np.take(fragments, index, axis=axis) & LOCAL_MASK).astype(np.uint32)
+    plane: NDArray[np.uint64] = np.take(fragments, index, axis=axis)
+    return (plane & LOCAL_MASK).astype(np.uint32)
 
 
 def _write_faces(plan: SegmentPlan, block_id: int, fragments: NDArray[np.uint64],
@@ -167,7 +168,7 @@ def _read_faces(plan: SegmentPlan, block_id: int, affinities: bool = False
     shapes = _plane_shapes(plan.grid.write_box(block_id).shape)
     name, shapes = (("affs", shapes) if affinities else
                     ("labels", [s for s in shapes for _ in (0, 1)]))
-    return _unpack(_open(plan, f"{WORK}/{name}").array[block_id], shapes)
+    return _unpack(np.asarray(_open(plan, f"{WORK}/{name}").array[block_id]), shapes)
 
 
 def _label(plan: SegmentPlan, block_id: int) -> tuple[Box, NDArray[Any], NDArray[np.uint64], int]:
@@ -317,8 +318,9 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
         for name in plan.outputs.values():
             create_volume(group, name, dtype=np.uint64, overwrite=True, **common)
         work = group.require_group(WORK, overwrite=True)
-        for (kind, dtype), length in zip((("labels", np.uint32), ("affs", plan.aff_dtype)),
-                                         _row_lengths(grid), strict=True):
+        kinds: tuple[tuple[str, DTypeLike], ...] = (("labels", np.uint32),
+                                                    ("affs", plan.aff_dtype))
+        for (kind, dtype), length in zip(kinds, _row_lengths(grid), strict=True):
             create_work_array(work, kind, shape=(grid.num_blocks, length), dtype=dtype,
                               chunks=(1, length))
         work.attrs["run_key"] = state.key  # last: the partial outputs are complete
