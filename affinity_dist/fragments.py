@@ -24,8 +24,9 @@ from numpy.typing import NDArray
 
 from .errors import ConfigError, DataError
 
-__all__ = ["LOCAL_BITS", "apply_mapping", "block_plane", "face_pairs", "global_ids",
-           "label_block", "native_threshold", "split_ids", "tile_grid", "untile"]
+__all__ = ["LOCAL_BITS", "apply_mapping", "block_plane", "face_pairs", "face_row_lengths",
+           "global_ids", "label_block", "native_threshold", "pack_planes", "plane_shapes",
+           "split_ids", "tile_grid", "unpack_planes", "untile"]
 
 #: Fragment id = block id << LOCAL_BITS | local id (local ids start at 1).
 LOCAL_BITS = 32
@@ -295,6 +296,33 @@ def apply_mapping(fragments: NDArray[np.uint64] | NDArray[np.uint32],
         raise DataError(f"fragments: got local id {int(bad)}, expected < {len(mapping)} "
                         "(fragments and lookup table disagree: rerun segment)")
     return out
+
+
+def plane_shapes(shape: Sequence[int]) -> list[tuple[int, ...]]:
+    """Shape of a block's boundary plane normal to each axis."""
+    return [tuple(n for a, n in enumerate(shape) if a != axis) for axis in range(3)]
+
+
+def face_row_lengths(block_shape: Sequence[int]) -> tuple[int, int]:
+    """Lengths of a block's rows of face planes: the labels row (first and last plane
+    along each axis) and the affinities row (first plane along each axis)."""
+    sizes = [int(np.prod(p)) for p in plane_shapes(block_shape)]
+    return 2 * sum(sizes), sum(sizes)
+
+
+def pack_planes(planes: Sequence[NDArray[Any]], length: int) -> NDArray[Any]:
+    """One block's planes, raveled one after the other into a (1, length) row (edge
+    blocks are smaller: the rest is 0)."""
+    flat = np.concatenate([p.ravel() for p in planes])
+    row = np.zeros((1, length), flat.dtype)
+    row[0, :flat.size] = flat
+    return row
+
+
+def unpack_planes(row: NDArray[Any], shapes: Sequence[tuple[int, ...]]) -> list[NDArray[Any]]:
+    """The planes of :func:`pack_planes`, given their shapes."""
+    ends = np.cumsum([int(np.prod(s)) for s in shapes])
+    return [row[e - int(np.prod(s)):e].reshape(s) for e, s in zip(ends, shapes, strict=True)]
 
 
 def split_ids(ids: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:

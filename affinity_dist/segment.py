@@ -38,9 +38,13 @@ from .fragments import (
     apply_mapping,
     block_plane,
     face_pairs,
+    face_row_lengths,
     global_ids,
     label_block,
     native_threshold,
+    pack_planes,
+    plane_shapes,
+    unpack_planes,
 )
 from .geometry import BlockGrid, Box, as_shape
 from .merge import LookupTable, block_map, block_starts, build_table
@@ -105,33 +109,6 @@ class SegmentPlan:
         return {name: STAGED[name] for name in names}
 
 
-def _plane_shapes(shape: Sequence[int]) -> list[tuple[int, ...]]:
-    """Shape of a block's boundary plane normal to each axis."""
-    return [tuple(n for a, n in enumerate(shape) if a != axis) for axis in range(3)]
-
-
-def _row_lengths(grid: BlockGrid) -> tuple[int, int]:
-    """Lengths of a block's row in the face arrays: the labels row (first and last plane
-    along each axis) and the affinities row (first plane along each axis)."""
-    sizes = [int(np.prod(p)) for p in _plane_shapes(grid.block_shape)]
-    return 2 * sum(sizes), sum(sizes)
-
-
-def _pack(planes: Sequence[NDArray[Any]], length: int) -> NDArray[Any]:
-    """One block's planes, raveled one after the other into a (1, length) row (edge
-    blocks are smaller: the rest is 0)."""
-    flat = np.concatenate([p.ravel() for p in planes])
-    row = np.zeros((1, length), flat.dtype)
-    row[0, :flat.size] = flat
-    return row
-
-
-def _unpack(row: NDArray[Any], shapes: Sequence[tuple[int, ...]]) -> list[NDArray[Any]]:
-    """The planes of :func:`_pack`, given their shapes."""
-    ends = np.cumsum([int(np.prod(s)) for s in shapes])
-    return [row[e - int(np.prod(s)):e].reshape(s) for e, s in zip(ends, shapes, strict=True)]
-
-
 @functools.lru_cache(maxsize=32)
 def _cached(dataset: str, name: str, token: str) -> Volume:
     return open_volume(dataset, name, "r+")
@@ -155,9 +132,9 @@ def _write_faces(plan: SegmentPlan, block_id: int, fragments: NDArray[np.uint64]
     planes, one row per block in two small arrays: two writes per block, not nine.
     Returns the boundary ids."""
     planes = [_local_plane(fragments, a, i) for a in range(3) for i in (0, -1)]
-    labels, aff_length = _row_lengths(plan.grid)
-    _open(plan, f"{WORK}/labels").array[block_id:block_id + 1] = _pack(planes, labels)
-    _open(plan, f"{WORK}/affs").array[block_id:block_id + 1] = _pack(
+    labels, aff_length = face_row_lengths(plan.grid.block_shape)
+    _open(plan, f"{WORK}/labels").array[block_id:block_id + 1] = pack_planes(planes, labels)
+    _open(plan, f"{WORK}/affs").array[block_id:block_id + 1] = pack_planes(
         [np.take(affs[axis], 0, axis=axis) for axis in range(3)], aff_length)
     return np.concatenate([p.ravel() for p in planes])
 
@@ -166,10 +143,10 @@ def _read_faces(plan: SegmentPlan, block_id: int, affinities: bool = False
                 ) -> list[NDArray[Any]]:
     """A block's planes as written by :func:`_write_faces`: first and last plane of each
     axis (first0, last0, first1, ...), or the three affinity planes."""
-    shapes = _plane_shapes(plan.grid.write_box(block_id).shape)
+    shapes = plane_shapes(plan.grid.write_box(block_id).shape)
     name, shapes = (("affs", shapes) if affinities else
                     ("labels", [s for s in shapes for _ in (0, 1)]))
-    return _unpack(np.asarray(_open(plan, f"{WORK}/{name}").array[block_id]), shapes)
+    return unpack_planes(np.asarray(_open(plan, f"{WORK}/{name}").array[block_id]), shapes)
 
 
 def _label(plan: SegmentPlan, block_id: int, tiled: bool = True
@@ -325,7 +302,7 @@ def run_segment(plan: SegmentPlan, *, client: Any | None = None,
         work = group.require_group(WORK, overwrite=True)
         kinds: tuple[tuple[str, DTypeLike], ...] = (("labels", np.uint32),
                                                     ("affs", plan.aff_dtype))
-        for (kind, dtype), length in zip(kinds, _row_lengths(grid), strict=True):
+        for (kind, dtype), length in zip(kinds, face_row_lengths(grid.block_shape), strict=True):
             create_work_array(work, kind, shape=(grid.num_blocks, length), dtype=dtype,
                               chunks=(1, length))
         work.attrs["run_key"] = state.key  # last: the partial outputs are complete
