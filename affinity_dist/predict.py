@@ -171,7 +171,7 @@ class _PredictBlock:
         window = plan.input_box(box)
         raw, read = open_volume(plan.dataset, "raw").read_mirrored(window)
         device = resolve_device(plan.device)
-        model = cached_model(plan.model, device)
+        model = cached_model(plan.model, device, plan.precision)
         channels = len(plan.config.offsets)
         out = np.empty((channels, *box.shape), plan.dtype)
         size = tuple(t + c for t, c in zip(plan.net_output, plan.config.context, strict=True))

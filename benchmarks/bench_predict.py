@@ -63,7 +63,7 @@ def bare_model(path: str, tile_input: tuple[int, ...], tiles: int, precision: st
     from affinity_dist._inference import cached_model, forward
 
     device = torch.device("cpu")
-    model = cached_model(path, device)
+    model = cached_model(path, device, precision)  # type: ignore[arg-type]
     x = np.random.default_rng(0).integers(0, 256, (1, 1, *tile_input), dtype=np.uint8)
     out = forward(model, x, device, precision)  # type: ignore[arg-type]  # warm-up
     start = time.perf_counter()

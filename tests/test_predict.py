@@ -117,6 +117,22 @@ def test_default_tiles_follow_the_block_within_float_rounding(tmp_path: Path) ->
     assert np.abs(outs[0] - outs[1]).max() <= 1e-5
 
 
+def test_bf16_weights_give_what_bf16_autocast_gives(tmp_path: Path) -> None:
+    from affinity_dist._inference import cached_model, forward
+
+    path = str(tiny_model(tmp_path / "tiny.pt"))
+    cpu = torch.device("cpu")
+    shape = TINY.valid_shapes(3)[-1][0]
+    tiles = np.random.default_rng(0).integers(0, 256, (2, 1, *shape), dtype=np.uint8)
+    bf16 = cached_model(path, cpu, "bf16")
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    fp32 = cached_model(path, cpu, "fp32")
+    assert next(fp32.parameters()).dtype == torch.float32
+    direct = forward(bf16, tiles, cpu, "bf16")
+    np.testing.assert_array_equal(direct, forward(fp32, tiles, cpu, "bf16"))  # autocast
+    assert np.abs(direct - forward(fp32, tiles, cpu, "fp32")).max() < 0.05
+
+
 def test_float_raw_and_bf16(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "tiny.pt")
     as_uint8 = raw_dataset(tmp_path / "u8.zarr")
