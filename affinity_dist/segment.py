@@ -127,16 +127,16 @@ def _local_plane(fragments: NDArray[np.uint64], axis: int, index: int) -> NDArra
 
 
 def _write_faces(plan: SegmentPlan, block_id: int, fragments: NDArray[np.uint64],
-                 affs: NDArray[Any]) -> NDArray[np.uint32]:
+                 affs: NDArray[Any]) -> list[NDArray[np.uint32]]:
     """Save a block's six boundary planes (local ids) and the affinities of its first
     planes, one row per block in two small arrays: two writes per block, not nine.
-    Returns the boundary ids."""
+    Returns the boundary planes."""
     planes = [_local_plane(fragments, a, i) for a in range(3) for i in (0, -1)]
     labels, aff_length = face_row_lengths(plan.grid.block_shape)
     _open(plan, f"{WORK}/labels").array[block_id:block_id + 1] = pack_planes(planes, labels)
     _open(plan, f"{WORK}/affs").array[block_id:block_id + 1] = pack_planes(
         [np.take(affs[axis], 0, axis=axis) for axis in range(3)], aff_length)
-    return np.concatenate([p.ravel() for p in planes])
+    return planes
 
 
 def _read_faces(plan: SegmentPlan, block_id: int, affinities: bool = False
@@ -173,11 +173,11 @@ class _FragmentBlock:
         box, affs, fragments, n = _label(plan, block_id)
         if plan.keep_fragments:
             _open(plan, STAGED["fragments"]).write(box, fragments)
-        boundary = _write_faces(plan, block_id, fragments, affs)
+        planes = _write_faces(plan, block_id, fragments, affs)
         if not plan.min_size:
             return n, 0, np.zeros(0, np.uint64), np.zeros(0, np.int64)
         sizes = np.bincount((fragments & LOCAL_MASK).ravel().astype(np.int64), minlength=n + 1)
-        boundary = np.unique(boundary)
+        boundary = np.unique(np.concatenate([p.ravel() for p in planes]))
         small = int((sizes[1:] < plan.min_size).sum())
         return n, small, global_ids(boundary, block_id), sizes[boundary].astype(np.int64)
 
