@@ -16,7 +16,10 @@ MALA-sized network (12 feature maps x5, downsampling (1,3,3)(1,3,3)(3,3,3), rand
 weights). ``--sweep`` times the shipped model per tile size, fp32 vs bf16 and with or
 without channels-last (one thread) — the figures behind predict's default tile.
 
-    .venv/bin/python benchmarks/bench_predict.py [--size 256] [--no-mala] [--sweep]
+``--model CKPT`` (repeatable) measures more checkpoints the same way as the shipped one
+(e.g. a candidate for it).
+
+    .venv/bin/python benchmarks/bench_predict.py [--size 256] [--no-mala] [--sweep] [--model CKPT]
 """
 
 from __future__ import annotations
@@ -117,7 +120,7 @@ def compare(client: Any, name: str, model: Path, *, shape: tuple[int, int, int],
             workdir: Path, repeats: int) -> None:
     """Bare model vs predict stage on ``shape`` in blocks of ``block`` (= chunks): every
     worker gets the same number of blocks, and the bare model the same number of tiles."""
-    data = raw_volume(workdir / f"{name}.zarr", shape, block)
+    data = raw_volume(workdir / f"{abs(hash(name))}.zarr", shape, block)
     _, config, _ = load_checkpoint(model)
     plan = prepare_predict(data, model=model, block=block, tile=tile, device="cpu",
                            overwrite=True, local=False)
@@ -182,6 +185,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-mala", action="store_true")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--model", type=Path, action="append", default=[],
+                        help="another checkpoint to measure like the shipped one")
     args = parser.parse_args()
     if args.sweep:
         sweep([32, 48, 64, 96, 128])
@@ -197,6 +202,10 @@ def main() -> None:
         compare(client, "shipped model (fib25)", default_model(), shape=(args.size,) * 3,
                 tile=(64, 64, 64), block=(args.size // 2,) * 3, peak=peak,
                 workdir=Path(tmp), repeats=args.repeats)
+        for extra in args.model:
+            compare(client, str(extra), extra, shape=(args.size,) * 3, tile=(64, 64, 64),
+                    block=(args.size // 2,) * 3, peak=peak, workdir=Path(tmp),
+                    repeats=args.repeats)
         if not args.no_mala:
             torch.manual_seed(0)
             mala = save_model(Path(tmp) / "mala.pt", build_model(MALA), MALA)
