@@ -302,8 +302,8 @@ def view(dataset: str | os.PathLike[str], *, screenshot: str | os.PathLike[str] 
     fit = int(0.9 * min(size)) if screenshot is not None else 800
     viewer = open_viewer(dataset, port=port, bind=bind, fit_pixels=fit)
     url: str = viewer.get_viewer_url()
-    print(url, flush=True)
     if screenshot is not None:
+        print(url, flush=True)
         with viewer.txn() as state:
             state.layout = "xy"
             state.show_axis_lines = False
@@ -314,11 +314,13 @@ def view(dataset: str | os.PathLike[str], *, screenshot: str | os.PathLike[str] 
             neuroglancer.stop()
     elif block:
         # Ctrl-C and SIGTERM stop the server, also where SIGINT was ignored at start-up
-        # (a process started in the background by a non-interactive shell)
+        # (a process started in the background by a non-interactive shell). The handlers
+        # are in place before the URL is printed: whoever reads it may signal at once.
         main = threading.current_thread() is threading.main_thread()
         previous = {sig: signal.signal(sig, _interrupt)
                     for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
+            print(url, flush=True)
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
@@ -327,4 +329,6 @@ def view(dataset: str | os.PathLike[str], *, screenshot: str | os.PathLike[str] 
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             neuroglancer.stop()
+    else:
+        print(url, flush=True)
     return url
