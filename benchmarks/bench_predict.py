@@ -149,6 +149,11 @@ def compare(client: Any, name: str, model: Path, *, shape: tuple[int, int, int],
           f"compute overhead {stats.compute_overhead:.2f} network input voxels per output "
           f"voxel; {flops / 1e3:.1f} kFLOP per output voxel; "
           f"{100 * stats.model_share:.1f} % of predict's task time in the model")
+    print("  per run: ratio to its bare run, and the workers' busy share of the stage's wall "
+          "time (task seconds / (workers x wall); below 1: idle workers, e.g. unequal "
+          "blocks per worker): " + ", ".join(
+              f"{r.voxels_per_second / b:.3f} / {r.task_seconds / workers / r.seconds:.3f}"
+              for r, b in zip(runs, bare_runs, strict=True)))
 
 
 def sweep(tiles: list[int]) -> None:
