@@ -17,9 +17,12 @@ weights). ``--sweep`` times the shipped model per tile size, fp32 vs bf16 and wi
 without channels-last (one thread) — the figures behind predict's default tile.
 
 ``--model CKPT`` (repeatable) measures more checkpoints the same way as the shipped one
-(e.g. a candidate for it).
+(e.g. a candidate for it). ``--channels`` times single bf16 convolutions of 1, 8, 16 and
+32 channels on one thread: why the shipped model's 8-feature-map layers run at half the
+FLOP rate of wider ones (8 output channels fill half of an AVX-512 vector).
 
-    .venv/bin/python benchmarks/bench_predict.py [--size 256] [--no-mala] [--sweep] [--model CKPT]
+    .venv/bin/python benchmarks/bench_predict.py [--size 256] [--no-mala] [--sweep]
+        [--channels] [--model CKPT]
 """
 
 from __future__ import annotations
@@ -182,6 +185,30 @@ def sweep(tiles: list[int]) -> None:
         print(f"  {t:>6} " + " ".join(f"{v:8.3f}" for v in row))
 
 
+def channels(size: int = 96, repeats: int = 5) -> None:
+    """One thread, bf16, channels-last: a 3^3 convolution per channel width, GFLOP/s."""
+    torch.set_num_threads(1)
+    peak = matmul_peak(2.0)
+    cl = torch.channels_last_3d
+    print(f"\nconvolutions (1 thread, bf16, channels-last, {size}^3 input); bf16 matmul "
+          f"peak of this thread {peak:.0f} GFLOP/s")
+    for c_in, c_out in ((1, 8), (8, 8), (16, 16), (32, 32)):
+        conv = torch.nn.Conv3d(c_in, c_out, 3).to(torch.bfloat16).to(memory_format=cl).eval()
+        x = torch.rand(1, c_in, size, size, size).to(torch.bfloat16).contiguous(
+            memory_format=cl)
+        times = []
+        with torch.inference_mode():
+            conv(x)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                conv(x)
+                times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        flops = 2 * c_in * c_out * 27 * (size - 2) ** 3
+        print(f"  {c_in:>2} -> {c_out:<2} {1e3 * seconds:7.1f} ms {flops / seconds / 1e9:7.1f} "
+              f"GFLOP/s = {100 * flops / seconds / 1e9 / peak:5.1f} % of the peak")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256,
@@ -190,11 +217,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-mala", action="store_true")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--channels", action="store_true",
+                        help="time single convolutions per channel width first")
     parser.add_argument("--model", type=Path, action="append", default=[],
                         help="another checkpoint to measure like the shipped one")
     args = parser.parse_args()
     if args.sweep:
         sweep([32, 48, 64, 96, 128])
+    if args.channels:
+        channels()
     from distributed import Client, LocalCluster
 
     with (LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1",
