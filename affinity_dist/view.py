@@ -302,8 +302,9 @@ def view(dataset: str | os.PathLike[str], *, screenshot: str | os.PathLike[str] 
     fit = int(0.9 * min(size)) if screenshot is not None else 800
     viewer = open_viewer(dataset, port=port, bind=bind, fit_pixels=fit)
     url: str = viewer.get_viewer_url()
-    if screenshot is not None:
+    if screenshot is not None or not block:
         print(url, flush=True)
+    if screenshot is not None:
         with viewer.txn() as state:
             state.layout = "xy"
             state.show_axis_lines = False
@@ -329,6 +330,4 @@ def view(dataset: str | os.PathLike[str], *, screenshot: str | os.PathLike[str] 
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             neuroglancer.stop()
-    else:
-        print(url, flush=True)
     return url
