@@ -106,7 +106,14 @@ def flops_per_voxel(config: UNetConfig, tile_input: tuple[int, ...]) -> float:
     return total[0] / math.prod(out.shape[2:])
 
 
-def raw_volume(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int]) -> Path:
+def raw_volume(workdir: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int]
+               ) -> Path:
+    """A dataset of real fib25 raw of this shape and chunks in ``workdir``, written once and
+    shared by every model measured on it (predict overwrites only its affinities)."""
+    path = workdir / ("raw-" + "x".join(map(str, shape)) + "-" + "x".join(map(str, chunks))
+                      + ".zarr")
+    if path.exists():
+        return path
     data = fib25()
     if data is None:
         print("(../shared/data absent: random raw instead of fib25)")
@@ -123,7 +130,7 @@ def compare(client: Any, name: str, model: Path, *, shape: tuple[int, int, int],
             workdir: Path, repeats: int) -> None:
     """Bare model vs predict stage on ``shape`` in blocks of ``block`` (= chunks): every
     worker gets the same number of blocks, and the bare model the same number of tiles."""
-    data = raw_volume(workdir / f"{abs(hash(name))}.zarr", shape, block)
+    data = raw_volume(workdir, shape, block)
     _, config, _ = load_checkpoint(model)
     plan = prepare_predict(data, model=model, block=block, tile=tile, device="cpu",
                            overwrite=True, local=False)
