@@ -26,12 +26,12 @@ from .errors import (
     DestinationExistsError,
     InputNotFoundError,
 )
-from .evaluate import evaluate
-from .ingest import ingest
-from .predict import predict
-from .sample import sample
-from .segment import segment
-from .train import train
+from .stages.evaluate import evaluate
+from .stages.ingest import ingest
+from .stages.predict import predict
+from .stages.sample import sample
+from .stages.segment import segment
+from .training.train import train
 
 __version__ = "0.1.0"
 

@@ -4,7 +4,7 @@ The volume: real fib25 neuron ids mirror-tiled to SIZE^3 as the truth, and as th
 segmentation the same ids shifted by one voxel along x with two large objects merged (a
 realistic error mix), both uint64 Zarr arrays with 128^3 chunks. Measured side by side:
 
-* ``affinity_dist.evaluate`` on a running LocalCluster of 2 single-threaded workers
+* ``affinity_dist.stages.evaluate`` on a running LocalCluster of 2 single-threaded workers
   (median of --repeats), Mvox/s and the peak RSS of the largest worker (VmHWM);
 * ``skimage.metrics.variation_of_information`` + ``adapted_rand_error`` on the same
   arrays held in memory (one thread), Mvox/s and this process's peak RSS growth.
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from _common import fib25, tile_to
 
-from affinity_dist.evaluate import evaluate
 from affinity_dist.geometry import Box
-from affinity_dist.scheduling import worker_peak_mb
+from affinity_dist.runtime.scheduling import worker_peak_mb
+from affinity_dist.stages.evaluate import evaluate
 from affinity_dist.storage import create_volume, staged_dataset
 
 
@@ -36,7 +36,7 @@ def volumes(size: int) -> tuple[np.ndarray, np.ndarray]:
     ids = fib25("volumes/labels/neuron_ids")
     if ids is None:
         print("# ../shared/data absent: synthetic labels instead of fib25")
-        from affinity_dist.synthetic import SampleSpec, generate_region
+        from affinity_dist.kernels.synthetic import SampleSpec, generate_region
 
         ids = generate_region(SampleSpec((128, 128, 128)), (0, 0, 0), (128, 128, 128))[1]
     truth = tile_to(ids.astype(np.uint64), size)

@@ -5,7 +5,7 @@ over 10^5 blocks, M pairs among 0.7 M distinct fragments. Each case runs in a fr
 process; peak memory is that process's VmHWM minus its RSS once the pairs exist, so it is
 what the union-find itself adds. Methods, all after the same dense re-indexing:
 
-* ``ours``     — ``affinity_dist.merge.components``: a compiled union-find (path halving)
+* ``ours``     — ``affinity_dist.kernels.merge.components``: a compiled union-find (path halving)
   over the dense ids, components numbered by their smallest id;
 * ``scipy``    — ``scipy.sparse.csgraph.connected_components`` of the dense graph;
 * ``networkx`` — ``connected_components`` of an nx.Graph (10^6 only unless --all: ~30x slower).
@@ -41,7 +41,7 @@ def rss_kb(field: str) -> int:
 
 
 def run_ours(pairs: np.ndarray) -> int:
-    from affinity_dist.merge import components
+    from affinity_dist.kernels.merge import components
 
     _, comp = components(pairs)
     return int(comp.max()) + 1

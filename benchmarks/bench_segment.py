@@ -4,7 +4,7 @@ The volume: real fib25 neuron ids mirror-tiled to SIZE^3 (512^3; 1024^3 too with
 --large), turned into uint8 affinities (230 inside a neuron, 20 across a boundary, +-20
 of noise) in a Zarr dataset with 128^3 chunks. Measured in the same run:
 
-* ``affinity_dist.segment`` (Zarr uint8 affinities in -> Zarr uint64 fragments and
+* ``affinity_dist.stages.segment`` (Zarr uint8 affinities in -> Zarr uint64 fragments and
   segmentation out; and with ``keep_fragments=False``, segmentation only) on a running
   LocalCluster of 2 single-threaded worker processes: the first run on the fresh cluster
   (one-time imports and compiled-kernel loading in each worker) apart, then the median of
@@ -36,7 +36,7 @@ import numpy as np
 from _common import CLI, fib25, peak_rss
 
 from affinity_dist.geometry import Box
-from affinity_dist.scheduling import worker_peak_mb
+from affinity_dist.runtime.scheduling import worker_peak_mb
 from affinity_dist.storage import create_volume, open_volume, staged_dataset
 
 THRESHOLD = 0.5
@@ -51,7 +51,7 @@ def source_ids() -> np.ndarray:
     ids = fib25("volumes/labels/neuron_ids")
     if ids is None:
         print("# ../shared/data absent: synthetic labels instead of fib25")
-        from affinity_dist.synthetic import SampleSpec, generate_region
+        from affinity_dist.kernels.synthetic import SampleSpec, generate_region
 
         ids = generate_region(SampleSpec((128, 128, 128)), (0, 0, 0), (128, 128, 128))[1]
     return ids
@@ -96,7 +96,7 @@ def voxel_graph(affs: np.ndarray, t: int) -> np.ndarray:
 def in_memory_peers(path: Path) -> None:
     import cc3d
 
-    from affinity_dist.fragments import label_block
+    from affinity_dist.kernels.fragments import label_block
 
     affs = open_volume(path, "affinities").array[...]
     n = affs[0].size
@@ -155,7 +155,7 @@ class _IOFloor:
 def io_floor(path: Path, client: object, repeats: int) -> float:
     """Median seconds of the storage traffic alone, one task per 256^3 block."""
     from affinity_dist.geometry import BlockGrid
-    from affinity_dist.scheduling import run_blocks
+    from affinity_dist.runtime.scheduling import run_blocks
     from affinity_dist.storage import open_dataset
 
     group = open_dataset(path, "r+")

@@ -52,7 +52,7 @@ def arrays(size: int) -> dict[str, np.ndarray]:
     raw, ids = fib25(), fib25("volumes/labels/neuron_ids")
     if raw is None or ids is None:
         print("# ../shared/data absent: using synthetic arrays (figures less representative)")
-        from affinity_dist.synthetic import SampleSpec, generate_region
+        from affinity_dist.kernels.synthetic import SampleSpec, generate_region
 
         raw, ids = generate_region(SampleSpec((128, 128, 128), seed=0), (0, 0, 0), (128,) * 3)
     raw, ids = tile_to(raw, size), tile_to(ids.astype(np.uint64), size)

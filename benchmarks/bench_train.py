@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from affinity_dist.model import UNetConfig, build_model
+from affinity_dist.nn.config import UNetConfig, build_model
 
 CANDIDATES = {
     "small 4x2, (1,2,2)(2,2,2)": (UNetConfig(num_fmaps=4, fmap_inc_factor=2), (8, 32, 32)),

@@ -6,7 +6,7 @@ thresholded affinity graph): the **training** region (z < 186), where the thresh
 chosen (lowest VOI split + merge over ``--thresholds`` x ``--min-sizes``), and the
 **held-out** region
 (z >= 186, never seen in training), where the chosen threshold is scored. Metrics from
-:mod:`affinity_dist.metrics` (equal to skimage's), ground-truth label 0 ignored.
+:mod:`affinity_dist.kernels.metrics` (equal to skimage's), ground-truth label 0 ignored.
 
     .venv/bin/python benchmarks/eval_model.py [--model CKPT] [--thresholds 0.5 0.7 0.9]
 """
@@ -25,7 +25,7 @@ from _common import SHARED_DATA
 
 import affinity_dist as ad
 from affinity_dist.geometry import Box
-from affinity_dist.metrics import Scores, contingency, scores
+from affinity_dist.kernels.metrics import Scores, contingency, scores
 from affinity_dist.storage import open_volume
 
 SPLIT = 186  # the shipped model's validation slab starts here (models/fib25.toml)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from affinity_dist.augment import (
+from affinity_dist.errors import ConfigError, DataError
+from affinity_dist.kernels.augment import (
     AugmentConfig,
     add_noise,
     augment,
@@ -27,7 +28,6 @@ from affinity_dist.augment import (
     transpose,
     warp,
 )
-from affinity_dist.errors import ConfigError, DataError
 
 ANISO = (40.0, 4.0, 4.0)
 ISO = (8.0, 8.0, 8.0)

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import affinity_dist as ad
-from affinity_dist.view import CHROMIUM_FLAGS
+from affinity_dist.viewers.neuroglancer import CHROMIUM_FLAGS
 
 pytestmark = pytest.mark.slow
 

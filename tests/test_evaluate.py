@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from affinity_dist.errors import ConfigError, DataError
-from affinity_dist.evaluate import evaluate
 from affinity_dist.geometry import Box
-from affinity_dist.metrics import border_mask
+from affinity_dist.kernels.metrics import border_mask
+from affinity_dist.stages.evaluate import evaluate
 from affinity_dist.storage import create_volume, staged_dataset
 
 from .conftest import run_cli
@@ -165,8 +165,8 @@ def test_bad_boundary_tolerance_exits_2(tmp_path: Path, value: str) -> None:
 
 
 def test_boundary_tolerance_api_and_workflow(tmp_path: Path, fib25_truth: np.ndarray) -> None:
-    from affinity_dist.run import report_paths, run_workflow
-    from affinity_dist.workflow import load_workflow
+    from affinity_dist.workflow.config import load_workflow
+    from affinity_dist.workflow.run import report_paths, run_workflow
 
     seg = perturbations(fib25_truth)["merged"]
     data = dataset(tmp_path / "x.zarr", fib25_truth, seg, voxel_size=ANISOTROPIC)
@@ -246,7 +246,7 @@ def test_api_errors(tmp_path: Path) -> None:
 def test_previews_show_raw_and_segments(tmp_path: Path) -> None:
     from PIL import Image
 
-    from affinity_dist.preview import id_colours, overlay
+    from affinity_dist.viewers.preview import id_colours, overlay
 
     truth = np.zeros((6, 20, 30), np.uint64)
     truth[:, :, 15:] = 7

@@ -10,7 +10,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from affinity_dist.errors import ConfigError, DataError
-from affinity_dist.fragments import (
+from affinity_dist.kernels.fragments import (
     apply_mapping,
     block_plane,
     face_pairs,

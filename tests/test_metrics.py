@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from affinity_dist.metrics import border_mask, contingency, merge_contingency, scores
+from affinity_dist.kernels.metrics import border_mask, contingency, merge_contingency, scores
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from affinity_dist.errors import ConfigError
-from affinity_dist.model import UNetConfig, build_model
+from affinity_dist.nn.config import UNetConfig, build_model
 
 CONFIGS = {
     "isotropic-2-levels": UNetConfig(num_fmaps=4, fmap_inc_factor=2),

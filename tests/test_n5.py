@@ -1,4 +1,4 @@
-"""Tests for :mod:`affinity_dist.n5`, the read-only N5 reader.
+"""Tests for :mod:`affinity_dist.storage.n5`, the read-only N5 reader.
 
 Two independent oracles are used:
 
@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from affinity_dist.n5 import N5Array, find_n5_datasets, is_n5_dataset, n5_voxel_size
+from affinity_dist.storage.n5 import N5Array, find_n5_datasets, is_n5_dataset, n5_voxel_size
 
 Compressor = Callable[[bytes], bytes]
 

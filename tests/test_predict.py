@@ -14,8 +14,14 @@ import pytest
 
 from affinity_dist.errors import ConfigError, DataError, InputNotFoundError
 from affinity_dist.geometry import Box, reflect_indices
-from affinity_dist.model import UNetConfig
-from affinity_dist.predict import default_model, predict, prepare_predict, run_predict, to_uint8
+from affinity_dist.nn.config import UNetConfig
+from affinity_dist.stages.predict import (
+    default_model,
+    predict,
+    prepare_predict,
+    run_predict,
+    to_uint8,
+)
 from affinity_dist.storage import create_volume, list_arrays, open_volume, staged_dataset
 
 from .conftest import run_cli
@@ -28,8 +34,8 @@ TINY = UNetConfig(downsample_factors=((1, 2, 2), (2, 2, 2)), num_fmaps=3, fmap_i
 
 
 def tiny_model(path: Path, config: UNetConfig = TINY, seed: int = 0) -> Path:
-    from affinity_dist.model import build_model
-    from affinity_dist.train import save_model
+    from affinity_dist.nn.config import build_model
+    from affinity_dist.training.train import save_model
 
     torch.manual_seed(seed)
     model = build_model(config)
@@ -58,7 +64,7 @@ def read_affinities(path: Path) -> np.ndarray:
 
 def whole_volume_oracle(model_path: Path, raw: np.ndarray) -> np.ndarray:
     """One forward pass over the whole mirror-padded volume (fp32): the reference."""
-    from affinity_dist.train import load_checkpoint
+    from affinity_dist.training.train import load_checkpoint
 
     model, config, _ = load_checkpoint(model_path)
     model.eval()
@@ -118,7 +124,7 @@ def test_default_tiles_follow_the_block_within_float_rounding(tmp_path: Path) ->
 
 
 def test_bf16_weights_give_what_bf16_autocast_gives(tmp_path: Path) -> None:
-    from affinity_dist._inference import cached_model, forward
+    from affinity_dist.nn.inference import cached_model, forward
 
     path = str(tiny_model(tmp_path / "tiny.pt"))
     cpu = torch.device("cpu")
@@ -169,7 +175,7 @@ def test_long_range_offsets_are_written_after_the_nearest(tmp_path: Path) -> Non
 
 
 def test_model_is_cached_per_process(tmp_path: Path) -> None:
-    from affinity_dist._inference import cached_model
+    from affinity_dist.nn.inference import cached_model
 
     path = tiny_model(tmp_path / "tiny.pt")
     cpu = torch.device("cpu")
@@ -183,7 +189,7 @@ def test_shipped_model_predicts_fib25_boundaries(tmp_path: Path, fib25: Path) ->
     """The default model on held-out real data (fib25 z >= 186): affinity F1 vs truth."""
     import h5py
 
-    from affinity_dist.targets import affinity_targets
+    from affinity_dist.kernels.targets import affinity_targets
 
     with h5py.File(fib25) as f:
         raw = f["volumes/raw"][190:230, 100:180, 100:180]
@@ -311,7 +317,7 @@ def _malloc_tuned() -> bool:
     """Did this worker tune glibc's malloc (scheduling.keep_freed_memory) for its blocks?"""
     import sys
 
-    from affinity_dist import scheduling
+    from affinity_dist.runtime import scheduling
 
     return bool(scheduling._MALLOC_TUNED) or not sys.platform.startswith("linux")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from affinity_dist.geometry import Box
-from affinity_dist.pyramid import downsample, level_factors, pyramid
+from affinity_dist.stages.pyramid import downsample, level_factors, pyramid
 from affinity_dist.storage import create_volume, open_dataset, open_volume, staged_dataset
 
 from .conftest import run_cli

@@ -22,9 +22,9 @@ import pytest
 
 from affinity_dist.errors import BlockFailedError
 from affinity_dist.geometry import Box
-from affinity_dist.sample import sample
-from affinity_dist.scheduling import BlockCounts
-from affinity_dist.state import STATE_DIR, StageState, run_recorded
+from affinity_dist.runtime.scheduling import BlockCounts
+from affinity_dist.runtime.state import STATE_DIR, StageState, run_recorded
+from affinity_dist.stages.sample import sample
 from affinity_dist.storage import list_arrays, open_volume
 
 from .conftest import run_cli

@@ -10,9 +10,9 @@ import pytest
 
 from affinity_dist.errors import ConfigError, InputNotFoundError
 from affinity_dist.geometry import Box
-from affinity_dist.sample import sample
+from affinity_dist.stages.sample import sample
 from affinity_dist.storage import list_arrays, open_volume
-from affinity_dist.workflow import load_workflow
+from affinity_dist.workflow.config import load_workflow
 
 from .conftest import REPO, run_cli
 from .test_predict import tiny_model

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from affinity_dist import sample
+from affinity_dist.kernels.synthetic import SampleSpec, generate_region
 from affinity_dist.storage import open_volume
-from affinity_dist.synthetic import SampleSpec, generate_region
 
 from .conftest import run_cli
 

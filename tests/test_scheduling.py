@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from affinity_dist.errors import BlockFailedError, DataError
-from affinity_dist.scheduling import run_blocks
+from affinity_dist.runtime.scheduling import run_blocks
 
 
 def _work(block: int) -> int:

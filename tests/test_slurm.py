@@ -24,10 +24,10 @@ import pytest
 
 from affinity_dist.errors import ConfigError
 from affinity_dist.geometry import Box
-from affinity_dist.sample import sample
-from affinity_dist.slurm import _gpus, _seconds, cancel_jobs, cluster_kwargs, refusal
+from affinity_dist.stages.sample import sample
 from affinity_dist.storage import list_arrays, open_volume
-from affinity_dist.workflow import load_workflow
+from affinity_dist.workflow.config import load_workflow
+from affinity_dist.workflow.slurm import _gpus, _seconds, cancel_jobs, cluster_kwargs, refusal
 
 from .conftest import REPO, run_cli
 from .test_predict import tiny_model

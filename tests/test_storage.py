@@ -104,7 +104,7 @@ def test_default_codecs_by_dtype() -> None:
 
 
 def test_tiled_writes_equal_box_writes(tmp_path: Path) -> None:
-    from affinity_dist.fragments import untile
+    from affinity_dist.kernels.fragments import untile
 
     with staged_dataset(tmp_path / "t.zarr") as group:
         for name in ("box", "tiles"):

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from affinity_dist import synthetic
-from affinity_dist.synthetic import SampleSpec, generate_region, region_halo
+from affinity_dist.kernels import synthetic
+from affinity_dist.kernels.synthetic import SampleSpec, generate_region, region_halo
 
 SMALL = (20, 37, 29)
 SPECS = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from affinity_dist.targets import affinity_targets, balance_weights
+from affinity_dist.kernels.targets import affinity_targets, balance_weights
 
 # two neurons (1, 2) split along x, an unknown (0) voxel column, drawn by hand
 LABELS = np.array([[[1, 1, 2, 2],

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from affinity_dist.errors import ConfigError
-from affinity_dist.train import TrainConfig, load_checkpoint, train
+from affinity_dist.training.train import TrainConfig, load_checkpoint, train
 
 from .conftest import run_cli
 

@@ -20,9 +20,9 @@ from PIL import Image
 
 import affinity_dist as ad
 from affinity_dist.geometry import Box
+from affinity_dist.kernels.targets import affinity_targets
 from affinity_dist.storage import create_volume, open_dataset, open_volume, staged_dataset
-from affinity_dist.targets import affinity_targets
-from affinity_dist.view import AFFINITY_SHADER, add_layers, viewable_layers
+from affinity_dist.viewers.neuroglancer import AFFINITY_SHADER, add_layers, viewable_layers
 
 from .conftest import REPO, run_cli
 

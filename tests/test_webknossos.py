@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 
 from affinity_dist.geometry import Box
-from affinity_dist.pyramid import pyramid
+from affinity_dist.stages.pyramid import pyramid
 from affinity_dist.storage import create_volume, open_volume, staged_dataset
-from affinity_dist.webknossos import FILENAME, webknossos_properties, write_webknossos_metadata
+from affinity_dist.viewers.webknossos import (
+    FILENAME,
+    webknossos_properties,
+    write_webknossos_metadata,
+)
 
 from .conftest import run_cli
 

@@ -4,7 +4,7 @@
     python workflows/submit_workflow.py WORKFLOW.toml [--overwrite] [--dry-run] [-q]
 
 The workflow's ``[cluster]`` must say ``scheduler = "slurm"``; ``[cluster.slurm]`` sizes
-the jobs (see ``affinity_dist.slurm``). Run it where ``sbatch`` works (a login node, or
+the jobs (see ``affinity_dist.workflow.slurm``). Run it where ``sbatch`` works (a login node, or
 inside an allocation): it checks the request against the partition (``sinfo``,
 ``sbatch --test-only``), submits the jobs through ``dask_jobqueue.SLURMCluster``, waits up
 to ``wait_timeout`` s for the first worker, prints the dashboard link, runs every stage
@@ -33,7 +33,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from affinity_dist.workflow import Workflow
+    from affinity_dist.workflow.config import Workflow
 
 PROG = "submit_workflow"
 log = logging.getLogger(PROG)
@@ -56,7 +56,12 @@ def _wait_for_workers(client: Any, job_ids: list[str], refusals: list[str],
     """Wait up to ``wait_timeout`` s for the first worker; sbatch refusing a job, or a job
     pending for a reason that means it never starts, is a ConfigError at once, the timeout
     a WorkersTimeoutError naming squeue's reasons."""
-    from affinity_dist.slurm import WorkersTimeoutError, check_pending, pending_reasons, refusal
+    from affinity_dist.workflow.slurm import (
+        WorkersTimeoutError,
+        check_pending,
+        pending_reasons,
+        refusal,
+    )
 
     if expected == 0:  # adaptive from zero: jobs are submitted when work arrives
         return
@@ -80,9 +85,9 @@ def submit(workflow: Workflow, *, overwrite: bool = False, dry_run: bool = False
            progress: bool = True) -> dict[str, Any] | None:
     """Run ``workflow`` on SLURM workers; returns the run report (None for ``dry_run``)."""
     from affinity_dist.errors import ConfigError
-    from affinity_dist.run import report_paths, run_workflow
-    from affinity_dist.slurm import check_request, slurm_cluster
     from affinity_dist.storage import write_json
+    from affinity_dist.workflow.run import report_paths, run_workflow
+    from affinity_dist.workflow.slurm import check_request, slurm_cluster
 
     if workflow.scheduler != "slurm":
         raise ConfigError(f"cluster.scheduler: got {workflow.scheduler!r}, expected 'slurm' "
@@ -140,7 +145,7 @@ def submit(workflow: Workflow, *, overwrite: bool = False, dry_run: bool = False
 def _cleanup(cluster: Any, client: Any, job_ids: list[str], job_name: str) -> None:
     """Cancel every job this run submitted, then close the client and the cluster; a
     second Ctrl-C or a SIGTERM cannot cut this short."""
-    from affinity_dist.slurm import cancel_jobs
+    from affinity_dist.workflow.slurm import cancel_jobs
 
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -183,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
     from affinity_dist.errors import AffinityDistError
-    from affinity_dist.workflow import load_workflow
+    from affinity_dist.workflow.config import load_workflow
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)

@@ -1,0 +1,238 @@
+"""The ``affinity-dist`` command line (also ``python -m affinity_dist``).
+
+Exit status: 0 success; 2 bad input or configuration (one line on stderr naming the
+argument, the value and what was expected, nothing written); 1 failure during a run
+(the failing block named); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import AffinityDistError
+from .args import PROG, build_parser
+
+if TYPE_CHECKING:
+    from ..runtime.scheduling import LocalScheduler
+
+__all__ = ["build_parser", "main"]
+
+
+def _cluster_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LocalScheduler]:
+    """Validated chunk shape and in-process scheduler name of a stage's arguments."""
+    from ..storage import DEFAULT_CHUNKS
+
+    if args.workers is not None and args.workers < 1:
+        raise _bad("--workers", args.workers, "a positive integer")
+    local: LocalScheduler = "synchronous" if args.scheduler == "synchronous" else "threads"
+    chunks = getattr(args, "chunks", None)
+    return (tuple(chunks) if chunks else DEFAULT_CHUNKS), local
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    from ..runtime.scheduling import cluster
+    from ..stages.sample import prepare_sample, run_sample
+
+    chunks, local = _cluster_args(args)
+    plan = prepare_sample(args.out, shape=args.shape, seed=args.seed,
+                          voxel_size=args.voxel_size, chunks=chunks, overwrite=args.overwrite)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        run_sample(plan, client=client, scheduler=local, progress=not args.quiet)
+    print(args.out)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> None:
+    from ..runtime.scheduling import cluster
+    from ..stages.ingest import prepare_ingest, run_ingest
+
+    chunks, local = _cluster_args(args)
+    # Validate everything before starting a cluster: bad input fails fast.
+    plan = prepare_ingest(args.src, args.dst, raw_key=args.raw_key, labels_key=args.labels_key,
+                          voxel_size=args.voxel_size, rescale=args.rescale, chunks=chunks,
+                          overwrite=args.overwrite)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        run_ingest(plan, client=client, scheduler=local, progress=not args.quiet)
+    print(args.dst)
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from ..runtime.scheduling import cluster
+    from ..stages.predict import prepare_predict, run_predict
+
+    _, local = _cluster_args(args)
+    on_this_machine = args.scheduler in ("local", "threads", "synchronous")
+    plan = prepare_predict(args.input, model=args.model, block=args.block, tile=args.tile,
+                           device=args.device, precision=args.precision,
+                           dtype="float32" if args.float else "uint8", batch=args.batch,
+                           overwrite=args.overwrite, local=on_this_machine)
+    gpus = 0
+    if args.device != "cpu" and args.scheduler == "local":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with cluster(args.scheduler, n_workers=args.workers, gpus=gpus) as client:
+        stats = run_predict(plan, client=client, scheduler=local, progress=not args.quiet)
+    print(f"{args.input}: affinities {stats.voxels / 1e6:.1f} Mvox in {stats.seconds:.1f} s "
+          f"({stats.voxels_per_second / 1e6:.2f} Mvox/s, halo overhead "
+          f"{stats.halo_overhead:.2f})")
+
+
+def _cmd_segment(args: argparse.Namespace) -> None:
+    from ..runtime.scheduling import cluster
+    from ..stages.segment import prepare_segment, run_segment
+
+    _, local = _cluster_args(args)
+    plan = prepare_segment(args.input, threshold=args.threshold, block=args.block,
+                           min_size=args.min_size, keep_fragments=not args.no_fragments,
+                           overwrite=args.overwrite)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        table = run_segment(plan, client=client, scheduler=local, progress=not args.quiet)
+    print(f"{args.input}: {int(table.counts.sum())} fragments -> {table.num_segments} segments")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from ..runtime.scheduling import cluster
+    from ..stages.evaluate import check_report_path, prepare_evaluate, run_evaluate, write_report
+
+    _, local = _cluster_args(args)
+    plan = prepare_evaluate(args.input, truth=args.truth, segmentation=args.segmentation,
+                            labels=args.labels, block=args.block,
+                            min_truth_size=args.min_truth_size, top=args.top,
+                            boundary_tolerance=args.boundary_tolerance)
+    if args.json is not None:
+        check_report_path(args.json)
+    if args.preview is not None:
+        check_report_path(f"{args.preview}-xy.png", "--preview")
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        s = run_evaluate(plan, client=client, scheduler=local, progress=not args.quiet)
+    if args.json is not None:
+        write_report(args.json, plan, s)
+    if args.preview is not None:
+        from ..viewers.preview import write_previews
+
+        for path in write_previews(args.input, args.preview, args.segmentation):
+            print(f"preview: {path}")
+    print(f"{args.input}: VOI split {s.voi_split:.4f}  merge {s.voi_merge:.4f}  "
+          f"sum {s.voi_sum:.4f}  adapted Rand error {s.adapted_rand_error:.4f} "
+          f"(precision {s.rand_precision:.4f}, recall {s.rand_recall:.4f})  CREMI score "
+          f"{s.cremi_score:.4f}  {s.segments} segments / {s.truth_objects} truth objects "
+          f"over {s.voxels} voxels")
+    if plan.boundary_tolerance:
+        print(f"  truth voxels within {plan.boundary_tolerance:g} nm of a truth boundary "
+              "ignored")
+    for title, rows in (("most split truth objects", s.worst_splits),
+                        ("most merged segments", s.worst_merges)):
+        if rows:
+            print(f"  {title}: " + ", ".join(f"{i} ({v:.3f} bits)" for i, v in rows))
+
+
+def _cmd_pyramid(args: argparse.Namespace) -> None:
+    from ..runtime.scheduling import cluster
+    from ..stages.pyramid import pyramid
+    from ..storage import open_dataset
+
+    _, local = _cluster_args(args)
+    open_dataset(args.input)  # a missing dataset fails before a cluster starts
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        done = pyramid(args.input, args.arrays, levels=args.levels, client=client,
+                       scheduler=local, progress=not args.quiet)
+    for name, paths in done.items():
+        print(f"{name}: {len(paths)} levels ({', '.join(paths) or 'none'})")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from ..workflow.config import load_workflow
+    from ..workflow.run import report_paths, run_workflow
+
+    if args.workers is not None and args.workers < 1:
+        raise _bad("--workers", args.workers, "a positive integer")
+    workflow = load_workflow(args.workflow)
+    report = run_workflow(workflow, scheduler=args.scheduler, workers=args.workers,
+                          overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{workflow.output}: {len(report['stages'])} stages in {report['seconds']:.1f} s; "
+          f"report {report_paths(workflow)['report']} (summary: "
+          f"{report_paths(workflow)['summary']})")
+
+
+def _cmd_info(args: argparse.Namespace) -> None:
+    from ..storage import describe_dataset
+
+    print(f"{args.dataset}:")
+    for row in describe_dataset(args.dataset):
+        ratio = row["nbytes"] / max(row["stored_bytes"], 1)
+        shape = "x".join(map(str, row["shape"]))
+        voxel = "x".join(f"{v:g}" for v in row["voxel_size"])
+        print(f"  {row['name']:<14} {shape:<18} {row['dtype']:<8} axes {','.join(row['axes'])}"
+              f"  voxel {voxel} nm  chunks {row['chunks']}  {row['stored_bytes'] / 1e6:.1f} MB"
+              f" on disk ({ratio:.1f}x)")
+
+
+def _cmd_view(args: argparse.Namespace) -> None:
+    if args.webknossos:
+        from ..viewers.webknossos import write_webknossos_metadata
+
+        print(write_webknossos_metadata(args.dataset))
+        return
+    from ..viewers.neuroglancer import view
+
+    if args.timeout <= 0:
+        raise _bad("--timeout", args.timeout, "a positive number of seconds")
+    view(args.dataset, screenshot=args.screenshot, port=args.port, bind=args.bind,
+         size=args.size, timeout=args.timeout)
+    if args.screenshot is not None:
+        print(args.screenshot)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from ..training.train import load_config, train
+
+    config = load_config(args.config)
+    model = train(args.data, args.out, iterations=args.iterations, config=config,
+                  progress=not args.quiet)
+    print(model)
+
+
+COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predict,
+            "segment": _cmd_segment, "evaluate": _cmd_evaluate, "pyramid": _cmd_pyramid,
+            "run": _cmd_run,
+            "train": _cmd_train, "info": _cmd_info,
+            "view": _cmd_view}
+
+
+def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:
+    from ..errors import bad_value
+
+    return bad_value(argument, value, expected)
+
+
+def _quiet_dask() -> None:
+    """Keep distributed's INFO chatter (scheduler, nannies, workers) off the terminal."""
+    import dask
+
+    dask.config.set({"logging.distributed": "error"})
+    import distributed  # noqa: F401  (configures its loggers from the config above)
+
+    for noisy in ("distributed", "bokeh", "tornado"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 2 and hasattr(args, "scheduler"):
+        _quiet_dask()
+    try:
+        COMMANDS[args.command](args)
+    except AffinityDistError as err:
+        print(f"{PROG} {args.command}: error: {err}".replace("\n", " "), file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,204 @@
+"""Evaluate: a segmentation against ground truth, block by block, out of core.
+
+Every Dask task reads one block of ``segmentation`` and of the truth ``labels`` and returns
+its contingency table (the overlapping id pairs with their voxel counts); the client sums
+the tables and computes VOI split/merge, adapted Rand error and the CREMI score
+(:mod:`affinity_dist.metrics`). Memory grows with the number of overlapping id pairs,
+never with the number of voxels. Truth label 0 is ignored; truth objects smaller than
+``min_truth_size`` voxels can be left out (exactly: their rows are dropped from the
+summed table, so sizes count the voxels left after the boundary tolerance).
+
+With ``boundary_tolerance`` (nm, CREMI's ``border_threshold``), truth voxels within that
+in-plane distance of a truth boundary (:func:`~affinity_dist.metrics.border_mask`) are
+ignored too; 0 is off, as in CREMI's ``NeuronIds``. Each task then reads its truth with a
+halo in y and x wide enough that the mask of its block equals the mask of the whole
+volume: the scores do not depend on the block shape.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, bad_value
+from ..geometry import BlockGrid, as_shape
+from ..kernels.metrics import (
+    Contingency,
+    Scores,
+    border_mask,
+    contingency,
+    merge_contingency,
+    scores,
+)
+from ..runtime.scheduling import LocalScheduler, run_blocks
+from ..storage import check_chunk_alignment, open_volume, write_json
+
+__all__ = ["EvaluatePlan", "check_report_path", "evaluate", "prepare_evaluate", "run_evaluate",
+           "write_report"]
+
+log = logging.getLogger(__name__)
+DEFAULT_BLOCK = (256, 256, 256)
+
+
+@dataclass(frozen=True)
+class EvaluatePlan:
+    """A validated evaluation."""
+
+    dataset: str
+    segmentation: str
+    truth: str
+    labels: str
+    grid: BlockGrid
+    min_truth_size: int = 0
+    top: int = 5
+    boundary_tolerance: float = 0.0
+    voxel_size: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @property
+    def truth_halo(self) -> tuple[int, int, int]:
+        """Halo of the truth read per block (0 without tolerance).
+
+        A voxel is masked when a boundary voxel lies within the tolerance, at most
+        ``floor(t / v)`` voxels away along y (x); whether that voxel is a boundary depends on
+        its neighbour one further. ``ceil(t / v) + 1`` covers both (and rounding).
+        """
+        t = self.boundary_tolerance
+        if not t:
+            return 0, 0, 0
+        _, vy, vx = self.voxel_size
+        return 0, math.ceil(t / vy) + 1, math.ceil(t / vx) + 1
+
+
+def prepare_evaluate(dataset: str | os.PathLike[str], *,
+                     truth: str | os.PathLike[str] | None = None,
+                     segmentation: str = "segmentation", labels: str = "labels",
+                     block: Sequence[int] | None = None, min_truth_size: int = 0,
+                     top: int = 5, boundary_tolerance: float = 0.0) -> EvaluatePlan:
+    """Validate an evaluation without reading any voxel. ``truth``: a dataset holding the
+    ground truth ``labels`` (default: ``dataset`` itself); ``boundary_tolerance`` in nm,
+    measured with the truth's voxel size."""
+    seg = open_volume(dataset, segmentation)
+    gt = open_volume(truth if truth is not None else dataset, labels)
+    for volume, name in ((seg, "--input"), (gt, "--truth")):
+        if len(volume.shape) != 3 or volume.dtype.kind not in "iu":
+            raise DataError(f"{name}: got {volume.name!r} of shape {volume.shape} and dtype "
+                            f"{volume.dtype}, expected a 3D integer label volume")
+    if seg.shape != gt.shape:
+        raise DataError(f"--truth: got labels of shape {gt.shape}, expected the "
+                        f"segmentation's shape {seg.shape}")
+    for value, name in ((min_truth_size, "--min-truth-size"), (top, "--top")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad_value(name, value, "an integer >= 0")
+    if (isinstance(boundary_tolerance, bool) or not isinstance(boundary_tolerance, numbers.Real)
+            or not math.isfinite(boundary_tolerance) or boundary_tolerance < 0):
+        raise bad_value("--boundary-tolerance", boundary_tolerance, "a finite number >= 0 (nm)")
+    chunks = seg.chunks
+    if block is None:
+        block = tuple(-(-b // c) * c for b, c in zip(DEFAULT_BLOCK, chunks, strict=True))
+    block = as_shape(block, "--block", ndim=3)
+    check_chunk_alignment(block, chunks, seg.shape)
+    return EvaluatePlan(str(dataset), segmentation, str(truth if truth is not None else dataset),
+                        labels, BlockGrid(seg.shape, block), min_truth_size, top,
+                        float(boundary_tolerance), gt.voxel_size)
+
+
+@dataclass(frozen=True)
+class _ContingencyBlock:
+    plan: EvaluatePlan
+
+    def __call__(self, block_id: int) -> Contingency:
+        plan = self.plan
+        box = plan.grid.write_box(block_id)
+        seg = open_volume(plan.dataset, plan.segmentation).read(box)
+        if not plan.boundary_tolerance:
+            return contingency(seg, open_volume(plan.truth, plan.labels).read(box))
+        read, _ = plan.grid.read_box(block_id, plan.truth_halo)
+        gt = open_volume(plan.truth, plan.labels).read(read)
+        inner = box.relative_to(read)
+        masked = border_mask(gt, plan.boundary_tolerance, plan.voxel_size)[inner]
+        gt = gt[inner].copy()
+        gt[masked] = 0
+        return contingency(seg, gt)
+
+
+def _drop_small_truth(table: Contingency, min_size: int) -> Contingency:
+    if not min_size or not len(table.truth):
+        return table
+    _, inverse = np.unique(table.truth, return_inverse=True)
+    sizes = np.bincount(inverse, weights=table.counts)
+    keep = sizes[inverse] >= min_size
+    return Contingency(table.seg[keep], table.truth[keep], table.counts[keep])
+
+
+def run_evaluate(plan: EvaluatePlan, *, client: Any | None = None,
+                 scheduler: LocalScheduler = "threads", progress: bool = True) -> Scores:
+    """Execute a validated plan; see :func:`evaluate`."""
+    tables = run_blocks(_ContingencyBlock(plan), list(plan.grid), stage="evaluate",
+                        client=client, scheduler=scheduler, progress=progress)
+    table = _drop_small_truth(merge_contingency(tables), plan.min_truth_size)
+    log.info("evaluate: %d blocks, %d overlapping id pairs", plan.grid.num_blocks,
+             len(table.counts))
+    return scores(table, top=plan.top)
+
+
+def evaluate(dataset: str | os.PathLike[str], *, truth: str | os.PathLike[str] | None = None,
+             segmentation: str = "segmentation", labels: str = "labels",
+             block: Sequence[int] | None = None, min_truth_size: int = 0, top: int = 5,
+             boundary_tolerance: float = 0.0,
+             json_path: str | os.PathLike[str] | None = None, client: Any | None = None,
+             scheduler: LocalScheduler = "threads", progress: bool = True) -> Scores:
+    """Score ``segmentation`` of ``dataset`` against ground-truth ``labels``.
+
+    Parameters
+    ----------
+    truth : dataset holding ``labels`` (default: ``dataset`` itself), same shape.
+    min_truth_size : leave out truth objects with fewer voxels (default 0: keep all).
+    top : how many worst split truth objects and merged segments to list.
+    boundary_tolerance : ignore truth voxels within this many nm (in their xy section) of
+        a boundary between truth labels, as CREMI does (default 0: off).
+    json_path : also write the scores as JSON there.
+    client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
+
+    Returns
+    -------
+    :class:`~affinity_dist.metrics.Scores`: VOI split/merge (bits), adapted Rand error with
+    precision and recall, CREMI score, counts and the worst objects.
+    """
+    plan = prepare_evaluate(dataset, truth=truth, segmentation=segmentation, labels=labels,
+                            block=block, min_truth_size=min_truth_size, top=top,
+                            boundary_tolerance=boundary_tolerance)
+    if json_path is not None:
+        check_report_path(json_path)
+    result = run_evaluate(plan, client=client, scheduler=scheduler, progress=progress)
+    if json_path is not None:
+        write_report(json_path, plan, result)
+    return result
+
+
+def check_report_path(path: str | os.PathLike[str], argument: str = "--json") -> Path:
+    """Refuse an output path whose directory does not exist (before any work is done)."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise ConfigError(f"{argument}: got {str(path)!r}, expected a path in an existing "
+                          "directory")
+    return target
+
+
+def write_report(path: str | os.PathLike[str], plan: EvaluatePlan, result: Scores) -> None:
+    """The scores as JSON (written to a temporary name, then renamed: never half a file)."""
+    target = check_report_path(path)
+    report = {"dataset": plan.dataset, "segmentation": plan.segmentation,
+              "truth": plan.truth, "labels": plan.labels,
+              "min_truth_size": plan.min_truth_size,
+              "boundary_tolerance": plan.boundary_tolerance,
+              "truth_voxel_size": list(plan.voxel_size), **asdict(result),
+              "voi_sum": result.voi_sum, "cremi_score": result.cremi_score}
+    write_json(target, report)

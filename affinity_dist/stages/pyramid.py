@@ -1,0 +1,141 @@
+"""Multiscale pyramids: coarser copies of an array for viewers (OME-Zarr multiscales).
+
+Level k of array ``name`` is ``pyramid/<name>/s<k>``, made from level k-1 block by block
+(one Dask task per output block): intensities (uint8/float raw) by the **mean** over each
+``factor`` cell, labels (integer arrays of ids) by **striding** (the first voxel of each
+cell), which keeps ids exact. The factor is anisotropy-aware: an axis is halved only while
+its voxel size is below twice the finest one, so 40x4x4 nm data goes (1,2,2) until x/y
+catch up with z. Every level is registered in the dataset's OME-Zarr ``multiscales``
+entry of the array, with its voxel size and the offset of its first voxel's centre, so
+neuroglancer, napari and webKnossos pick the level that fits the zoom.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import DataError, bad_value
+from ..geometry import BlockGrid, Box
+from ..runtime.scheduling import LocalScheduler, run_blocks
+from ..storage import create_volume, delete_node, open_dataset, open_volume, register_levels
+
+__all__ = ["downsample", "level_factors", "pyramid"]
+
+log = logging.getLogger(__name__)
+Vec = tuple[int, int, int]
+
+
+def downsample(block: NDArray[Any], factor: Sequence[int], labels: bool) -> NDArray[Any]:
+    """Downsample the trailing 3 axes by ``factor``: striding for labels, else the mean
+    over each cell (a partial cell at the end averages what it has)."""
+    fz, fy, fx = factor
+    if labels:
+        return block[..., ::fz, ::fy, ::fx]
+    lead = block.shape[:-3]
+    nz, ny, nx = block.shape[-3:]
+    pad = [(0, 0)] * len(lead) + [(0, -n % f) for n, f in zip((nz, ny, nx), factor,
+                                                               strict=True)]
+    data = np.pad(block.astype(np.float64), pad, mode="constant")
+    ones = np.pad(np.ones((nz, ny, nx)), pad[-3:], mode="constant")
+    shape = (*lead, data.shape[-3] // fz, fz, data.shape[-2] // fy, fy, data.shape[-1] // fx, fx)
+    axes = tuple(len(lead) + i for i in (1, 3, 5))
+    sums = data.reshape(shape).sum(axis=axes)
+    counts = ones.reshape(shape[len(lead):]).sum(axis=(1, 3, 5))
+    mean = sums / counts
+    out: NDArray[Any] = (np.rint(mean) if block.dtype.kind in "iu" else mean).astype(block.dtype)
+    return out
+
+
+def level_factors(voxel_size: Sequence[float], shape: Sequence[int], levels: int | None,
+                  smallest: int = 32) -> list[Vec]:
+    """Per level, the factor from the level above (anisotropy-aware), until ``levels``
+    levels or until no axis is larger than ``smallest`` voxels."""
+    voxel, size = list(voxel_size), list(shape)
+    out: list[Vec] = []
+    while (levels is None and max(size) > smallest) or (levels is not None
+                                                        and len(out) < levels):
+        finest = min(voxel)
+        f = tuple(2 if v < 2 * finest and n > 1 else 1 for v, n in zip(voxel, size,
+                                                                       strict=True))
+        if f == (1, 1, 1):
+            break
+        out.append((f[0], f[1], f[2]))
+        voxel = [v * k for v, k in zip(voxel, f, strict=True)]
+        size = [-(-n // k) for n, k in zip(size, f, strict=True)]
+    return out
+
+
+@dataclass(frozen=True)
+class _LevelBlock:
+    dataset: str
+    source: str
+    target: str
+    factor: Vec
+    grid: BlockGrid
+    labels: bool
+
+    def __call__(self, block_id: int) -> int:
+        box = self.grid.write_box(block_id)
+        src = open_volume(self.dataset, self.source)
+        cells = Box(tuple(a * f for a, f in zip(box.start, self.factor, strict=True)),
+                    tuple(b * f for b, f in zip(box.stop, self.factor, strict=True)))
+        data = downsample(src.read(cells.clip(src.spatial_shape)), self.factor, self.labels)
+        open_volume(self.dataset, self.target, "r+").write(box, data)
+        return box.size
+
+
+def pyramid(dataset: str | os.PathLike[str], arrays: Sequence[str] | None = None, *,
+            levels: int | None = None, block: Sequence[int] = (256, 256, 256),
+            client: Any | None = None, scheduler: LocalScheduler = "threads",
+            progress: bool = True) -> dict[str, list[str]]:
+    """Write pyramid levels for ``arrays`` (default: every image/label array present among
+    raw, labels, segmentation, fragments, affinities); returns array -> level paths."""
+    group = open_dataset(dataset, "r+")
+    present = [n for n in ("raw", "labels", "segmentation", "fragments", "affinities")
+               if n in group]
+    names = list(arrays) if arrays is not None else present
+    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
+                               or levels < 1):
+        raise bad_value("--levels", levels, "an integer >= 1")
+    for name in names:
+        if name not in group:
+            raise DataError(f"--arrays: got {name!r}, expected arrays of the dataset "
+                            f"(present: {present})")
+    done: dict[str, list[str]] = {}
+    for name in names:
+        base = open_volume(dataset, name)
+        labels = base.dtype.kind in "iu" and base.dtype != np.uint8
+        voxel, offset = list(base.voxel_size), list(base.offset)
+        shape: tuple[int, ...]
+        source, shape = name, tuple(base.spatial_shape)
+        entries: list[tuple[str, Sequence[float], Sequence[float]]] = []
+        delete_node(group, f"pyramid/{name}")
+        for k, factor in enumerate(level_factors(voxel, shape, levels), start=1):
+            if not labels:  # the mean's voxel centre moves by half a cell
+                offset = [o + (f - 1) * v / 2 for o, f, v in zip(offset, factor, voxel,
+                                                                 strict=True)]
+            voxel = [v * f for v, f in zip(voxel, factor, strict=True)]
+            shape = tuple(-(-n // f) for n, f in zip(shape, factor, strict=True))
+            target = f"pyramid/{name}/s{k}"
+            chunks = tuple(min(c, n) for c, n in zip(base.chunks[-3:], shape, strict=True))
+            channels = base.shape[0] if len(base.shape) == 4 else None
+            create_volume(group, target, shape=shape, dtype=base.dtype, voxel_size=voxel,
+                          offset=offset, chunks=chunks, channels=channels, register=False)
+            grid = BlockGrid(shape, tuple(c * max(1, b // c)
+                                          for b, c in zip(block, chunks, strict=True)))
+            run_blocks(_LevelBlock(str(dataset), source, target, factor, grid, labels),
+                       list(grid), stage=f"pyramid {name} s{k}", client=client,
+                       scheduler=scheduler, progress=progress)
+            entries.append((target, list(voxel), list(offset)))
+            source = target
+        register_levels(group, name, entries)
+        done[name] = [e[0] for e in entries]
+        log.info("pyramid %s: %d levels", name, len(entries))
+    return done

@@ -1,0 +1,148 @@
+"""Training data: random crops streamed from Zarr / HDF5 / N5 volumes, never whole volumes.
+
+A :class:`CropSampler` draws a crop of the network's *input* shape from one of several
+volumes (raw + labels), restricted to the training region or to the held-out validation
+region (a slab along one axis). Augmentations run on the input-sized crop; targets are
+computed there too and then centre-cropped to the network's *output* shape, so every
+output edge has its true neighbour. Raw is normalised as at inference: uint8 / 255.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import ConfigError, DataError, bad_value
+from ..geometry import Box
+from ..kernels.targets import affinity_targets, balance_weights
+from ..storage.sources import Source, open_source
+
+__all__ = ["CropSampler", "Split", "check_split", "normalize_raw", "open_training_volume"]
+
+
+def normalize_raw(raw: NDArray[Any]) -> NDArray[np.float32]:
+    """Intensities as the network sees them, in training and inference: uint8 / 255."""
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / np.float32(255)
+    return raw.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Held-out validation slab: ``start <= index < stop`` along ``axis`` (stop None: end)."""
+
+    axis: int = 0
+    start: int = 0
+    stop: int | None = None
+
+    def bounds(self, shape: Sequence[int], part: Literal["train", "val"]
+               ) -> list[tuple[int, int]]:
+        """Intervals along ``axis`` available to ``part`` (training may be two pieces)."""
+        n = shape[self.axis]
+        lo, hi = self.start, n if self.stop is None else min(self.stop, n)
+        if part == "val":
+            return [(lo, hi)] if hi > lo else []
+        return [(a, b) for a, b in ((0, lo), (hi, n)) if b > a]
+
+
+@dataclass(frozen=True)
+class TrainingVolume:
+    raw: Source
+    labels: Source
+    voxel_size: tuple[float, float, float]
+
+
+def open_training_volume(path: str, raw_key: str | None = None,
+                         labels_key: str | None = None) -> TrainingVolume:
+    """Raw and labels of a training source; both must exist and match in shape."""
+    raw = open_source(path, raw_key, role="raw", option="--data")
+    labels = open_source(path, labels_key, role="labels", option="--data")
+    if raw is None or labels is None:
+        raise DataError(f"--data: got {path!r}, expected raw and labels (ground truth)")
+    if len(raw.shape) != 3 or raw.shape != labels.shape:
+        raise DataError(f"--data: got raw {raw.shape} and labels {labels.shape} in {path!r}, "
+                        "expected two 3D volumes of one shape")
+    if labels.dtype.kind not in "ui":
+        raise DataError(f"--data: got labels of dtype {labels.dtype}, expected integers")
+    voxel = raw.voxel_size if raw.voxel_size and len(raw.voxel_size) == 3 else (1, 1, 1)
+    vz, vy, vx = (float(v) for v in voxel)
+    return TrainingVolume(raw, labels, (vz, vy, vx))
+
+
+class CropSampler:
+    """Random training (or validation) samples of fixed shape from several volumes.
+
+    Parameters
+    ----------
+    volumes : training volumes.
+    input_shape, output_shape : the network's shapes (z, y, x).
+    offsets : affinity offsets of the targets.
+    split : the held-out validation slab.
+    part : "train" or "val".
+    augment : callable ``(raw, labels, voxel_size, rng) -> (raw, labels)`` or None.
+    """
+
+    def __init__(self, volumes: Sequence[TrainingVolume], input_shape: Sequence[int],
+                 output_shape: Sequence[int], *, offsets: Sequence[Sequence[int]],
+                 split: Split, part: Literal["train", "val"] = "train",
+                 augment: Any = None, balance: bool = True) -> None:
+        self.volumes, self.split, self.part = list(volumes), split, part
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = tuple(int(s) for s in output_shape)
+        self.offsets, self.augment, self.balance = offsets, augment, balance
+        self.choices = [(v, iv) for v, vol in enumerate(self.volumes)
+                        for iv in split.bounds(vol.raw.shape, part)
+                        if iv[1] - iv[0] >= self.input_shape[split.axis]
+                        and all(n >= s for n, s in zip(vol.raw.shape, self.input_shape,
+                                                       strict=True))]
+        if not self.choices:
+            raise ConfigError(f"input shape: got {list(self.input_shape)}, expected a crop that "
+                              f"fits the {part} region of at least one volume "
+                              f"({[v.raw.shape for v in self.volumes]}, split {split})")
+
+    def box(self, rng: np.random.Generator) -> tuple[int, Box]:
+        """A random input-sized box inside the region of this part."""
+        v, (lo, hi) = self.choices[int(rng.integers(len(self.choices)))]
+        shape = self.volumes[v].raw.shape
+        start = []
+        for axis, (n, s) in enumerate(zip(shape, self.input_shape, strict=True)):
+            a, b = (lo, hi) if axis == self.split.axis else (0, n)
+            start.append(int(rng.integers(a, b - s + 1)))
+        return v, Box(tuple(start), tuple(a + s for a, s in zip(start, self.input_shape,
+                                                                 strict=True)))
+
+    def sample(self, rng: np.random.Generator
+               ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        """One sample: raw (1, *input), target (C, *output), weight (C, *output)."""
+        v, box = self.box(rng)
+        vol = self.volumes[v]
+        raw = normalize_raw(vol.raw.read(box))
+        labels = vol.labels.read(box).astype(np.uint64)
+        if self.augment is not None:
+            raw, labels = self.augment(raw, labels, vol.voxel_size, rng)
+        target, mask = affinity_targets(labels, self.offsets)
+        crop = tuple(slice((i - o) // 2, (i - o) // 2 + o) for i, o in
+                     zip(self.input_shape, self.output_shape, strict=True))
+        target, mask = target[(slice(None), *crop)], mask[(slice(None), *crop)]
+        weight = balance_weights(target, mask) if self.balance else mask
+        return raw[None].astype(np.float32), target, weight
+
+    def stream(self, seed: int) -> Iterator[tuple[NDArray[np.float32], NDArray[np.float32],
+                                                   NDArray[np.float32]]]:
+        rng = np.random.default_rng(seed)
+        while True:
+            yield self.sample(rng)
+
+
+def check_split(split: Split) -> Split:
+    """Refuse a validation slab that is not an axis 0-2 and 0 <= start < stop."""
+    ints = all(isinstance(v, int) and not isinstance(v, bool)
+               for v in (split.axis, split.start, split.stop or 1))
+    if not ints or split.axis not in (0, 1, 2) or split.start < 0 or (
+            split.stop is not None and split.stop <= split.start):
+        raise bad_value("validation", asdict(split), "axis in 0-2 and 0 <= start < stop")
+    return split

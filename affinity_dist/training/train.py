@@ -1,0 +1,255 @@
+"""Train the affinity U-Net on small ground truth, with checkpoints, resume and validation.
+
+A run directory holds ``config.json`` (the resolved configuration), ``checkpoint.pt``
+(latest: weights, optimizer, iteration, model configuration — loadable with
+``torch.load(weights_only=True)``, no pickled code), ``model.pt`` (weights + model
+configuration only, what ``predict`` loads), ``loss.csv`` and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import ConfigError, bad_value
+from ..kernels.augment import AugmentConfig, augment
+from ..nn.config import UNetConfig
+from .data import CropSampler, Split, check_split, open_training_volume
+
+__all__ = ["TrainConfig", "load_checkpoint", "load_config", "save_model", "train"]
+
+log = logging.getLogger(__name__)
+FORMAT = "affinity_dist.checkpoint/1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (unknown keys rejected by from_dict)."""
+
+    model: UNetConfig = field(default_factory=UNetConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    validation: Split = field(default_factory=lambda: Split(axis=0, start=200))
+    output_shape: tuple[int, int, int] = (8, 16, 16)
+    batch_size: int = 1
+    learning_rate: float = 5e-4
+    loss: Literal["bce", "mse"] = "bce"
+    balance: bool = True
+    checkpoint_every: int = 500
+    validation_batches: int = 8
+    seed: int = 0
+    bf16: bool = False
+    num_workers: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "checkpoint_every", "validation_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad_value(name, v, "an integer >= 1")
+        if not (isinstance(self.learning_rate, int | float) and 0 < self.learning_rate < 1):
+            raise bad_value("learning_rate", self.learning_rate, "a number in (0, 1)")
+        if self.loss not in ("bce", "mse"):
+            raise bad_value("loss", self.loss, "'bce' or 'mse'")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) \
+                or self.num_workers < 0:
+            raise bad_value("num_workers", self.num_workers, "an integer >= 0")
+        _ = self.input_shape  # validates that output_shape fits the model
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        z, y, x = (o + c for o, c in zip(self.output_shape, self.model.context, strict=True))
+        try:
+            fits = self.model.output_shape((z, y, x)) == tuple(self.output_shape)
+        except ConfigError:
+            fits = False
+        if not fits:
+            example = list(self.model.valid_shapes(3)[2][1])
+            raise bad_value("output_shape", list(self.output_shape),
+                            f"a valid U-Net output shape, e.g. {example}")
+        return z, y, x
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"config: got unknown key {unknown[0]!r}, expected one of "
+                              f"{sorted(known)}")
+        values = dict(data)
+        if "model" in values:
+            values["model"] = UNetConfig.from_dict(values["model"])
+        if "augment" in values:
+            values["augment"] = AugmentConfig.from_dict(values["augment"])
+        if "validation" in values:
+            v = values["validation"]
+            if not isinstance(v, dict) or set(v) - {"axis", "start", "stop"}:
+                raise bad_value("validation", v, "{axis, start, stop}")
+            values["validation"] = check_split(Split(**v))
+        if "output_shape" in values:
+            values["output_shape"] = tuple(values["output_shape"])
+        try:
+            return cls(**values)
+        except TypeError as err:
+            raise ConfigError(f"config: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["model"] = self.model.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class _Augment:
+    """Picklable augmentation callable for DataLoader workers."""
+
+    config: AugmentConfig
+
+    def __call__(self, raw: Any, labels: Any, voxel_size: Any, rng: Any) -> Any:
+        return augment(raw, labels, voxel_size, self.config, rng)
+
+
+def load_config(path: str | os.PathLike[str] | None) -> TrainConfig:
+    """A TrainConfig from a TOML or JSON file (None: the defaults)."""
+    if path is None:
+        return TrainConfig()
+    from ..errors import InputNotFoundError
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputNotFoundError(f"--config: got {str(path)!r}, expected an existing file")
+    try:
+        if file.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(file.read_text())
+        else:
+            data = json.loads(file.read_text())
+    except ValueError as err:
+        raise ConfigError(f"--config: got {str(path)!r}, expected valid TOML or JSON "
+                          f"({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config: got {str(path)!r}, expected a table of settings")
+    return TrainConfig.from_dict(data)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, UNetConfig, dict[str, Any]]:
+    """A model and its configuration from a checkpoint, loaded weights-only.
+
+    Raises InputNotFoundError / ConfigError with one clear line for a missing file, a
+    file that is not an affinity_dist checkpoint, or weights that do not fit the config.
+    """
+    import torch
+
+    from ..errors import InputNotFoundError
+    from ..nn.config import build_model
+
+    if not Path(path).is_file():
+        raise InputNotFoundError(f"--model: got {str(path)!r}, expected a checkpoint file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is a bad input
+        raise ConfigError(f"--model: got {str(path)!r}, expected a weights-only torch "
+                          f"checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"--model: got {str(path)!r}, expected an affinity_dist checkpoint")
+    config = UNetConfig.from_dict(state["model_config"])
+    model = build_model(config)
+    try:
+        model.load_state_dict(state["model_state"])
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise ConfigError(f"--model: weights in {str(path)!r} do not fit its model "
+                          f"configuration ({first})") from None
+    return model, config, state
+
+
+def save_model(path: str | os.PathLike[str], model: Any, config: UNetConfig, *,
+               iteration: int = 0, **extra: Any) -> Path:
+    """Write a weights-only model file (what ``predict`` loads) for ``model``."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "iteration": iteration, "model_config": config.to_dict(),
+               "model_state": weights, "normalization": "uint8/255", **extra}
+    _save(Path(path), payload)
+    return Path(path)
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
+
+
+def _plot(csv_path: Path, png: Path) -> None:
+    """loss.png: training (grey) and validation (black) loss over iterations."""
+    import math
+
+    from PIL import Image, ImageDraw
+
+    rows = list(csv.DictReader(csv_path.open()))
+    series = {"train_loss": (150, 150, 150), "val_loss": (0, 0, 0)}
+    points = {k: [(int(r["iteration"]), float(r[k])) for r in rows
+                  if math.isfinite(float(r[k]))] for k in series}
+    values = [v for pts in points.values() for _, v in pts]
+    its = [i for pts in points.values() for i, _ in pts]
+    if len(rows) < 2 or not values:
+        return
+    top, w, h, m = max(values) or 1.0, 640, 360, 40
+    x0, x1 = min(its), max(*its, min(its) + 1)
+    image = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([m, m // 2, w - m // 2, h - m], outline=(0, 0, 0))
+    for key, colour in series.items():
+        xy = [(m + (w - 1.5 * m) * (i - x0) / (x1 - x0), h - m - (h - 1.5 * m) * v / top)
+              for i, v in points[key]]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2)
+    draw.text((m, h - m + 8), f"iterations {x0}-{x1}; loss 0-{top:.3f}; "
+              "grey train, black validation", fill=(0, 0, 0))
+    image.save(png)
+
+
+def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int = 2000,
+          config: TrainConfig | None = None, progress: bool = True) -> Path:
+    """Train (or resume training) into run directory ``out``; returns ``out/model.pt``."""
+    import torch
+
+    from .trainer import Trainer
+
+    config = config or TrainConfig()
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise bad_value("--iterations", iterations, "an integer >= 1")
+    if not data:
+        raise ConfigError("--data: got nothing, expected at least one volume with labels")
+    volumes = [open_training_volume(str(d)) for d in data]
+    sampler = CropSampler(volumes, config.input_shape, config.output_shape,
+                          offsets=config.model.offsets, split=config.validation, part="train",
+                          augment=_Augment(config.augment),
+                          balance=config.balance)
+    val = CropSampler(volumes, config.input_shape, config.output_shape,
+                      offsets=config.model.offsets, split=config.validation, part="val",
+                      balance=config.balance)
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    resolved = {"data": [str(Path(d).absolute()) for d in data], **config.to_dict()}
+    saved = run / "config.json"
+    if (run / "checkpoint.pt").exists() and saved.exists():
+        before = json.loads(saved.read_text())
+        if before.get("model") != json.loads(json.dumps(resolved["model"])):
+            raise ConfigError(f"--out: {str(run)!r} holds a run of another model "
+                              "configuration; expected the same config to resume (or a new "
+                              "--out)")
+    saved.write_text(json.dumps(resolved, indent=2, default=list))
+    trainer = Trainer(config, sampler, val, run, device=torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu"))
+    start = time.perf_counter()
+    trainer.run(iterations, progress=progress)
+    log.info("trained to iteration %d in %.0f s", iterations, time.perf_counter() - start)
+    return run / "model.pt"
