@@ -27,7 +27,7 @@ import numpy as np
 from _common import fib25, tile_to
 
 from affinity_dist.geometry import Box
-from affinity_dist.runtime.scheduling import worker_peak_mb
+from affinity_dist.runtime.memory import worker_peak_mb
 from affinity_dist.stages.evaluate import evaluate
 from affinity_dist.storage import create_volume, staged_dataset
 

@@ -36,7 +36,7 @@ import numpy as np
 from _common import CLI, fib25, peak_rss
 
 from affinity_dist.geometry import Box
-from affinity_dist.runtime.scheduling import worker_peak_mb
+from affinity_dist.runtime.memory import worker_peak_mb
 from affinity_dist.storage import create_volume, open_volume, staged_dataset
 
 THRESHOLD = 0.5

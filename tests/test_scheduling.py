@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from affinity_dist.errors import BlockFailedError, DataError
+from affinity_dist.runtime.cluster import local_gpus
 from affinity_dist.runtime.scheduling import run_blocks
 
 
@@ -40,3 +44,22 @@ def test_workers_give_zarr_as_many_codec_threads_as_task_threads() -> None:
         before = client.run(_codec_threads, 0)
         assert list(before.values()) == [None]  # Zarr's own default: cpu_count + 4
         assert run_blocks(_codec_threads, [0, 1, 2], client=client, progress=False) == [2] * 3
+
+
+def test_in_process_schedulers_need_no_client_and_no_torch() -> None:
+    """``gpus="auto"`` counts GPUs only for a local cluster: threads and synchronous runs
+    yield no client and never import torch."""
+    code = ("import sys\n"
+            "from affinity_dist.runtime.cluster import cluster\n"
+            "for name in ('threads', 'synchronous'):\n"
+            "    with cluster(name, gpus='auto') as client:\n"
+            "        assert client is None, client\n"
+            "print('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_local_gpus_counts_what_torch_sees() -> None:
+    count = local_gpus()
+    assert isinstance(count, int) and count >= 0

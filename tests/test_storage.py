@@ -56,17 +56,27 @@ def test_create_and_reopen_with_metadata(tmp_path: Path) -> None:
     assert by_name["raw"]["axes"][1] == {"name": "y", "type": "space", "unit": "nanometer"}
 
 
-def test_read_with_halo_clips_and_reports_padding(tmp_path: Path) -> None:
+def test_read_mirrored_pads_like_numpy_reflect_and_counts_voxels_read(tmp_path: Path) -> None:
     data = np.random.default_rng(0).integers(0, 255, (10, 12, 13), dtype=np.uint8)
     with staged_dataset(tmp_path / "b.zarr") as group:
         create_volume(group, "raw", shape=data.shape, dtype=np.uint8, chunks=(4, 5, 6)).write(
             Box((0, 0, 0), data.shape), data)
+        create_volume(group, "affinities", shape=data.shape, channels=2, dtype=np.uint8,
+                      chunks=(4, 5, 6)).write(Box((0, 0, 0), data.shape),
+                                              np.stack([data, 255 - data]))
     vol = open_volume(tmp_path / "b.zarr", "raw")
-    got, padding = vol.read_with_halo(Box((0, 5, 8), (4, 10, 13)), (2, 3, 1))
-    assert padding == ((2, 0), (0, 1), (0, 1))
-    np.testing.assert_array_equal(got, data[0:6, 2:12, 7:13])
-    padded = np.pad(got, padding, mode="reflect")
-    assert padded.shape == (4 + 4, 5 + 6, 5 + 2)
+    window = Box((-2, 2, 7), (6, 12, 15))  # leaves the volume below z and above x
+    got, read = vol.read_mirrored(window)
+    padded = np.pad(data, 3, mode="reflect")
+    expected = padded[1:9, 5:15, 10:18]
+    np.testing.assert_array_equal(got, expected)
+    assert read == 6 * 10 * 6  # z 0..5, y 2..11, x 7..12: the voxels the mirror needs
+    inside = Box((1, 2, 3), (5, 7, 9))
+    got, read = vol.read_mirrored(inside)
+    np.testing.assert_array_equal(got, data[inside.slices])
+    assert read == 4 * 5 * 6
+    got, _ = open_volume(tmp_path / "b.zarr", "affinities").read_mirrored(window)
+    np.testing.assert_array_equal(got, np.stack([expected, 255 - expected]))
 
 
 def test_staged_dataset_refuses_existing_and_leaves_it_untouched(tmp_path: Path) -> None:

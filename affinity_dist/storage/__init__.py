@@ -13,29 +13,32 @@ A dataset is one Zarr v3 group (``sample.zarr/``) holding the arrays of DESIGN.m
 Outputs are written into a staging directory beside the destination and renamed into
 place only when complete (:func:`staged_dataset`), so a failed run never looks finished
 and an existing destination is untouched until a new one fully exists.
+
+Modules import one way: :mod:`.metadata` (attributes, OME-Zarr multiscales) and
+:mod:`.codecs` (compressors, codec threads) -> :mod:`.arrays` (one array) ->
+:mod:`.datasets` (whole datasets, tables); :mod:`.sources` (foreign formats, with
+:mod:`.n5`) reads through them.
 """
 
 from .arrays import (
     DEFAULT_CHUNKS,
-    Codec,
     Volume,
     check_chunk_alignment,
     create_volume,
     create_work_array,
-    default_codec,
     group_path,
+    list_arrays,
     move_node,
     open_dataset,
     open_volume,
-    register_levels,
     rename_volume,
 )
+from .codecs import Codec, default_codec, match_codec_threads
 from .datasets import (
     check_destination,
     dataset_from_array,
     delete_node,
     describe_dataset,
-    list_arrays,
     open_external,
     read_table,
     read_table_slice,
@@ -44,6 +47,7 @@ from .datasets import (
     write_json,
     write_table,
 )
+from .metadata import register_levels
 
 __all__ = [
     "DEFAULT_CHUNKS",
@@ -59,8 +63,9 @@ __all__ = [
     "describe_dataset",
     "group_path",
     "list_arrays",
-    "open_dataset",
+    "match_codec_threads",
     "move_node",
+    "open_dataset",
     "open_external",
     "open_volume",
     "read_table",

@@ -1,76 +1,51 @@
-"""Arrays of a dataset: codecs, physical and OME-Zarr metadata, block reads and writes."""
+"""Arrays of a dataset: opening, creating (with the metadata of :mod:`.metadata`),
+listing, renaming, and block reads and writes.
+
+Imports :mod:`.metadata` and :mod:`.codecs`, never :mod:`.datasets`.
+"""
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import math
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import zarr
-import zarr.codecs
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import ConfigError, DataError, InputNotFoundError, bad_value
+from ..errors import ConfigError, DataError, InputNotFoundError
 from ..geometry import Box, as_shape, as_vector, reflect_indices
+from .codecs import Codec, compressors, default_codec
+from .metadata import (
+    SPATIAL_AXES,
+    array_attributes,
+    register_multiscale,
+    unregister_multiscale,
+)
 
 __all__ = [
     "DEFAULT_CHUNKS",
-    "Codec",
     "Volume",
     "check_chunk_alignment",
     "create_volume",
     "create_work_array",
-    "default_codec",
     "group_path",
+    "list_arrays",
     "move_node",
     "open_dataset",
     "open_volume",
-    "register_levels",
     "rename_volume",
 ]
 
-log = logging.getLogger(__name__)
-
 DEFAULT_CHUNKS: tuple[int, int, int] = (128, 128, 128)
-SPATIAL_AXES = ("z", "y", "x")
-NGFF_VERSION = "0.5"
-Codec = Literal["zstd1", "zstd3", "blosc-lz4", "blosc-zstd", "none"]
-
-
-def default_codec(dtype: DTypeLike) -> Codec:
-    """Default compressor: plain zstd level 1 for every array kind.
-
-    Chosen by ``benchmarks/bench_storage.py`` at 512^3 (fib25, zarr 3.1, 128^3 chunks,
-    every chunk written; MB/s write / read, ratio): raw uint8 1190 / 1530, 1.21x (zstd-3:
-    735 / 1700, 1.19x; blosc-lz4 1.07x); affinities uint8 980 / 1390, 3.1x (zstd-3 3.2x at
-    half the write speed; blosc-lz4 1.75x); uint64 labels 3230 / 2780, 77x and segment's
-    fragments 3490 / 3670, 96x (blosc-lz4 with shuffle: as fast, 20-34x).
-    """
-    np.dtype(dtype)  # validates
-    return "zstd1"
-
-
-def _codecs(name: Codec, dtype: np.dtype[Any]) -> list[Any]:
-    shuffle = (zarr.codecs.BloscShuffle.bitshuffle if dtype.itemsize == 1
-               else zarr.codecs.BloscShuffle.shuffle)
-    if name == "blosc-lz4":
-        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=shuffle,
-                                       typesize=dtype.itemsize)]
-    if name == "blosc-zstd":
-        return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle=shuffle,
-                                       typesize=dtype.itemsize)]
-    if name in ("zstd1", "zstd3"):
-        return [zarr.codecs.ZstdCodec(level=int(name[-1]))]
-    if name == "none":
-        return []
-    raise bad_value("codec", name, "one of zstd1, zstd3, blosc-lz4, blosc-zstd, none")
 
 
 @dataclass(frozen=True)
@@ -123,23 +98,6 @@ class Volume:
         """Read the spatial ``box`` (all channels of a channel-first array)."""
         lead = (slice(None),) * (len(self.shape) - len(box.start))
         return np.asarray(self.array[lead + box.slices])
-
-    def read_with_halo(self, box: Box, halo: Sequence[int]
-                       ) -> tuple[NDArray[Any], tuple[tuple[int, int], ...]]:
-        """Read ``box`` grown by ``halo``, clipped to the volume.
-
-        Returns
-        -------
-        data : the clipped region (spatial shape ``box.shape + 2 * halo - padding``).
-        padding : per spatial axis ``(before, after)`` voxels of halo outside the volume,
-            for the caller to pad as it sees fit (mirror for raw, zeros for labels).
-        """
-        halo = as_shape(halo, "halo", ndim=len(box.start), minimum=0)
-        wanted = box.grow(halo)
-        clipped = wanted.clip(self.spatial_shape)
-        padding = tuple((c0 - w0, w1 - c1) for w0, w1, c0, c1 in
-                        zip(wanted.start, wanted.stop, clipped.start, clipped.stop, strict=True))
-        return self.read(clipped), padding
 
     def read_mirrored(self, window: Box) -> tuple[NDArray[Any], int]:
         """``window`` (spatial, may leave the volume), mirrored at the volume border (all
@@ -208,11 +166,32 @@ def open_volume(path: str | os.PathLike[str], name: str, mode: Literal["r", "r+"
     group = open_dataset(path, mode)
     array = group.get(name)
     if not isinstance(array, zarr.Array):
-        from .datasets import list_arrays
-
         raise InputNotFoundError(f"array: got {name!r} in {str(path)!r}, expected an existing "
                                  f"array (present: {list_arrays(path, top_level=True)})")
     return Volume(_fast_writes(array), name)
+
+
+@contextlib.contextmanager
+def quiet_listing() -> Iterator[None]:
+    """Silence zarr's warning about files beside the arrays that are not Zarr nodes (the
+    run state ``_run_state/``, webKnossos' ``datasource-properties.json``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Object at .* is not recognized", category=UserWarning)
+        yield
+
+
+def list_arrays(path: str | os.PathLike[str], *, top_level: bool = False) -> list[str]:
+    """Paths of all arrays in a Zarr store (``[""]`` when the store is an array itself);
+    with ``top_level`` only the arrays directly in the group."""
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
+    if isinstance(node, zarr.Array):
+        return [""]
+    with quiet_listing():
+        members = node.members(max_depth=0 if top_level else None)
+    return sorted(name for name, member in members if isinstance(member, zarr.Array))
 
 
 def _fast_writes(array: zarr.Array[Any]) -> zarr.Array[Any]:
@@ -258,67 +237,15 @@ def create_volume(
     axes: tuple[str, ...] = SPATIAL_AXES
     if channels is not None:
         shape, chunks, axes = (channels, *shape), (channels, *chunks), ("c", *axes)
-    attrs = {
-        "voxel_size": voxel, "offset": off, "axis_names": list(axes),
-        "units": ["" if a == "c" else "nm" for a in axes],
-        "types": ["channel" if a == "c" else "space" for a in axes],
-        **(attributes or {}),
-    }
+    attrs = {**array_attributes(axes, voxel, off), **(attributes or {})}
     array = group.create_array(
         name, shape=shape, dtype=dt, chunks=chunks, fill_value=0,
-        compressors=_codecs(codec or default_codec(dt), dt), dimension_names=axes,
+        compressors=compressors(codec or default_codec(dt), dt), dimension_names=axes,
         attributes=attrs, overwrite=overwrite,
     )
     if register:
-        _register_multiscale(group, name, axes, voxel, off)
+        register_multiscale(group, name, axes, voxel, off)
     return Volume(_fast_writes(array), name)
-
-
-def _register_multiscale(group: zarr.Group, name: str, axes: Sequence[str],
-                         voxel: Sequence[float], offset: Sequence[float]) -> None:
-    """Add (or replace) the OME-Zarr 0.5 multiscale entry for array ``name``."""
-    lead = len(axes) - 3
-    entry: dict[str, Any] = {
-        "name": name,
-        "axes": [{"name": a, "type": "channel"} if a == "c"
-                 else {"name": a, "type": "space", "unit": "nanometer"} for a in axes],
-        "datasets": [{
-            "path": name,
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0] * lead + list(voxel)},
-                {"type": "translation", "translation": [0.0] * lead + list(offset)},
-            ],
-        }],
-    }
-    attrs: dict[str, Any] = dict(group.attrs)
-    ome: dict[str, Any] = dict(attrs.get("ome", {}))
-    scales = [m for m in ome.get("multiscales", []) if m.get("name") != name]
-    group.attrs["ome"] = {**ome, "version": NGFF_VERSION, "multiscales": [*scales, entry]}
-
-
-def register_levels(group: zarr.Group, name: str,
-                    levels: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> None:
-    """Make array ``name``'s OME-Zarr multiscale its level 0 followed by ``levels``:
-    ``(path, voxel_size, offset)`` each, coarser and coarser (NGFF viewers pick a level
-    per zoom)."""
-    attrs: dict[str, Any] = dict(group.attrs)
-    ome: dict[str, Any] = dict(attrs.get("ome", {}))
-    scales = list(ome.get("multiscales", []))
-    entry = next((m for m in scales if m.get("name") == name), None)
-    if entry is None:
-        raise InputNotFoundError(f"multiscale: got {name!r}, expected an array registered "
-                                 "in the dataset's OME-Zarr metadata")
-    lead = len(entry["axes"]) - 3
-    datasets = [entry["datasets"][0]] + [{
-        "path": path,
-        "coordinateTransformations": [
-            {"type": "scale", "scale": [1.0] * lead + [float(v) for v in voxel]},
-            {"type": "translation", "translation": [0.0] * lead + [float(o) for o in off]},
-        ],
-    } for path, voxel, off in levels]
-    entry = {**entry, "datasets": datasets}
-    group.attrs["ome"] = {**ome, "multiscales": [entry if m.get("name") == name else m
-                                                 for m in scales]}
 
 
 def create_work_array(group: zarr.Group, name: str, *, shape: Sequence[int],
@@ -326,7 +253,7 @@ def create_work_array(group: zarr.Group, name: str, *, shape: Sequence[int],
     """A plain intermediate array (no physical metadata), e.g. block face planes."""
     dt = np.dtype(dtype)
     return group.create_array(name, shape=tuple(shape), dtype=dt, chunks=tuple(chunks),
-                              fill_value=0, compressors=_codecs(default_codec(dt), dt),
+                              fill_value=0, compressors=compressors(default_codec(dt), dt),
                               overwrite=True)
 
 
@@ -334,11 +261,8 @@ def rename_volume(group: zarr.Group, old: str, new: str) -> None:
     """Move array ``old`` to ``new`` in a local dataset (replacing ``new``), metadata too."""
     volume = Volume(group[old], old)  # type: ignore[arg-type]
     move_node(group, old, new)
-    attrs: dict[str, Any] = dict(group.attrs)
-    ome: dict[str, Any] = dict(attrs.get("ome", {}))
-    ome["multiscales"] = [m for m in ome.get("multiscales", []) if m.get("name") != old]
-    group.attrs["ome"] = ome
-    _register_multiscale(group, new, volume.axis_names, volume.voxel_size, volume.offset)
+    unregister_multiscale(group, old)
+    register_multiscale(group, new, volume.axis_names, volume.voxel_size, volume.offset)
 
 
 def move_node(group: zarr.Group, old: str, new: str) -> None:

@@ -1,4 +1,8 @@
-"""Whole datasets: atomic creation, destination checks, external sources, tables."""
+"""Whole datasets: atomic creation, destination checks, external sources, tables.
+
+The top of the storage layer: it imports :mod:`.arrays` and :mod:`.codecs`, which never
+import it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import os
 import shutil
 import tempfile
 import uuid
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,14 +26,14 @@ from ..errors import (
     InputNotFoundError,
     bad_value,
 )
-from .arrays import Volume, _codecs, create_volume, group_path, open_dataset
+from .arrays import Volume, create_volume, group_path, open_dataset, quiet_listing
+from .codecs import compressors
 
 __all__ = [
     "check_destination",
     "dataset_from_array",
     "delete_node",
     "describe_dataset",
-    "list_arrays",
     "open_external",
     "read_table",
     "read_table_slice",
@@ -41,29 +44,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _quiet_listing() -> Iterator[None]:
-    """Silence zarr's warning about files beside the arrays that are not Zarr nodes (the
-    run state ``_run_state/``, webKnossos' ``datasource-properties.json``)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Object at .* is not recognized", category=UserWarning)
-        yield
-
-
-def list_arrays(path: str | os.PathLike[str], *, top_level: bool = False) -> list[str]:
-    """Paths of all arrays in a Zarr store (``[""]`` when the store is an array itself);
-    with ``top_level`` only the arrays directly in the group."""
-    try:
-        node = zarr.open(store=str(path), mode="r")
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
-    if isinstance(node, zarr.Array):
-        return [""]
-    with _quiet_listing():
-        members = node.members(max_depth=0 if top_level else None)
-    return sorted(name for name, member in members if isinstance(member, zarr.Array))
 
 
 def open_external(path: str | os.PathLike[str], key: str | None) -> zarr.Array[Any]:
@@ -136,7 +116,7 @@ def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per array of a dataset: name, shape, dtype, chunks, voxel size, bytes."""
     group = open_dataset(path)
     rows = []
-    with _quiet_listing():
+    with quiet_listing():
         arrays = sorted(group.arrays())
     for name, array in arrays:
         stored = sum(p.stat().st_size for p in (Path(path) / name).rglob("*") if p.is_file())
@@ -160,7 +140,7 @@ def write_table(group: zarr.Group, name: str, table: Any, attrs: dict[str, Any],
         if isinstance(value, np.ndarray):
             chunk = max(1, min(len(value), 2**18))
             sub.create_array(key, data=value, chunks=(chunk,),
-                             compressors=_codecs("zstd1", value.dtype))
+                             compressors=compressors("zstd1", value.dtype))
         else:
             scalars[key] = value
     sub.attrs.update({**scalars, **attrs})

@@ -99,7 +99,7 @@ def _read_slice(path: Path, shape: tuple[int, ...]) -> NDArray[Any]:
 
 def _open_array(fmt: Format, path: str, key: str | None) -> Any:
     if fmt == "zarr":
-        from . import open_external
+        from .datasets import open_external
 
         return open_external(path, key)
     from .n5 import N5Array
@@ -123,7 +123,7 @@ def _keys_present(fmt: Format, path: Path) -> list[str]:
         from .n5 import find_n5_datasets
 
         return find_n5_datasets(path)
-    from . import list_arrays
+    from .arrays import list_arrays
 
     return list_arrays(path)
 

@@ -1,0 +1,69 @@
+"""The Dask client a command runs its blocks on, for the CLI's ``--scheduler`` value, and
+the worker layout of a local cluster (one worker per GPU for inference)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from ..errors import ConfigError
+from .scheduling import Scheduler
+
+__all__ = ["cluster", "local_gpus"]
+
+
+def local_gpus() -> int:
+    """The number of CUDA devices of this machine as torch sees them (0 without CUDA or
+    without torch).
+
+    torch is imported here, only when asked: a command that runs on threads or on a
+    running scheduler never loads it.
+    """
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+@contextlib.contextmanager
+def cluster(scheduler: Scheduler | None = None, *, n_workers: int | None = None,
+            threads_per_worker: int = 1, memory_limit: str = "auto",
+            gpus: int | Literal["auto"] = 0) -> Iterator[Any | None]:
+    """A Dask client for the CLI's ``--scheduler`` value.
+
+    ``None`` or ``"local"``: a LocalCluster of worker processes on 127.0.0.1 (dashboard
+    link printed); ``"threads"`` / ``"synchronous"``: no client, run in this process;
+    anything else: the address of a running scheduler (``tcp://host:8786``).
+    ``gpus``: a local cluster gets one worker per GPU, each declaring ``{"GPU": 1}`` (the
+    resource inference tasks claim); ``"auto"``: as many as :func:`local_gpus` finds. For
+    the other schedulers ``gpus`` is ignored (and torch not imported): their workers
+    declare their own resources.
+    """
+    if scheduler in ("threads", "synchronous"):
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler in (None, "local"):
+        count = local_gpus() if gpus == "auto" else gpus
+        workers = n_workers or count or max(1, min(os.cpu_count() or 1, 8))
+        with (LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                           processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                           memory_limit=memory_limit,
+                           resources={"GPU": 1} if count else None) as local,
+              Client(local) as client):
+            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError, ValueError) as err:
+        raise ConfigError(f"--scheduler: got {scheduler!r}, expected the address of a running "
+                          f"Dask scheduler, 'local', 'threads' or 'synchronous' ({err})") from None
+    with client:
+        print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        yield client

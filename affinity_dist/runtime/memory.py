@@ -1,0 +1,76 @@
+"""Memory of the worker processes: glibc's malloc tuned for block buffers, handed back to
+the OS at a stage's end, and peak resident memory for the reports."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["keep_freed_memory", "peak_memory_mb", "release_freed_memory", "worker_peak_mb"]
+
+_MALLOC_TUNED: list[Any] = []  # glibc, once tuned in this process
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed block buffers instead of returning them to the OS (once per
+    process; a no-op off glibc).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins
+    glibc's mmap threshold at 128 KiB: every block buffer and activation tensor is then a
+    fresh mmap whose pages fault in again. Measured on this machine: segment's storage
+    traffic per 256^3 block 0.22 s in a plain process, 0.41 s under that setting, 0.27 s
+    with these two mallopt calls; the shipped U-Net 1.26 Mvox/s under it, 2.23 with them.
+    Buffers are reused from block to block; :func:`release_freed_memory` hands them back
+    to the OS when a stage ends (trimming after every block made each block fault its
+    activations in again: the MALA-sized net lost ~7 %).
+
+    At most 2 malloc arenas: glibc gives every thread that allocates (Zarr's codec and
+    I/O threads) its own arena, each keeping up to the trim threshold of freed memory,
+    so a worker's resident memory crept up with the number of blocks it had processed.
+    Measured (segment, 2 workers, 256^3 blocks): peak worker RSS 834 MB at 512^3 and
+    921 MB at 1024^3 without the cap, 774 and 776 MB with it, at the same speed.
+
+    No mmap at all, and up to 1 GiB of freed heap kept: block buffers above glibc's 32 MiB
+    mmap ceiling (a 256^3 uint64 block is 134 MB) were still fresh mmaps, faulted in and
+    zeroed by the kernel at every block. From the heap they are reused. Measured (segment,
+    2 workers, medians of 3 on one cluster, alternating): 512^3 72 / 66 -> 84 / 81 Mvox/s,
+    1024^3 86 / 82 -> 97 / 95 Mvox/s, peak worker RSS unchanged (~790 MB).
+    """
+    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB
+        libc.mallopt(-4, 0)  # M_MMAP_MAX: no mmap, even for buffers above that threshold
+        libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: keep up to 1 GiB freed (until the stage
+        # ends: release_freed_memory)
+        libc.mallopt(-8, 2)  # M_ARENA_MAX: freed memory is shared, not kept per thread
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        return
+    _MALLOC_TUNED.append(libc)
+
+
+def release_freed_memory() -> None:
+    """Return the heap's free pages to the OS (glibc ``malloc_trim``): at a stage's end."""
+    if _MALLOC_TUNED:
+        _MALLOC_TUNED[0].malloc_trim(0)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MB (Linux VmHWM, which unlike ru_maxrss
+    is not inherited over fork); NaN where /proc is absent."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return float("nan")
+    return next((int(line.split()[1]) / 1e3 for line in lines
+                 if line.startswith("VmHWM:")), float("nan"))
+
+
+def worker_peak_mb(client: Any) -> float:
+    """The largest peak resident memory over the cluster's worker processes, in MB."""
+    return float(max(client.run(peak_memory_mb).values()))
