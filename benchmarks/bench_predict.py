@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fib25, tile_to
 
 from affinity_dist.geometry import Box
+from affinity_dist.nn.checkpoint import load_checkpoint, save_model
 from affinity_dist.nn.config import UNetConfig, build_model
 from affinity_dist.stages.predict import default_model, prepare_predict, run_predict
 from affinity_dist.storage import create_volume, staged_dataset
-from affinity_dist.training.train import load_checkpoint, save_model
 
 MALA = UNetConfig(downsample_factors=((1, 3, 3), (1, 3, 3), (3, 3, 3)), num_fmaps=12,
                   fmap_inc_factor=5)

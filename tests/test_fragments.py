@@ -6,8 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from affinity_dist.errors import ConfigError, DataError
 from affinity_dist.kernels.fragments import (
@@ -22,28 +20,7 @@ from affinity_dist.kernels.fragments import (
     untile,
 )
 
-
-def oracle_components(affs: np.ndarray, threshold: float) -> np.ndarray:
-    """Connected components of the affinity graph by scipy.sparse.csgraph (independent)."""
-    shape = affs.shape[1:]
-    idx = np.arange(int(np.prod(shape))).reshape(shape)
-    t = native_threshold(threshold, affs.dtype)
-    heads, tails = [], []
-    for c in range(3):
-        inner = tuple(slice(1, None) if a == c else slice(None) for a in range(3))
-        outer = tuple(slice(None, -1) if a == c else slice(None) for a in range(3))
-        mask = affs[c][inner] > t
-        heads.append(idx[inner][mask])
-        tails.append(idx[outer][mask])
-    a, b = np.concatenate(heads), np.concatenate(tails)
-    graph = coo_matrix((np.ones(a.size), (a, b)), shape=(idx.size, idx.size))
-    return connected_components(graph, directed=False)[1].reshape(shape)
-
-
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal up to relabelling: the (a, b) label pairs are a bijection."""
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+from .helpers import oracle_components, same_partition
 
 
 @settings(max_examples=60, deadline=None)

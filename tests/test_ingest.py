@@ -15,7 +15,7 @@ from PIL import Image
 from affinity_dist import ingest
 from affinity_dist.storage import open_volume
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 
 def _assert_ome(dst: Path, names: set[str], voxel: list[float]) -> None:
@@ -29,7 +29,7 @@ def _assert_ome(dst: Path, names: set[str], voxel: list[float]) -> None:
 
 @pytest.mark.parametrize("name", ["fib25_sample2.h5", "gala_train.h5"])
 def test_ingest_real_cremi_hdf5_voxel_for_voxel(name: str, tmp_path: Path) -> None:
-    from .conftest import shared_file
+    from .helpers import shared_file
 
     src = shared_file(name)
     dst = ingest(src, tmp_path / "out.zarr", chunks=(64, 64, 64), progress=False)
@@ -191,7 +191,7 @@ def test_ingest_n5_written_by_tensorstore(tmp_path: Path) -> None:
 
 
 def test_ingest_handwritten_n5_with_rescale(tmp_path: Path) -> None:
-    from .test_n5 import HAND_COMPRESSIONS, _hand_dataset
+    from .helpers import HAND_COMPRESSIONS, _hand_dataset
 
     expected, _ = _hand_dataset(tmp_path / "h.n5" / "raw", *HAND_COMPRESSIONS[1])
     dst = ingest(tmp_path / "h.n5", tmp_path / "h.zarr", rescale=True, progress=False)
@@ -203,7 +203,7 @@ def test_ingest_handwritten_n5_with_rescale(tmp_path: Path) -> None:
 
 
 def test_unreadable_n5_is_one_line_exit_2(tmp_path: Path) -> None:
-    from .test_n5 import _write_attrs
+    from .helpers import _write_attrs
 
     _write_attrs(tmp_path / "bad.n5" / "raw", {"dimensions": [4, 4, 4], "blockSize": [2, 2, 2],
                                                "dataType": "uint8",

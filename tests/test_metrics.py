@@ -10,22 +10,9 @@ import pytest
 
 from affinity_dist.kernels.metrics import border_mask, contingency, merge_contingency, scores
 
+from .helpers import perturbations
+
 skimage_metrics = pytest.importorskip("skimage.metrics")
-
-
-def perturbations(truth: np.ndarray) -> dict[str, np.ndarray]:
-    """Segmentations with known errors: two ids merged, one id split, a one-voxel shift."""
-    ids, sizes = np.unique(truth[truth > 0], return_counts=True)
-    big = ids[np.argsort(sizes)[::-1]]
-    merged = truth.copy()
-    merged[merged == big[1]] = big[0]
-    split = truth.copy()
-    half = np.zeros(truth.shape, bool)
-    half[:, :, truth.shape[2] // 2:] = True
-    split[(truth == big[0]) & half] = truth.max() + 1
-    shifted = np.roll(truth, 1, axis=2)
-    return {"identity": truth, "merged": merged, "split": split, "shifted": shifted,
-            "with background": np.where(np.roll(truth, 3, 0) == big[2], 0, truth)}
 
 
 def check_against_skimage(seg: np.ndarray, truth: np.ndarray, table_blocks: int = 1) -> None:
@@ -46,7 +33,7 @@ def check_against_skimage(seg: np.ndarray, truth: np.ndarray, table_blocks: int 
 def test_equals_skimage_on_real_ground_truth(volume: str) -> None:
     import h5py
 
-    from .conftest import shared_file
+    from .helpers import shared_file
 
     with h5py.File(shared_file(volume)) as f:
         truth = f["volumes/labels/neuron_ids"][:40, :100, :100].astype(np.uint64)
@@ -161,7 +148,7 @@ def test_larger_tolerance_forgives_boundary_shifts(shift: tuple[int, int]) -> No
     tolerance covers the shift (a one-voxel shift: as soon as the tolerance is on)."""
     import h5py
 
-    from .conftest import shared_file
+    from .helpers import shared_file
 
     with h5py.File(shared_file("fib25_sample2.h5")) as f:
         truth = f["volumes/labels/neuron_ids"][100:130, 50:127, 60:133].astype(np.uint64)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -73,3 +77,22 @@ def test_invalid_inputs_and_configs() -> None:
         UNetConfig.from_dict({"levels": 3})
     round_trip = UNetConfig.from_dict(CONFIGS["long-range-offsets"].to_dict())
     assert round_trip == CONFIGS["long-range-offsets"]
+
+
+def test_inference_does_not_import_the_training_code(tmp_path: Path) -> None:
+    """Inference workers load checkpoints through nn.checkpoint, never the training code."""
+    script = f"""
+import sys
+import affinity_dist.nn.inference, affinity_dist.stages.predict
+from affinity_dist.nn.checkpoint import FORMAT, load_checkpoint, save_model
+from affinity_dist.nn.config import UNetConfig, build_model
+config = UNetConfig(num_fmaps=2, fmap_inc_factor=2)
+path = save_model({str(tmp_path / "m.pt")!r}, build_model(config), config)
+affinity_dist.nn.inference.cached_model(str(path), affinity_dist.nn.inference.resolve_device("cpu"))
+assert load_checkpoint(path)[2]["format"] == FORMAT == "affinity_dist.checkpoint/1"
+print(sorted(m for m in sys.modules if m.startswith("affinity_dist.training")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

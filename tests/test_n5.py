@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import json
-import lzma
 import pickle
 import struct
-import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,84 +24,18 @@ from hypothesis import strategies as st
 
 from affinity_dist.storage.n5 import N5Array, find_n5_datasets, is_n5_dataset, n5_voxel_size
 
-Compressor = Callable[[bytes], bytes]
-
-
-def _identity(b: bytes) -> bytes:
-    return b
-
-
-def _write_attrs(path: Path, attrs: dict[str, Any]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "attributes.json").write_text(json.dumps(attrs))
-
-
-def _write_block(
-    ds: Path,
-    grid_np: tuple[int, ...],
-    block_np: np.ndarray,
-    compress: Compressor = _identity,
-    mode: int = 0,
-) -> None:
-    """Write one block by hand: big-endian header + compressed big-endian data."""
-    nd = block_np.ndim
-    dims_n5 = block_np.shape[::-1]
-    header = struct.pack(f">HH{nd}I", mode, nd, *dims_n5)
-    if mode == 1:
-        header += struct.pack(">I", block_np.size)
-    # C order over (z, y, x) == N5 order (x fastest).
-    payload = block_np.astype(block_np.dtype.newbyteorder(">")).tobytes()
-    f = ds.joinpath(*(str(g) for g in grid_np[::-1]))
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_bytes(header + compress(payload))
-
+from .helpers import (
+    HAND_COMPRESSIONS,
+    Compressor,
+    _hand_dataset,
+    _identity,
+    _write_attrs,
+    _write_block,
+)
 
 # --------------------------------------------------------------------------
-# Hand-written datasets (no optional dependency)
+# Hand-written datasets (no optional dependency; writers in helpers.py)
 # --------------------------------------------------------------------------
-
-HAND_COMPRESSIONS: list[tuple[dict[str, Any], Compressor]] = [
-    ({"type": "raw"}, _identity),
-    ({"type": "gzip", "level": -1}, gzip.compress),
-    ({"type": "gzip", "useZlib": True}, zlib.compress),
-    ({"type": "bzip2", "blockSize": 9}, bz2.compress),
-    ({"type": "xz", "preset": 6}, lzma.compress),
-]
-
-
-def _hand_dataset(
-    ds: Path, compression: dict[str, Any], compress: Compressor
-) -> tuple[np.ndarray, N5Array]:
-    """(3, 4, 5) uint16 volume, blocks (z, y, x) = (2, 2, 3), truncated edges.
-
-    Block (0, 1, 1) is missing (reads as zeros) and block (1, 0, 0) uses the
-    varlength header (mode 1).
-    """
-    full = (np.arange(60, dtype=np.uint16) * 1000 + 7).reshape(3, 4, 5)
-    chunks = (2, 2, 3)
-    _write_attrs(
-        ds,
-        {
-            "dimensions": [5, 4, 3],
-            "blockSize": list(chunks[::-1]),
-            "dataType": "uint16",
-            "compression": compression,
-            "resolution": [4.0, 4.0, 40.0],
-        },
-    )
-    expected = full.copy()
-    for gz in range(2):
-        for gy in range(2):
-            for gx in range(2):
-                sl = tuple(
-                    slice(g * c, (g + 1) * c) for g, c in zip((gz, gy, gx), chunks, strict=True)
-                )
-                if (gz, gy, gx) == (0, 1, 1):
-                    expected[sl] = 0
-                    continue
-                mode = 1 if (gz, gy, gx) == (1, 0, 0) else 0
-                _write_block(ds, (gz, gy, gx), full[sl], compress, mode)
-    return expected, N5Array(ds)
 
 
 @pytest.mark.parametrize(("compression", "compress"), HAND_COMPRESSIONS)

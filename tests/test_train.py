@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from affinity_dist.errors import ConfigError
-from affinity_dist.training.train import TrainConfig, load_checkpoint, train
+from affinity_dist.nn.checkpoint import load_checkpoint
+from affinity_dist.training.train import TrainConfig, train
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 SMALL = {"model": {"num_fmaps": 4, "fmap_inc_factor": 2},
          "validation": {"axis": 2, "start": 140}, "checkpoint_every": 10,

@@ -20,17 +20,18 @@ Final segment ids are consecutive, 1..K, 0 reserved for background:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from .fragments import LOCAL_BITS, LOCAL_MASK
+from .fragments import LOCAL_BITS, LOCAL_MASK, global_ids
 
-__all__ = ["LookupTable", "block_map", "block_starts", "build_table", "components",
-           "relabel_map"]
+__all__ = ["FragmentStats", "LookupTable", "block_map", "block_starts", "boundary_sizes",
+           "build_table", "components", "fragment_sizes", "fragment_stats", "merge_blocks"]
 
 
 @njit(cache=True, nogil=True)
@@ -108,13 +109,6 @@ class LookupTable:
     min_size: int
     num_segments: int
 
-    def block_table(self, block_id: int) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
-        """The merged fragments of one block: (local ids, segment ids), sorted."""
-        lo = np.uint64(block_id) << np.uint64(LOCAL_BITS)
-        hi = np.uint64(block_id + 1) << np.uint64(LOCAL_BITS)
-        a, b = np.searchsorted(self.fragment_ids, [lo, hi])
-        return self.fragment_ids[a:b] & LOCAL_MASK, self.segment_ids[a:b]
-
 
 def build_table(pairs: NDArray[np.uint64], counts: NDArray[np.integer[Any]],
                 sizes: tuple[NDArray[np.uint64], NDArray[np.int64]] | None = None,
@@ -153,17 +147,6 @@ def build_table(pairs: NDArray[np.uint64], counts: NDArray[np.integer[Any]],
                        total_unmerged + int(keep.sum()))
 
 
-def relabel_map(table: LookupTable, block_id: int,
-                sizes: NDArray[np.integer[Any]] | None = None) -> NDArray[np.uint64]:
-    """Dense map local id -> segment id for one block (index 0 -> 0).
-
-    ``sizes`` (voxels per local id, length counts[b] + 1) is needed with ``min_size``.
-    """
-    local, seg = table.block_table(block_id)
-    return block_map(local, seg, int(table.counts[block_id]), int(table.offsets[block_id]),
-                     min_size=table.min_size, sizes=sizes)
-
-
 def block_map(local: NDArray[np.uint64], seg: NDArray[np.uint64], n: int, offset: int, *,
               min_size: int = 0, sizes: NDArray[np.integer[Any]] | None = None
               ) -> NDArray[np.uint64]:
@@ -187,3 +170,73 @@ def block_starts(table: LookupTable) -> NDArray[np.int64]:
     """(B + 1,) where each block's merged fragments start in ``table.fragment_ids``."""
     bounds = np.arange(len(table.counts) + 1, dtype=np.uint64) << np.uint64(LOCAL_BITS)
     return np.searchsorted(table.fragment_ids, bounds).astype(np.int64)
+
+
+class FragmentStats(NamedTuple):
+    """What the merge needs to know of one block's fragments (a block task's result).
+
+    ``num_small``, ``boundary_ids`` and ``boundary_sizes`` are only filled with a ``min_size``
+    (else 0 and empty): the sizes of the fragments that touch a face are all the table
+    needs, since every merged fragment touches one.
+    """
+
+    num_fragments: int  # fragments in the block (local ids 1..num_fragments)
+    num_small: int  # of them, fragments with fewer than min_size voxels
+    boundary_ids: NDArray[np.uint64]  # sorted global ids of the fragments on its faces
+    boundary_sizes: NDArray[np.int64]  # their voxel counts
+
+
+def fragment_sizes(fragments: NDArray[np.integer[Any]], minlength: int = 0) -> NDArray[np.int64]:
+    """Voxels per local id of a block's fragments (global or local ids; index 0:
+    background), at least ``minlength`` long.
+
+    >>> fragment_sizes(np.array([[0, 2], [2, 2]], np.uint64), 4).tolist()
+    [1, 0, 3, 0]
+    """
+    local = (fragments & LOCAL_MASK).ravel().astype(np.int64)
+    sizes: NDArray[np.int64] = np.bincount(local, minlength=minlength).astype(np.int64,
+                                                                             copy=False)
+    return sizes
+
+
+def fragment_stats(fragments: NDArray[np.integer[Any]], n: int, block_id: int,
+                   boundary_planes: Sequence[NDArray[np.integer[Any]]],
+                   min_size: int = 0) -> FragmentStats:
+    """The merge's statistics of one block of ``n`` fragments.
+
+    Parameters
+    ----------
+    fragments : the block's fragments (global or local ids).
+    boundary_planes : its boundary planes as local ids (all six, in any order).
+    min_size : segments with fewer voxels become 0 (0: no sizes needed).
+    """
+    if not min_size:
+        return FragmentStats(n, 0, np.zeros(0, np.uint64), np.zeros(0, np.int64))
+    sizes = fragment_sizes(fragments, n + 1)
+    boundary = np.unique(np.concatenate([p.ravel() for p in boundary_planes]))
+    small = int((sizes[1:] < min_size).sum())
+    return FragmentStats(n, small, global_ids(boundary, block_id),
+                         sizes[boundary].astype(np.int64))
+
+
+def boundary_sizes(stats: Sequence[FragmentStats]
+                   ) -> tuple[NDArray[np.uint64], NDArray[np.int64]]:
+    """(ids, voxel counts) of the fragments on any block face, over all blocks, sorted by
+    id: the ``sizes`` argument of :func:`build_table`."""
+    ids = np.concatenate([np.zeros(0, np.uint64), *(s.boundary_ids for s in stats)])
+    sizes = np.concatenate([np.zeros(0, np.int64), *(s.boundary_sizes for s in stats)])
+    order = np.argsort(ids)
+    return ids[order], sizes[order]
+
+
+def merge_blocks(pairs: Sequence[NDArray[np.uint64]], stats: Sequence[FragmentStats],
+                 min_size: int = 0) -> LookupTable:
+    """The lookup table from every block's face pairs ``(2, M_b)`` and statistics (one
+    of each per block, in block order; plain tuples of the same fields, as recorded by
+    runs before FragmentStats, are read as such)."""
+    stats = [FragmentStats(*s) for s in stats]
+    counts = np.array([s.num_fragments for s in stats], np.int64)
+    small = np.array([s.num_small for s in stats], np.int64)
+    sizes = boundary_sizes(stats) if min_size else None
+    return build_table(np.concatenate([np.zeros((2, 0), np.uint64), *pairs], axis=1), counts,
+                       sizes, small, min_size)

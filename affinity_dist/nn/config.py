@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError, bad_value
+from ..geometry import NEAREST_OFFSETS
 
 __all__ = ["NEAREST_OFFSETS", "UNetConfig", "build_model"]
 
 Vec = tuple[int, int, int]
-NEAREST_OFFSETS: tuple[Vec, ...] = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
 
 
 def _vec(value: Sequence[int], name: str, minimum: int) -> Vec:

@@ -60,7 +60,7 @@ def cached_model(path: str, device: torch.device, precision: Precision = "fp32")
     weights and inputs of every convolution to bf16 at every call; max |diff| 0 on the
     shipped model) with less overhead: shipped model 2.04 -> 2.56 Mvox/s on one thread.
     """
-    from ..training.train import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     stat = Path(path).stat() if Path(path).is_file() else None
     key = (str(Path(path).resolve()), stat and (stat.st_size, stat.st_mtime_ns), str(device),

@@ -23,10 +23,9 @@ from ..kernels.augment import AugmentConfig, augment
 from ..nn.config import UNetConfig
 from .data import CropSampler, Split, check_split, open_training_volume
 
-__all__ = ["TrainConfig", "load_checkpoint", "load_config", "save_model", "train"]
+__all__ = ["TrainConfig", "load_config", "train"]
 
 log = logging.getLogger(__name__)
-FORMAT = "affinity_dist.checkpoint/1"
 
 
 @dataclass(frozen=True)
@@ -136,55 +135,6 @@ def load_config(path: str | os.PathLike[str] | None) -> TrainConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"--config: got {str(path)!r}, expected a table of settings")
     return TrainConfig.from_dict(data)
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, UNetConfig, dict[str, Any]]:
-    """A model and its configuration from a checkpoint, loaded weights-only.
-
-    Raises InputNotFoundError / ConfigError with one clear line for a missing file, a
-    file that is not an affinity_dist checkpoint, or weights that do not fit the config.
-    """
-    import torch
-
-    from ..errors import InputNotFoundError
-    from ..nn.config import build_model
-
-    if not Path(path).is_file():
-        raise InputNotFoundError(f"--model: got {str(path)!r}, expected a checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is a bad input
-        raise ConfigError(f"--model: got {str(path)!r}, expected a weights-only torch "
-                          f"checkpoint ({type(err).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ConfigError(f"--model: got {str(path)!r}, expected an affinity_dist checkpoint")
-    config = UNetConfig.from_dict(state["model_config"])
-    model = build_model(config)
-    try:
-        model.load_state_dict(state["model_state"])
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
-        raise ConfigError(f"--model: weights in {str(path)!r} do not fit its model "
-                          f"configuration ({first})") from None
-    return model, config, state
-
-
-def save_model(path: str | os.PathLike[str], model: Any, config: UNetConfig, *,
-               iteration: int = 0, **extra: Any) -> Path:
-    """Write a weights-only model file (what ``predict`` loads) for ``model``."""
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "iteration": iteration, "model_config": config.to_dict(),
-               "model_state": weights, "normalization": "uint8/255", **extra}
-    _save(Path(path), payload)
-    return Path(path)
-
-
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves half a checkpoint
 
 
 def _plot(csv_path: Path, png: Path) -> None:

@@ -1,4 +1,4 @@
-"""The training loop behind :func:`affinity_dist.train.train` (imports torch)."""
+"""The training loop behind :func:`affinity_dist.training.train.train` (imports torch)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..nn.checkpoint import FORMAT, _save, save_model
 from ..nn.config import build_model
 from .data import CropSampler
-from .train import FORMAT, TrainConfig, _plot, _save, save_model
+from .train import TrainConfig, _plot
 
 log = logging.getLogger(__name__)
 COLUMNS = ["iteration", "train_loss", "val_loss", "val_f1", "val_boundary_f1", "seconds"]
