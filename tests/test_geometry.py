@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from affinity_dist.errors import ConfigError
-from affinity_dist.geometry import BlockGrid, Box, as_shape, as_vector
+from affinity_dist.geometry import BlockGrid, Box, Tiling, as_shape, as_vector, default_tile
 
 
 @st.composite
@@ -108,3 +108,63 @@ def test_validators_name_argument_and_value() -> None:
         as_vector("--voxel-size", (0, 4, 4))
     with pytest.raises(ValueError):  # leaves subclass the builtin
         as_vector("--voxel-size", (float("nan"), 4, 4))
+
+
+@st.composite
+def tilings(draw: st.DrawFn) -> tuple[Tiling, Box]:
+    tile = tuple(draw(st.lists(st.integers(1, 7), min_size=3, max_size=3)))
+    net_output = tuple(t + draw(st.integers(0, 3)) for t in tile)
+    context = tuple(draw(st.lists(st.integers(0, 9), min_size=3, max_size=3)))
+    start = tuple(draw(st.lists(st.integers(0, 20), min_size=3, max_size=3)))
+    stop = tuple(s + draw(st.integers(1, 15)) for s in start)
+    return Tiling(tile, net_output, context), Box(start, stop)
+
+
+@settings(max_examples=150, deadline=None)
+@given(tilings())
+def test_tiles_cover_a_box_once_and_read_inside_its_input_window(
+        case: tuple[Tiling, Box]) -> None:
+    tiling, box = case
+    assert tiling.left == tuple(c // 2 for c in tiling.context)
+    window = tiling.input_box(box)
+    cover = np.zeros(box.shape, np.int32)
+    lo, hi = list(window.shape), [0, 0, 0]
+    for origin in tiling.origins(box):
+        assert all(o % t == 0 for o, t in zip(origin, tiling.tile, strict=True))
+        into, part = tiling.kept(origin, box)
+        cover[into] += 1
+        out = np.zeros(tiling.net_output, bool)
+        assert out[part].shape == cover[into].shape  # the kept part is inside the output
+        # the tile's output part starts at its origin: global voxel = origin + index
+        assert all(p.start + o == i.start + b for p, o, i, b in
+                   zip(part, origin, into, box.start, strict=True))
+        cut = tiling.input_of(origin, window)
+        assert all(s.start >= 0 and s.stop <= n and s.stop - s.start == i for s, n, i in
+                   zip(cut, window.shape, tiling.input_shape, strict=True))
+        # the input of output voxel ``origin`` starts ``left`` voxels before it
+        assert all(s.start + w == o - left for s, w, o, left in
+                   zip(cut, window.start, origin, tiling.left, strict=True))
+        lo = [min(a, s.start) for a, s in zip(lo, cut, strict=True)]
+        hi = [max(a, s.stop) for a, s in zip(hi, cut, strict=True)]
+    assert (cover == 1).all()
+    assert lo == [0, 0, 0] and tuple(hi) == window.shape  # the window is the tiles' hull
+
+
+def test_tiling_refuses_an_output_smaller_than_the_tile() -> None:
+    with pytest.raises(ConfigError, match=r"net_output: got \(4, 3, 4\), expected at least"):
+        Tiling((4, 4, 4), (4, 3, 4), (2, 2, 2))
+    with pytest.raises(ConfigError, match="context"):
+        Tiling((4, 4, 4), (4, 4, 4), (2, -1, 2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 300), st.integers(1, 300), st.integers(1, 150))
+def test_default_tile_is_the_largest_fitting_multiple_of_the_step(
+        step: int, block: int, n: int, cap: int) -> None:
+    tile = default_tile(step, block, n, cap)
+    assert tile % step == 0
+    fitting = list(range(step, max(step, min(cap, block, -(-n // step) * step)) + 1, step))
+    if block < n and any(block % t == 0 for t in fitting):
+        assert tile == max(t for t in fitting if block % t == 0)
+    else:
+        assert tile == max(fitting, default=step)

@@ -24,24 +24,11 @@ from affinity_dist.stages.predict import (
 )
 from affinity_dist.storage import create_volume, list_arrays, open_volume, staged_dataset
 
-from .conftest import run_cli
+from .helpers import TINY, run_cli, tiny_model
 
 torch = pytest.importorskip("torch")
 
 SHAPE = (29, 45, 39)  # divisible by none of the block shapes below
-#: anisotropic: step (2, 4, 4), context (12, 20, 20)
-TINY = UNetConfig(downsample_factors=((1, 2, 2), (2, 2, 2)), num_fmaps=3, fmap_inc_factor=2)
-
-
-def tiny_model(path: Path, config: UNetConfig = TINY, seed: int = 0) -> Path:
-    from affinity_dist.nn.config import build_model
-    from affinity_dist.training.train import save_model
-
-    torch.manual_seed(seed)
-    model = build_model(config)
-    for p in model.parameters():  # larger weights than the default init: a non-trivial map
-        p.data.mul_(3.0)
-    return save_model(path, model, config)
 
 
 def raw_dataset(path: Path, shape: tuple[int, ...] = SHAPE, dtype: Any = np.uint8,
@@ -64,7 +51,7 @@ def read_affinities(path: Path) -> np.ndarray:
 
 def whole_volume_oracle(model_path: Path, raw: np.ndarray) -> np.ndarray:
     """One forward pass over the whole mirror-padded volume (fp32): the reference."""
-    from affinity_dist.training.train import load_checkpoint
+    from affinity_dist.nn.checkpoint import load_checkpoint
 
     model, config, _ = load_checkpoint(model_path)
     model.eval()
@@ -314,12 +301,12 @@ def test_on_a_local_cluster_with_two_processes(tmp_path: Path, local_cluster: An
 
 
 def _malloc_tuned() -> bool:
-    """Did this worker tune glibc's malloc (scheduling.keep_freed_memory) for its blocks?"""
+    """Did this worker tune glibc's malloc (memory.keep_freed_memory) for its blocks?"""
     import sys
 
-    from affinity_dist.runtime import scheduling
+    from affinity_dist.runtime import memory
 
-    return bool(scheduling._MALLOC_TUNED) or not sys.platform.startswith("linux")
+    return bool(memory._MALLOC_TUNED) or not sys.platform.startswith("linux")
 
 
 def _finished(client: Any, prefix: str) -> int:

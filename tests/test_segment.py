@@ -13,7 +13,7 @@ from affinity_dist import segment
 from affinity_dist.geometry import Box
 from affinity_dist.storage import create_volume, open_volume, read_table, staged_dataset
 
-from .test_fragments import oracle_components, same_partition
+from .helpers import oracle_components, same_partition
 
 
 def write_affinities(path: Path, affs: np.ndarray, chunks: tuple[int, int, int]) -> Path:
@@ -162,7 +162,7 @@ def _files(path: Path) -> dict[str, int]:
 
 
 def test_bad_inputs_exit_2_with_one_line_and_nothing_written(tmp_path: Path) -> None:
-    from .conftest import run_cli
+    from .helpers import run_cli
 
     good = random_affinities((9, 10, 11), seed=2)
     nan = good.astype(np.float32) / 255

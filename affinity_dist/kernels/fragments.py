@@ -24,9 +24,9 @@ from numpy.typing import NDArray
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["LOCAL_BITS", "apply_mapping", "block_plane", "face_pairs", "face_row_lengths",
-           "global_ids", "label_block", "native_threshold", "pack_planes", "plane_shapes",
-           "split_ids", "tile_grid", "unpack_planes", "untile"]
+__all__ = ["LOCAL_BITS", "apply_mapping", "block_plane", "boundary_planes", "face_pairs",
+           "face_row_lengths", "global_ids", "label_block", "native_threshold", "pack_planes",
+           "plane_shapes", "split_ids", "tile_grid", "unpack_planes", "untile"]
 
 #: Fragment id = block id << LOCAL_BITS | local id (local ids start at 1).
 LOCAL_BITS = 32
@@ -268,6 +268,13 @@ def block_plane(data: NDArray[Any], axis: int, index: int) -> NDArray[Any]:
     plane: NDArray[Any] = data[tuple(where)]
     ga, gb, ta, tb = plane.shape
     return plane.transpose(0, 2, 1, 3).reshape(ga * ta, gb * tb)
+
+
+def boundary_planes(fragments: NDArray[np.uint64]) -> list[NDArray[np.uint32]]:
+    """A block's six boundary planes (first and last normal to z, y, x: first0, last0,
+    first1, ...) as local ids, the face arrays' dtype."""
+    return [(block_plane(fragments, a, i) & LOCAL_MASK).astype(np.uint32)
+            for a in range(3) for i in (0, -1)]
 
 
 def apply_mapping(fragments: NDArray[np.uint64] | NDArray[np.uint32],

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..nn.config import NEAREST_OFFSETS
+from ..geometry import NEAREST_OFFSETS
 
 __all__ = ["affinity_targets", "balance_weights"]
 

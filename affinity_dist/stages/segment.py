@@ -3,13 +3,15 @@
 The driver reads as the algorithm (one Dask task per block in every pass, small payloads):
 
 1. **fragments** — every block labels the connected components of its own affinity graph
-   (:func:`~affinity_dist.fragments.label_block`), writes them with globally unique ids
-   (block id in the high bits), and saves its six boundary planes and the affinities of
-   its first planes to small face arrays;
+   (:func:`~affinity_dist.kernels.fragments.label_block`), writes them with globally unique
+   ids (block id in the high bits), saves its six boundary planes and the affinities of
+   its first planes to small face arrays, and returns its statistics
+   (:func:`~affinity_dist.kernels.merge.fragment_stats`);
 2. **pairs** — every block pairs its first plane along each axis with the last plane of
    the block below: the ``(2, M)`` fragment pairs joined across that face;
-3. **merge** — one union-find over all pairs gives the lookup table, written beside the
-   arrays (``lookup/``);
+3. **merge** — one union-find over all pairs gives the lookup table
+   (:func:`~affinity_dist.kernels.merge.merge_blocks`), written beside the arrays
+   (``lookup/``);
 4. **relabel** — every block maps its fragments through the table to consecutive ids.
 
 The result equals the connected components of the whole volume's affinity graph, for any
@@ -24,7 +26,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +34,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import ConfigError, DataError, DestinationExistsError
-from ..geometry import BlockGrid, Box, as_shape
+from ..errors import DataError, DestinationExistsError
+from ..geometry import BlockGrid, Box, default_block
 from ..kernels.fragments import (
     LOCAL_MASK,
     apply_mapping,
-    block_plane,
+    boundary_planes,
     face_pairs,
     face_row_lengths,
     global_ids,
@@ -47,7 +49,16 @@ from ..kernels.fragments import (
     plane_shapes,
     unpack_planes,
 )
-from ..kernels.merge import LookupTable, block_map, block_starts, build_table
+from ..kernels.merge import (
+    FragmentStats,
+    LookupTable,
+    block_map,
+    block_starts,
+    fragment_sizes,
+    fragment_stats,
+    merge_blocks,
+)
+from ..options import SegmentOptions
 from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key, recording, run_recorded
 from ..storage import (
@@ -66,11 +77,9 @@ from ..storage import (
     write_table,
 )
 
-__all__ = ["DEFAULT_BLOCK", "SegmentPlan", "prepare_segment", "run_segment", "segment"]
+__all__ = ["SegmentPlan", "prepare_segment", "run_segment", "segment"]
 
 log = logging.getLogger(__name__)
-#: Default write block: 256^3 voxels (rounded up to whole chunks).
-DEFAULT_BLOCK: tuple[int, int, int] = (256, 256, 256)
 WORK = "_segment_work"
 LOOKUP = "_staging_lookup"
 STAGED = {"fragments": "_staging_fragments", "segmentation": "_staging_segmentation"}
@@ -120,18 +129,12 @@ def _open(plan: SegmentPlan, name: str) -> Volume:
     return _cached(plan.dataset, name, plan.token)
 
 
-def _local_plane(fragments: NDArray[np.uint64], axis: int, index: int) -> NDArray[np.uint32]:
-    """A boundary plane of a block's fragments as local ids (the face arrays' dtype)."""
-    plane: NDArray[np.uint64] = block_plane(fragments, axis, index)
-    return (plane & LOCAL_MASK).astype(np.uint32)
-
-
 def _write_faces(plan: SegmentPlan, block_id: int, fragments: NDArray[np.uint64],
                  affs: NDArray[Any]) -> list[NDArray[np.uint32]]:
     """Save a block's six boundary planes (local ids) and the affinities of its first
     planes, one row per block in two small arrays: two writes per block, not nine.
     Returns the boundary planes."""
-    planes = [_local_plane(fragments, a, i) for a in range(3) for i in (0, -1)]
+    planes = boundary_planes(fragments)
     labels, aff_length = face_row_lengths(plan.grid.block_shape)
     _open(plan, f"{WORK}/labels").array[block_id:block_id + 1] = pack_planes(planes, labels)
     _open(plan, f"{WORK}/affs").array[block_id:block_id + 1] = pack_planes(
@@ -168,18 +171,13 @@ def _label(plan: SegmentPlan, block_id: int, tiled: bool = True
 class _FragmentBlock:
     plan: SegmentPlan
 
-    def __call__(self, block_id: int) -> tuple[int, int, NDArray[np.uint64], NDArray[np.int64]]:
+    def __call__(self, block_id: int) -> FragmentStats:
         plan = self.plan
         box, affs, fragments, n = _label(plan, block_id)
         if plan.keep_fragments:
             _open(plan, STAGED["fragments"]).write(box, fragments)
         planes = _write_faces(plan, block_id, fragments, affs)
-        if not plan.min_size:
-            return n, 0, np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        sizes = np.bincount((fragments & LOCAL_MASK).ravel().astype(np.int64), minlength=n + 1)
-        boundary = np.unique(np.concatenate([p.ravel() for p in planes]))
-        small = int((sizes[1:] < plan.min_size).sum())
-        return n, small, global_ids(boundary, block_id), sizes[boundary].astype(np.int64)
+        return fragment_stats(fragments, n, block_id, planes, plan.min_size)
 
 
 @dataclass(frozen=True)
@@ -234,19 +232,17 @@ class _RelabelBlock:
             fragments: NDArray[Any] = _open(plan, STAGED["fragments"]).read(box)
         else:  # the kernel is deterministic: labelling again beats storing uint64 fragments
             box, _, fragments, _ = _label(plan, block_id, tiled=False)
-        sizes = None
-        if self.min_size:
-            sizes = np.bincount((fragments & LOCAL_MASK).ravel().astype(np.int64))
+        sizes = fragment_sizes(fragments) if self.min_size else None
         mapping = _block_mapping(plan, block_id, self.min_size, sizes)
         _open(plan, STAGED["segmentation"]).write(
             box, apply_mapping(fragments, mapping, tile=plan.chunks, in_place=True))
         return box.size
 
 
-def prepare_segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
-                    block: Sequence[int] | None = None, min_size: int = 0,
-                    keep_fragments: bool = True, overwrite: bool = False) -> SegmentPlan:
-    """Validate a segment run without writing anything."""
+def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | None = None,
+                    *, overwrite: bool = False, **kwargs: Any) -> SegmentPlan:
+    """Validate a segment run against the dataset without writing anything."""
+    o = SegmentOptions.of(options, **kwargs)
     affs = open_volume(dataset, "affinities")
     if len(affs.shape) != 4:
         raise DataError(f"affinities: got {len(affs.shape)}D array of shape {affs.shape}, "
@@ -254,22 +250,18 @@ def prepare_segment(dataset: str | os.PathLike[str], *, threshold: float = 0.5,
     if affs.shape[0] < 3:
         raise DataError(f"affinities: got {affs.shape[0]} channels, expected at least 3 "
                         "(-z, -y, -x)")
-    native_threshold(threshold, affs.dtype)  # validates threshold and dtype
-    if isinstance(min_size, bool) or not isinstance(min_size, int | np.integer) or min_size < 0:
-        raise ConfigError(f"--min-size: got {min_size!r}, expected an integer >= 0")
-    cz, cy, cx = affs.chunks[1:]
+    native_threshold(o.threshold, affs.dtype)  # validates the dtype
+    cz, cy, cx = o.chunks if o.chunks is not None else affs.chunks[1:]  # of the outputs
     shape = affs.spatial_shape
-    if block is None:
-        block = tuple(-(-b // c) * c for b, c in zip(DEFAULT_BLOCK, (cz, cy, cx), strict=True))
-    block = as_shape(block, "--block", ndim=3)
+    block = o.block if o.block is not None else default_block((cz, cy, cx))
     check_chunk_alignment(block, (cz, cy, cx), shape)
     group = open_dataset(dataset)
     existing = [n for n in ("fragments", "segmentation") if n in group]
     if existing and not overwrite:
         raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
                                      f"{existing}; expected none (or pass --overwrite)")
-    return SegmentPlan(str(dataset), float(threshold), BlockGrid(shape, block), (cz, cy, cx),
-                       str(affs.dtype), int(min_size), overwrite, keep_fragments,
+    return SegmentPlan(str(dataset), o.threshold, BlockGrid(shape, block), (cz, cy, cx),
+                       str(affs.dtype), o.min_size, overwrite, o.keep_fragments,
                        uuid.uuid4().hex, array_key(dataset, "affinities"))
 
 
@@ -280,112 +272,136 @@ def _usable(group: Any, plan: SegmentPlan) -> bool:
                for name in (*plan.outputs.values(), WORK))
 
 
-def run_segment(plan: SegmentPlan, *, client: Any | None = None,
-                scheduler: LocalScheduler = "threads", progress: bool = True,
-                counts: BlockCounts | None = None) -> LookupTable:
-    """Execute a validated plan; see :func:`segment`. Returns the lookup table.
+def _create_outputs(plan: SegmentPlan, group: Any, affs: Volume) -> None:
+    """The staged outputs and face arrays, stamped with the run key (the face arrays last)."""
+    grid, key = plan.grid, plan.state.key
+    common: dict[str, Any] = {"shape": grid.shape, "voxel_size": affs.voxel_size,
+                              "offset": affs.offset, "chunks": plan.chunks,
+                              "register": False, "attributes": {"run_key": key}}
+    for name in plan.outputs.values():
+        create_volume(group, name, dtype=np.uint64, overwrite=True, **common)
+    work = group.require_group(WORK, overwrite=True)
+    kinds: tuple[tuple[str, DTypeLike], ...] = (("labels", np.uint32), ("affs", plan.aff_dtype))
+    for (kind, dtype), length in zip(kinds, face_row_lengths(grid.block_shape), strict=True):
+        create_work_array(work, kind, shape=(grid.num_blocks, length), dtype=dtype,
+                          chunks=(1, length))
+    work.attrs["run_key"] = key  # last: the partial outputs are complete
 
-    Resumable: blocks recorded as done by an interrupted run with the same key (same
-    affinities, threshold, block, ...) are not computed again; ``counts`` accumulates the
-    block tasks computed, skipped and retried over the three passes.
-    """
-    group = open_dataset(plan.dataset, "r+")
-    affs = open_volume(plan.dataset, "affinities")
-    grid, blocks, state = plan.grid, list(plan.grid), plan.state
-    counts = counts if counts is not None else BlockCounts()
-    if not state.begin(keep=_usable(group, plan)):
-        common: dict[str, Any] = {"shape": grid.shape, "voxel_size": affs.voxel_size,
-                                  "offset": affs.offset, "chunks": plan.chunks,
-                                  "register": False, "attributes": {"run_key": state.key}}
-        for name in plan.outputs.values():
-            create_volume(group, name, dtype=np.uint64, overwrite=True, **common)
-        work = group.require_group(WORK, overwrite=True)
-        kinds: tuple[tuple[str, DTypeLike], ...] = (("labels", np.uint32),
-                                                    ("affs", plan.aff_dtype))
-        for (kind, dtype), length in zip(kinds, face_row_lengths(grid.block_shape), strict=True):
-            create_work_array(work, kind, shape=(grid.num_blocks, length), dtype=dtype,
-                              chunks=(1, length))
-        work.attrs["run_key"] = state.key  # last: the partial outputs are complete
-    run: dict[str, Any] = {"client": client, "scheduler": scheduler, "progress": progress}
-    def partial() -> None:
-        for name in (*plan.outputs.values(), WORK, LOOKUP):
-            delete_node(group, name)
 
-    with recording(state, "segment", partial):
-        clock = time.perf_counter()
-        stats = run_recorded(state, "fragments", _FragmentBlock(plan), blocks, counts,
-                             release=False, **run)
-        log.info("fragments: %d blocks in %.2f s", len(blocks), time.perf_counter() - clock)
-        clock = time.perf_counter()
-        pairs = run_recorded(state, "pairs", _PairBlock(plan), blocks, counts,
-                             release=False, **run)
-        log.info("pairs: %.2f s", time.perf_counter() - clock)
-        clock = time.perf_counter()
-        fragment_counts = np.array([s[0] for s in stats], np.int64)
-        sizes = None
-        if plan.min_size:
-            ids = np.concatenate([s[2] for s in stats])
-            order = np.argsort(ids)
-            sizes = (ids[order], np.concatenate([s[3] for s in stats])[order])
-        table = build_table(np.concatenate(pairs, axis=1), fragment_counts, sizes,
-                            np.array([s[1] for s in stats], np.int64), plan.min_size)
-        log.info("merge: %d fragments, %d face pairs -> %d segments in %.2f s",
-                 fragment_counts.sum(), sum(p.shape[1] for p in pairs), table.num_segments,
-                 time.perf_counter() - clock)
-        write_table(group, LOOKUP, table, {"threshold": plan.threshold,
-                                           "block": list(grid.block_shape),
-                                           "run_key": state.key},
-                    extra={"starts": block_starts(table)})
-        clock = time.perf_counter()
-        run_recorded(state, "relabel", _RelabelBlock(plan, table.min_size), blocks, counts,
-                     previous=False, **run)
-        log.info("relabel: %.2f s", time.perf_counter() - clock)
+def _discard(plan: SegmentPlan, group: Any) -> None:
+    """Remove the partial outputs (a run stopped by bad input)."""
+    for name in (*plan.outputs.values(), WORK, LOOKUP):
+        delete_node(group, name)
+
+
+def _fragments(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[FragmentStats]:
+    """1. Every block's fragments and face planes, written; its merge statistics."""
+    clock = time.perf_counter()
+    stats = passes("fragments", _FragmentBlock(plan), release=False)
+    log.info("fragments: %d blocks in %.2f s", plan.grid.num_blocks,
+             time.perf_counter() - clock)
+    return stats
+
+
+def _pairs(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[NDArray[np.uint64]]:
+    """2. Every block's fragment pairs joined across its lower faces."""
+    clock = time.perf_counter()
+    pairs = passes("pairs", _PairBlock(plan), release=False)
+    log.info("pairs: %.2f s", time.perf_counter() - clock)
+    return pairs
+
+
+def _merge(plan: SegmentPlan, group: Any, key: str, stats: Sequence[FragmentStats],
+           pairs: Sequence[NDArray[np.uint64]]) -> LookupTable:
+    """3. One union-find over all pairs -> the lookup table, written under a staging name."""
+    clock = time.perf_counter()
+    table = merge_blocks(pairs, stats, plan.min_size)
+    log.info("merge: %d fragments, %d face pairs -> %d segments in %.2f s",
+             table.counts.sum(), sum(p.shape[1] for p in pairs), table.num_segments,
+             time.perf_counter() - clock)
+    write_table(group, LOOKUP, table, {"threshold": plan.threshold,
+                                       "block": list(plan.grid.block_shape), "run_key": key},
+                extra={"starts": block_starts(table)})
+    return table
+
+
+def _relabel(plan: SegmentPlan, passes: Callable[..., list[Any]], table: LookupTable) -> None:
+    """4. Every block's fragments mapped through its slice of the table."""
+    clock = time.perf_counter()
+    passes("relabel", _RelabelBlock(plan, table.min_size), previous=False)
+    log.info("relabel: %.2f s", time.perf_counter() - clock)
+
+
+def _publish(plan: SegmentPlan, group: Any, state: StageState, table: LookupTable) -> None:
+    """The table and the staged arrays moved into place; the stage marked complete."""
     move_node(group, LOOKUP, "lookup")
     if not plan.keep_fragments:
         delete_node(group, "fragments")  # a stale one would contradict the table
     for final, staged in plan.outputs.items():
         rename_volume(group, staged, final)
-    state.finish({"blocks": grid.num_blocks, "segments": int(table.num_segments)})
+    state.finish({"blocks": plan.grid.num_blocks, "segments": int(table.num_segments)})
     delete_node(group, WORK)
+
+
+def run_segment(plan: SegmentPlan, *, client: Any | None = None,
+                scheduler: LocalScheduler = "threads", progress: bool = True,
+                counts: BlockCounts | None = None) -> LookupTable:
+    """Execute a validated plan; see :func:`segment`. Returns the lookup table.
+
+    The steps of the module docstring, between creating the staged outputs and publishing
+    them. Resumable: blocks recorded as done by an interrupted run with the same key (same
+    affinities, threshold, block, ...) are not computed again; ``counts`` accumulates the
+    block tasks computed, skipped and retried over the three passes.
+    """
+    group = open_dataset(plan.dataset, "r+")
+    affs = open_volume(plan.dataset, "affinities")
+    state = plan.state
+    passes = functools.partial(run_recorded, state, blocks=list(plan.grid),
+                               counts=counts if counts is not None else BlockCounts(),
+                               client=client, scheduler=scheduler, progress=progress)
+    if not state.begin(keep=_usable(group, plan)):
+        _create_outputs(plan, group, affs)
+    with recording(state, "segment", lambda: _discard(plan, group)):
+        stats = _fragments(plan, passes)
+        pairs = _pairs(plan, passes)
+        table = _merge(plan, group, state.key, stats, pairs)
+        _relabel(plan, passes, table)
+    _publish(plan, group, state, table)
     return table
 
 
-def segment(data: str | os.PathLike[str] | Any, *, threshold: float = 0.5,
-            block: Sequence[int] | None = None, min_size: int = 0,
-            keep_fragments: bool = True, out: str | os.PathLike[str] | None = None,
-            voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
-            chunks: Sequence[int] = DEFAULT_CHUNKS, overwrite: bool = False,
+def segment(data: str | os.PathLike[str] | Any, options: SegmentOptions | None = None, *,
+            out: str | os.PathLike[str] | None = None,
+            voxel_size: Sequence[float] = (1.0, 1.0, 1.0), overwrite: bool = False,
             client: Any | None = None, scheduler: LocalScheduler = "threads",
-            progress: bool = True) -> Path:
+            progress: bool = True, **kwargs: Any) -> Path:
     """Segment affinities into ``fragments`` and ``segmentation``.
 
     Parameters
     ----------
     data : a dataset path holding ``affinities`` (c, z, y, x) — the outputs are added to it —
         or a dask/numpy array of affinities, which is first stored as the ``affinities`` of a
-        new dataset at ``out`` (with ``voxel_size`` and ``chunks``). uint8 (0-255 = 0-1) or
-        float; channels 0-2 are the -z, -y, -x affinities.
-    threshold : voxels joined by an affinity > threshold belong to one segment.
-    block : write block shape (z, y, x), a multiple of the chunk shape; default 256^3.
-    min_size : segments with fewer voxels become background 0 (default 0: keep all).
-    keep_fragments : write the ``fragments`` array (default). Without it the relabel pass
-        labels each block again instead of reading 8 bytes per voxel back.
+        new dataset at ``out`` (with ``voxel_size`` and the options' chunks). uint8 (0-255 =
+        0-1) or float; channels 0-2 are the -z, -y, -x affinities.
+    options : :class:`~affinity_dist.options.SegmentOptions` (threshold: voxels joined by an
+        affinity above it belong to one segment; block; min_size; keep_fragments; chunks),
+        or its fields as keyword arguments.
     client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
 
     Returns
     -------
     The dataset path. Its ``lookup/`` group holds the fragment -> segment table.
     """
+    o = SegmentOptions.of(options, **kwargs)
     if isinstance(data, str | os.PathLike):
         dataset: str | os.PathLike[str] = data
     else:
         shape = tuple(getattr(data, "shape", ()))
         if len(shape) != 4 or shape[0] < 3:
             raise DataError(f"affinities: got shape {shape}, expected (c >= 3, z, y, x)")
-        native_threshold(threshold, np.dtype(data.dtype))  # uint8 or float only
+        native_threshold(o.threshold, np.dtype(data.dtype))  # uint8 or float only
         dataset = dataset_from_array(out, "affinities", data, voxel_size=voxel_size,
-                                     chunks=chunks, overwrite=overwrite)
-    plan = prepare_segment(dataset, threshold=threshold, block=block, min_size=min_size,
-                           keep_fragments=keep_fragments, overwrite=overwrite)
+                                     chunks=o.chunks or DEFAULT_CHUNKS, overwrite=overwrite)
+    plan = prepare_segment(dataset, o, overwrite=overwrite)
     run_segment(plan, client=client, scheduler=scheduler, progress=progress)
     return Path(dataset)
