@@ -15,8 +15,7 @@ from affinity_dist.kernels.metrics import border_mask
 from affinity_dist.stages.evaluate import evaluate
 from affinity_dist.storage import create_volume, staged_dataset
 
-from .conftest import run_cli
-from .test_metrics import perturbations
+from .helpers import perturbations, run_cli
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
@@ -38,7 +37,7 @@ def dataset(path: Path, truth: np.ndarray, seg: np.ndarray | None,
 def fib25_truth() -> np.ndarray:
     import h5py
 
-    from .conftest import shared_file
+    from .helpers import shared_file
 
     with h5py.File(shared_file("fib25_sample2.h5")) as f:
         return f["volumes/labels/neuron_ids"][100:141, 50:127, 60:133].astype(np.uint64)
@@ -178,7 +177,7 @@ def test_boundary_tolerance_api_and_workflow(tmp_path: Path, fib25_truth: np.nda
                     '[evaluate]\nboundary_tolerance = 10\npreview = false\n'
                     '[cluster]\nscheduler = "threads"\n')
     workflow = load_workflow(file)
-    assert workflow.evaluate["boundary_tolerance"] == 10
+    assert workflow.evaluate.boundary_tolerance == 10
     run_workflow(workflow, progress=False)
     report = json.loads(report_paths(workflow)["scores"].read_text())
     want = evaluate(data, boundary_tolerance=10.0, progress=False)

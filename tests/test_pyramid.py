@@ -11,7 +11,7 @@ from affinity_dist.geometry import Box
 from affinity_dist.stages.pyramid import downsample, level_factors, pyramid
 from affinity_dist.storage import create_volume, open_dataset, open_volume, staged_dataset
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 
 def dataset(path: Path, shape: tuple[int, int, int], voxel: tuple[float, float, float]

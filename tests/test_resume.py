@@ -27,8 +27,7 @@ from affinity_dist.runtime.state import STATE_DIR, StageState, run_recorded
 from affinity_dist.stages.sample import sample
 from affinity_dist.storage import list_arrays, open_volume
 
-from .conftest import run_cli
-from .test_predict import tiny_model
+from .helpers import run_cli, tiny_model
 
 WORKFLOW = '''
 stages = ["predict", "segment", "evaluate"]

@@ -14,8 +14,7 @@ from affinity_dist.stages.sample import sample
 from affinity_dist.storage import list_arrays, open_volume
 from affinity_dist.workflow.config import load_workflow
 
-from .conftest import REPO, run_cli
-from .test_predict import tiny_model
+from .helpers import REPO, run_cli, tiny_model
 
 
 def test_end_to_end_on_a_local_cluster(tmp_path: Path) -> None:

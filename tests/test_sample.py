@@ -11,7 +11,7 @@ from affinity_dist import sample
 from affinity_dist.kernels.synthetic import SampleSpec, generate_region
 from affinity_dist.storage import open_volume
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -29,8 +29,7 @@ from affinity_dist.storage import list_arrays, open_volume
 from affinity_dist.workflow.config import load_workflow
 from affinity_dist.workflow.slurm import _gpus, _seconds, cancel_jobs, cluster_kwargs, refusal
 
-from .conftest import REPO, run_cli
-from .test_predict import tiny_model
+from .helpers import REPO, run_cli, tiny_model
 
 SUBMIT = REPO / "workflows" / "submit_workflow.py"
 SLURM_SH = REPO / ".ci" / "slurm.sh"

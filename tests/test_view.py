@@ -24,7 +24,7 @@ from affinity_dist.kernels.targets import affinity_targets
 from affinity_dist.storage import create_volume, open_dataset, open_volume, staged_dataset
 from affinity_dist.viewers.neuroglancer import AFFINITY_SHADER, add_layers, viewable_layers
 
-from .conftest import REPO, run_cli
+from .helpers import REPO, run_cli
 
 SHAPE = (16, 128, 128)
 VOXEL = (40.0, 10.0, 10.0)  # anisotropic, z coarsest

@@ -19,7 +19,7 @@ from affinity_dist.viewers.webknossos import (
     write_webknossos_metadata,
 )
 
-from .conftest import run_cli
+from .helpers import run_cli
 
 SHAPE = (12, 40, 52)  # z, y, x
 VOXEL = (40.0, 4.0, 4.0)

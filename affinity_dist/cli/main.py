@@ -3,15 +3,19 @@
 Exit status: 0 success; 2 bad input or configuration (one line on stderr naming the
 argument, the value and what was expected, nothing written); 1 failure during a run
 (the failing block named); 130 interrupted.
+
+Every command validates its options (one options object per stage, built from the
+arguments) and its inputs before any cluster starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import AffinityDistError
 from .args import PROG, build_parser
@@ -22,99 +26,92 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 
-def _cluster_args(args: argparse.Namespace) -> tuple[tuple[int, ...], LocalScheduler]:
-    """Validated chunk shape and in-process scheduler name of a stage's arguments."""
-    from ..storage import DEFAULT_CHUNKS
-
+def _local(args: argparse.Namespace) -> LocalScheduler:
+    """The in-process scheduler of a stage's arguments (after checking ``--workers``)."""
     if args.workers is not None and args.workers < 1:
         raise _bad("--workers", args.workers, "a positive integer")
-    local: LocalScheduler = "synchronous" if args.scheduler == "synchronous" else "threads"
-    chunks = getattr(args, "chunks", None)
-    return (tuple(chunks) if chunks else DEFAULT_CHUNKS), local
+    return "synchronous" if args.scheduler == "synchronous" else "threads"
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    return {"scheduler": _local(args), "progress": not args.quiet}
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    from ..runtime.scheduling import cluster
+    from ..options import SampleOptions
+    from ..runtime.cluster import cluster
     from ..stages.sample import prepare_sample, run_sample
 
-    chunks, local = _cluster_args(args)
-    plan = prepare_sample(args.out, shape=args.shape, seed=args.seed,
-                          voxel_size=args.voxel_size, chunks=chunks, overwrite=args.overwrite)
+    run = _run(args)
+    plan = prepare_sample(args.out, SampleOptions.from_args(args), overwrite=args.overwrite)
     with cluster(args.scheduler, n_workers=args.workers) as client:
-        run_sample(plan, client=client, scheduler=local, progress=not args.quiet)
+        run_sample(plan, client=client, **run)
     print(args.out)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> None:
-    from ..runtime.scheduling import cluster
+    from ..options import IngestOptions
+    from ..runtime.cluster import cluster
     from ..stages.ingest import prepare_ingest, run_ingest
 
-    chunks, local = _cluster_args(args)
-    # Validate everything before starting a cluster: bad input fails fast.
-    plan = prepare_ingest(args.src, args.dst, raw_key=args.raw_key, labels_key=args.labels_key,
-                          voxel_size=args.voxel_size, rescale=args.rescale, chunks=chunks,
+    run = _run(args)
+    plan = prepare_ingest(args.src, args.dst, IngestOptions.from_args(args),
                           overwrite=args.overwrite)
     with cluster(args.scheduler, n_workers=args.workers) as client:
-        run_ingest(plan, client=client, scheduler=local, progress=not args.quiet)
+        run_ingest(plan, client=client, **run)
     print(args.dst)
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from ..runtime.scheduling import cluster
+    from ..options import PredictOptions
+    from ..runtime.cluster import cluster
     from ..stages.predict import prepare_predict, run_predict
 
-    _, local = _cluster_args(args)
+    run = _run(args)
+    options = PredictOptions.from_args(args)
     on_this_machine = args.scheduler in ("local", "threads", "synchronous")
-    plan = prepare_predict(args.input, model=args.model, block=args.block, tile=args.tile,
-                           device=args.device, precision=args.precision,
-                           dtype="float32" if args.float else "uint8", batch=args.batch,
-                           overwrite=args.overwrite, local=on_this_machine)
-    gpus = 0
-    if args.device != "cpu" and args.scheduler == "local":
-        import torch
-
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    plan = prepare_predict(args.input, options, overwrite=args.overwrite, local=on_this_machine)
+    gpus: int | Literal["auto"] = "auto" if options.device != "cpu" else 0
     with cluster(args.scheduler, n_workers=args.workers, gpus=gpus) as client:
-        stats = run_predict(plan, client=client, scheduler=local, progress=not args.quiet)
+        stats = run_predict(plan, client=client, **run)
     print(f"{args.input}: affinities {stats.voxels / 1e6:.1f} Mvox in {stats.seconds:.1f} s "
           f"({stats.voxels_per_second / 1e6:.2f} Mvox/s, halo overhead "
           f"{stats.halo_overhead:.2f})")
 
 
 def _cmd_segment(args: argparse.Namespace) -> None:
-    from ..runtime.scheduling import cluster
+    from ..options import SegmentOptions
+    from ..runtime.cluster import cluster
     from ..stages.segment import prepare_segment, run_segment
 
-    _, local = _cluster_args(args)
-    plan = prepare_segment(args.input, threshold=args.threshold, block=args.block,
-                           min_size=args.min_size, keep_fragments=not args.no_fragments,
-                           overwrite=args.overwrite)
+    run = _run(args)
+    plan = prepare_segment(args.input, SegmentOptions.from_args(args), overwrite=args.overwrite)
     with cluster(args.scheduler, n_workers=args.workers) as client:
-        table = run_segment(plan, client=client, scheduler=local, progress=not args.quiet)
+        table = run_segment(plan, client=client, **run)
     print(f"{args.input}: {int(table.counts.sum())} fragments -> {table.num_segments} segments")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from ..runtime.scheduling import cluster
+    from ..options import EvaluateOptions
+    from ..runtime.cluster import cluster
     from ..stages.evaluate import check_report_path, prepare_evaluate, run_evaluate, write_report
 
-    _, local = _cluster_args(args)
-    plan = prepare_evaluate(args.input, truth=args.truth, segmentation=args.segmentation,
-                            labels=args.labels, block=args.block,
-                            min_truth_size=args.min_truth_size, top=args.top,
-                            boundary_tolerance=args.boundary_tolerance)
+    run = _run(args)
+    plan = prepare_evaluate(args.input, EvaluateOptions.from_args(args))
     if args.json is not None:
-        check_report_path(args.json)
+        check_report_path(args.json, overwrite=args.overwrite)
     if args.preview is not None:
-        check_report_path(f"{args.preview}-xy.png", "--preview")
+        for suffix in ("xy", "xz"):
+            check_report_path(f"{args.preview}-{suffix}.png", "--preview",
+                              overwrite=args.overwrite)
     with cluster(args.scheduler, n_workers=args.workers) as client:
-        s = run_evaluate(plan, client=client, scheduler=local, progress=not args.quiet)
+        s = run_evaluate(plan, client=client, **run)
     if args.json is not None:
         write_report(args.json, plan, s)
     if args.preview is not None:
         from ..viewers.preview import write_previews
 
-        for path in write_previews(args.input, args.preview, args.segmentation):
+        for path in write_previews(args.input, args.preview, plan.segmentation):
             print(f"preview: {path}")
     print(f"{args.input}: VOI split {s.voi_split:.4f}  merge {s.voi_merge:.4f}  "
           f"sum {s.voi_sum:.4f}  adapted Rand error {s.adapted_rand_error:.4f} "
@@ -131,15 +128,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_pyramid(args: argparse.Namespace) -> None:
-    from ..runtime.scheduling import cluster
-    from ..stages.pyramid import pyramid
-    from ..storage import open_dataset
+    from ..options import PyramidOptions
+    from ..runtime.cluster import cluster
+    from ..stages.pyramid import prepare_pyramid, run_pyramid
 
-    _, local = _cluster_args(args)
-    open_dataset(args.input)  # a missing dataset fails before a cluster starts
+    run = _run(args)
+    plan = prepare_pyramid(args.input, PyramidOptions.from_args(args), overwrite=args.overwrite)
     with cluster(args.scheduler, n_workers=args.workers) as client:
-        done = pyramid(args.input, args.arrays, levels=args.levels, client=client,
-                       scheduler=local, progress=not args.quiet)
+        done = run_pyramid(plan, client=client, **run)
     for name, paths in done.items():
         print(f"{name}: {len(paths)} levels ({', '.join(paths) or 'none'})")
 
@@ -198,9 +194,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predict,
             "segment": _cmd_segment, "evaluate": _cmd_evaluate, "pyramid": _cmd_pyramid,
-            "run": _cmd_run,
-            "train": _cmd_train, "info": _cmd_info,
-            "view": _cmd_view}
+            "run": _cmd_run, "train": _cmd_train, "info": _cmd_info, "view": _cmd_view}
 
 
 def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:
@@ -210,12 +204,10 @@ def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:
 
 
 def _quiet_dask() -> None:
-    """Keep distributed's INFO chatter (scheduler, nannies, workers) off the terminal."""
-    import dask
-
-    dask.config.set({"logging.distributed": "error"})
-    import distributed  # noqa: F401  (configures its loggers from the config above)
-
+    """Keep distributed's INFO chatter (scheduler, nannies, workers) off the terminal: set
+    in the environment, which Dask's configuration reads when a stage first imports it
+    (importing dask here would cost every command, ``--help`` included, ~0.5 s)."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     for noisy in ("distributed", "bokeh", "tornado"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError, bad_value
-from ..geometry import BlockGrid, as_shape
+from ..errors import ConfigError, DataError, DestinationExistsError
+from ..geometry import BlockGrid, default_block
 from ..kernels.metrics import (
     Contingency,
     Scores,
@@ -38,6 +36,7 @@ from ..kernels.metrics import (
     merge_contingency,
     scores,
 )
+from ..options import EvaluateOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
 from ..storage import check_chunk_alignment, open_volume, write_json
 
@@ -45,7 +44,6 @@ __all__ = ["EvaluatePlan", "check_report_path", "evaluate", "prepare_evaluate", 
            "write_report"]
 
 log = logging.getLogger(__name__)
-DEFAULT_BLOCK = (256, 256, 256)
 
 
 @dataclass(frozen=True)
@@ -77,16 +75,15 @@ class EvaluatePlan:
         return 0, math.ceil(t / vy) + 1, math.ceil(t / vx) + 1
 
 
-def prepare_evaluate(dataset: str | os.PathLike[str], *,
-                     truth: str | os.PathLike[str] | None = None,
-                     segmentation: str = "segmentation", labels: str = "labels",
-                     block: Sequence[int] | None = None, min_truth_size: int = 0,
-                     top: int = 5, boundary_tolerance: float = 0.0) -> EvaluatePlan:
-    """Validate an evaluation without reading any voxel. ``truth``: a dataset holding the
-    ground truth ``labels`` (default: ``dataset`` itself); ``boundary_tolerance`` in nm,
-    measured with the truth's voxel size."""
-    seg = open_volume(dataset, segmentation)
-    gt = open_volume(truth if truth is not None else dataset, labels)
+def prepare_evaluate(dataset: str | os.PathLike[str], options: EvaluateOptions | None = None,
+                     **kwargs: Any) -> EvaluatePlan:
+    """Validate an evaluation without reading any voxel. The truth is ``options.truth``'s
+    ``labels`` (default: ``dataset`` itself); ``boundary_tolerance`` in nm, measured with
+    the truth's voxel size."""
+    o = EvaluateOptions.of(options, **kwargs)
+    truth = o.truth if o.truth is not None else str(dataset)
+    seg = open_volume(dataset, o.segmentation)
+    gt = open_volume(truth, o.labels)
     for volume, name in ((seg, "--input"), (gt, "--truth")):
         if len(volume.shape) != 3 or volume.dtype.kind not in "iu":
             raise DataError(f"{name}: got {volume.name!r} of shape {volume.shape} and dtype "
@@ -94,20 +91,11 @@ def prepare_evaluate(dataset: str | os.PathLike[str], *,
     if seg.shape != gt.shape:
         raise DataError(f"--truth: got labels of shape {gt.shape}, expected the "
                         f"segmentation's shape {seg.shape}")
-    for value, name in ((min_truth_size, "--min-truth-size"), (top, "--top")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise bad_value(name, value, "an integer >= 0")
-    if (isinstance(boundary_tolerance, bool) or not isinstance(boundary_tolerance, numbers.Real)
-            or not math.isfinite(boundary_tolerance) or boundary_tolerance < 0):
-        raise bad_value("--boundary-tolerance", boundary_tolerance, "a finite number >= 0 (nm)")
-    chunks = seg.chunks
-    if block is None:
-        block = tuple(-(-b // c) * c for b, c in zip(DEFAULT_BLOCK, chunks, strict=True))
-    block = as_shape(block, "--block", ndim=3)
-    check_chunk_alignment(block, chunks, seg.shape)
-    return EvaluatePlan(str(dataset), segmentation, str(truth if truth is not None else dataset),
-                        labels, BlockGrid(seg.shape, block), min_truth_size, top,
-                        float(boundary_tolerance), gt.voxel_size)
+    block = o.block if o.block is not None else default_block(seg.chunks)
+    check_chunk_alignment(block, seg.chunks, seg.shape)
+    return EvaluatePlan(str(dataset), o.segmentation, truth, o.labels,
+                        BlockGrid(seg.shape, block), o.min_truth_size, o.top,
+                        o.boundary_tolerance, gt.voxel_size)
 
 
 @dataclass(frozen=True)
@@ -149,22 +137,19 @@ def run_evaluate(plan: EvaluatePlan, *, client: Any | None = None,
     return scores(table, top=plan.top)
 
 
-def evaluate(dataset: str | os.PathLike[str], *, truth: str | os.PathLike[str] | None = None,
-             segmentation: str = "segmentation", labels: str = "labels",
-             block: Sequence[int] | None = None, min_truth_size: int = 0, top: int = 5,
-             boundary_tolerance: float = 0.0,
-             json_path: str | os.PathLike[str] | None = None, client: Any | None = None,
-             scheduler: LocalScheduler = "threads", progress: bool = True) -> Scores:
+def evaluate(dataset: str | os.PathLike[str], options: EvaluateOptions | None = None, *,
+             json_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
+             client: Any | None = None, scheduler: LocalScheduler = "threads",
+             progress: bool = True, **kwargs: Any) -> Scores:
     """Score ``segmentation`` of ``dataset`` against ground-truth ``labels``.
 
     Parameters
     ----------
-    truth : dataset holding ``labels`` (default: ``dataset`` itself), same shape.
-    min_truth_size : leave out truth objects with fewer voxels (default 0: keep all).
-    top : how many worst split truth objects and merged segments to list.
-    boundary_tolerance : ignore truth voxels within this many nm (in their xy section) of
-        a boundary between truth labels, as CREMI does (default 0: off).
-    json_path : also write the scores as JSON there.
+    options : :class:`~affinity_dist.options.EvaluateOptions` (truth dataset, array names,
+        block, minimum truth size, worst objects listed, CREMI boundary tolerance), or its
+        fields as keyword arguments.
+    json_path : also write the scores as JSON there (an existing file only with
+        ``overwrite``).
     client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
 
     Returns
@@ -172,23 +157,26 @@ def evaluate(dataset: str | os.PathLike[str], *, truth: str | os.PathLike[str] |
     :class:`~affinity_dist.metrics.Scores`: VOI split/merge (bits), adapted Rand error with
     precision and recall, CREMI score, counts and the worst objects.
     """
-    plan = prepare_evaluate(dataset, truth=truth, segmentation=segmentation, labels=labels,
-                            block=block, min_truth_size=min_truth_size, top=top,
-                            boundary_tolerance=boundary_tolerance)
+    plan = prepare_evaluate(dataset, EvaluateOptions.of(options, **kwargs))
     if json_path is not None:
-        check_report_path(json_path)
+        check_report_path(json_path, overwrite=overwrite)
     result = run_evaluate(plan, client=client, scheduler=scheduler, progress=progress)
     if json_path is not None:
         write_report(json_path, plan, result)
     return result
 
 
-def check_report_path(path: str | os.PathLike[str], argument: str = "--json") -> Path:
-    """Refuse an output path whose directory does not exist (before any work is done)."""
+def check_report_path(path: str | os.PathLike[str], argument: str = "--json", *,
+                      overwrite: bool = True) -> Path:
+    """Refuse an output path whose directory does not exist, or (without ``overwrite``)
+    an existing file, before any work is done."""
     target = Path(path)
     if not target.parent.is_dir():
         raise ConfigError(f"{argument}: got {str(path)!r}, expected a path in an existing "
                           "directory")
+    if not overwrite and target.exists():
+        raise DestinationExistsError(f"{argument}: got {str(path)!r} which exists already; "
+                                     "expected a new file (or pass --overwrite)")
     return target
 
 

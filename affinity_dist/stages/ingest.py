@@ -25,16 +25,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError
-from ..geometry import BlockGrid, as_shape, as_vector
+from ..geometry import BlockGrid, as_vector
+from ..options import IngestOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
-from ..storage import (
-    DEFAULT_CHUNKS,
-    check_destination,
-    create_volume,
-    group_path,
-    open_volume,
-    staged_dataset,
-)
+from ..storage import check_destination, create_volume, group_path, open_volume, staged_dataset
 from ..storage.sources import Source, open_source
 
 __all__ = ["IngestPlan", "ingest", "prepare_ingest", "rescale_to_uint8", "run_ingest"]
@@ -142,26 +136,18 @@ class IngestPlan:
         return BlockGrid(self.raw.shape, _ingest_block_shape(self.raw.shape, self.chunks, slices))
 
 
-def prepare_ingest(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    *,
-    raw_key: str | None = None,
-    labels_key: str | None = None,
-    voxel_size: Sequence[float] | None = None,
-    rescale: bool = False,
-    chunks: Sequence[int] = DEFAULT_CHUNKS,
-    overwrite: bool = False,
-) -> IngestPlan:
+def prepare_ingest(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                   options: IngestOptions | None = None, *,
+                   overwrite: bool = False, **kwargs: Any) -> IngestPlan:
     """Validate every input of :func:`ingest` without writing anything."""
-    raw = open_source(src, raw_key, role="raw", option="--raw-key")
+    o = IngestOptions.of(options, **kwargs)
+    raw = open_source(src, o.raw_key, role="raw", option="--raw-key")
     if raw is None:  # pragma: no cover - open_source raises for a missing raw
         raise DataError(f"SRC: got {str(src)!r}, expected a raw volume")
-    labels = open_source(src, labels_key, role="labels", option="--labels-key")
-    _validate(raw, labels, rescale)
-    cz, cy, cx = as_shape(chunks, "--chunks", ndim=3)
-    if voxel_size is not None:
-        vz, vy, vx = as_vector("--voxel-size", voxel_size)
+    labels = open_source(src, o.labels_key, role="labels", option="--labels-key")
+    _validate(raw, labels, o.rescale)
+    if o.voxel_size is not None:
+        vz, vy, vx = o.voxel_size
     elif raw.voxel_size is not None:
         vz, vy, vx = as_vector(f"voxel size stored in {str(src)!r} (override with --voxel-size)",
                                raw.voxel_size)
@@ -170,10 +156,10 @@ def prepare_ingest(
     oz, oy, ox = (raw.offset if raw.offset is not None and len(raw.offset) == 3
                   else (0.0, 0.0, 0.0))
     check_destination(dst, overwrite=overwrite)
-    if voxel_size is None and raw.voxel_size is None:
+    if o.voxel_size is None and raw.voxel_size is None:
         log.warning("no voxel size in %s and none given: assuming 1 nm (pass --voxel-size)", src)
-    return IngestPlan(raw, labels, str(dst), (vz, vy, vx), (oz, oy, ox), (cz, cy, cx),
-                      rescale, overwrite)
+    return IngestPlan(raw, labels, str(dst), (vz, vy, vx), (oz, oy, ox), o.chunks,
+                      o.rescale, overwrite)
 
 
 def run_ingest(plan: IngestPlan, *, client: Any | None = None,
@@ -200,29 +186,17 @@ def run_ingest(plan: IngestPlan, *, client: Any | None = None,
     return Path(plan.dst)
 
 
-def ingest(
-    src: str | os.PathLike[str],
-    dst: str | os.PathLike[str],
-    *,
-    raw_key: str | None = None,
-    labels_key: str | None = None,
-    voxel_size: Sequence[float] | None = None,
-    rescale: bool = False,
-    chunks: Sequence[int] = DEFAULT_CHUNKS,
-    overwrite: bool = False,
-    client: Any | None = None,
-    scheduler: LocalScheduler = "threads",
-    progress: bool = True,
-) -> Path:
+def ingest(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+           options: IngestOptions | None = None, *, overwrite: bool = False,
+           client: Any | None = None, scheduler: LocalScheduler = "threads",
+           progress: bool = True, **kwargs: Any) -> Path:
     """Copy a source volume into a new dataset at ``dst``, chunk-aligned block by block.
 
     Parameters
     ----------
     src : HDF5 file (CREMI layout), multi-page TIFF, folder of TIFF/PNG slices, Zarr or N5.
-    raw_key, labels_key : array names inside HDF5/Zarr/N5 (default: CREMI, then raw/labels).
-    voxel_size : nm (z, y, x); default: the source's ``resolution``/``voxel_size``.
-    rescale : map a non-uint8 raw's [min, max] onto uint8 0-255 (otherwise an error).
-    chunks : chunk shape of the new arrays.
+    options : :class:`~affinity_dist.options.IngestOptions` (keys, voxel size, rescale,
+        chunks), or its fields as keyword arguments.
     client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
 
     Returns
@@ -230,7 +204,5 @@ def ingest(
     The path of the new dataset. Nothing is written when validation fails, and ``dst`` is
     untouched unless the whole ingest succeeds.
     """
-    plan = prepare_ingest(src, dst, raw_key=raw_key, labels_key=labels_key,
-                          voxel_size=voxel_size, rescale=rescale, chunks=chunks,
-                          overwrite=overwrite)
+    plan = prepare_ingest(src, dst, IngestOptions.of(options, **kwargs), overwrite=overwrite)
     return run_ingest(plan, client=client, scheduler=scheduler, progress=progress)

@@ -21,12 +21,21 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import DataError, bad_value
+from ..errors import DataError, DestinationExistsError
 from ..geometry import BlockGrid, Box
+from ..options import PyramidOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
-from ..storage import create_volume, delete_node, open_dataset, open_volume, register_levels
+from ..storage import (
+    create_volume,
+    delete_node,
+    move_node,
+    open_dataset,
+    open_volume,
+    register_levels,
+)
 
-__all__ = ["downsample", "level_factors", "pyramid"]
+__all__ = ["PyramidPlan", "downsample", "level_factors", "prepare_pyramid", "pyramid",
+           "run_pyramid"]
 
 log = logging.getLogger(__name__)
 Vec = tuple[int, int, int]
@@ -91,51 +100,101 @@ class _LevelBlock:
         return box.size
 
 
-def pyramid(dataset: str | os.PathLike[str], arrays: Sequence[str] | None = None, *,
-            levels: int | None = None, block: Sequence[int] = (256, 256, 256),
-            client: Any | None = None, scheduler: LocalScheduler = "threads",
-            progress: bool = True) -> dict[str, list[str]]:
-    """Write pyramid levels for ``arrays`` (default: every image/label array present among
-    raw, labels, segmentation, fragments, affinities); returns array -> level paths."""
-    group = open_dataset(dataset, "r+")
+STAGING = "_staging_pyramid"
+
+
+@dataclass(frozen=True)
+class PyramidPlan:
+    """A validated pyramid run: which arrays, how many levels, which chunks."""
+
+    dataset: str
+    arrays: tuple[str, ...]
+    levels: int | None
+    block: Vec
+    chunks: Vec | None
+
+
+def prepare_pyramid(dataset: str | os.PathLike[str], options: PyramidOptions | None = None,
+                    *, overwrite: bool = False, **kwargs: Any) -> PyramidPlan:
+    """Validate a pyramid run without writing anything: the arrays exist, and their levels
+    do not (unless ``overwrite``)."""
+    o = PyramidOptions.of(options, **kwargs)
+    group = open_dataset(dataset)
     present = [n for n in ("raw", "labels", "segmentation", "fragments", "affinities")
                if n in group]
-    names = list(arrays) if arrays is not None else present
-    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
-                               or levels < 1):
-        raise bad_value("--levels", levels, "an integer >= 1")
+    names = o.arrays if o.arrays is not None else tuple(present)
     for name in names:
         if name not in group:
             raise DataError(f"--arrays: got {name!r}, expected arrays of the dataset "
                             f"(present: {present})")
+    existing = [n for n in names if f"pyramid/{n}" in group]
+    if existing and not overwrite:
+        raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
+                                     f"pyramid levels of {existing}; expected none (or pass "
+                                     "--overwrite)")
+    return PyramidPlan(str(dataset), tuple(names), o.levels, o.block, o.chunks)
+
+
+def run_pyramid(plan: PyramidPlan, *, client: Any | None = None,
+                scheduler: LocalScheduler = "threads", progress: bool = True
+                ) -> dict[str, list[str]]:
+    """Execute a validated plan; returns array -> level paths. Every array's levels are
+    written under a staging name and moved into ``pyramid/<name>`` (replacing the old
+    levels) only when all are complete: a failed run leaves the old pyramid as it was."""
+    group = open_dataset(plan.dataset, "r+")
     done: dict[str, list[str]] = {}
-    for name in names:
-        base = open_volume(dataset, name)
-        labels = base.dtype.kind in "iu" and base.dtype != np.uint8
-        voxel, offset = list(base.voxel_size), list(base.offset)
-        shape: tuple[int, ...]
-        source, shape = name, tuple(base.spatial_shape)
-        entries: list[tuple[str, Sequence[float], Sequence[float]]] = []
-        delete_node(group, f"pyramid/{name}")
-        for k, factor in enumerate(level_factors(voxel, shape, levels), start=1):
-            if not labels:  # the mean's voxel centre moves by half a cell
-                offset = [o + (f - 1) * v / 2 for o, f, v in zip(offset, factor, voxel,
-                                                                 strict=True)]
-            voxel = [v * f for v, f in zip(voxel, factor, strict=True)]
-            shape = tuple(-(-n // f) for n, f in zip(shape, factor, strict=True))
-            target = f"pyramid/{name}/s{k}"
-            chunks = tuple(min(c, n) for c, n in zip(base.chunks[-3:], shape, strict=True))
-            channels = base.shape[0] if len(base.shape) == 4 else None
-            create_volume(group, target, shape=shape, dtype=base.dtype, voxel_size=voxel,
-                          offset=offset, chunks=chunks, channels=channels, register=False)
-            grid = BlockGrid(shape, tuple(c * max(1, b // c)
-                                          for b, c in zip(block, chunks, strict=True)))
-            run_blocks(_LevelBlock(str(dataset), source, target, factor, grid, labels),
-                       list(grid), stage=f"pyramid {name} s{k}", client=client,
-                       scheduler=scheduler, progress=progress)
-            entries.append((target, list(voxel), list(offset)))
-            source = target
-        register_levels(group, name, entries)
-        done[name] = [e[0] for e in entries]
-        log.info("pyramid %s: %d levels", name, len(entries))
+    for name in plan.arrays:
+        staged = f"{STAGING}/{name}"
+        delete_node(group, staged)  # a failed run's leftovers
+        entries = _levels(plan, group, name, staged, client=client, scheduler=scheduler,
+                          progress=progress)
+        group.require_group("pyramid")
+        move_node(group, staged, f"pyramid/{name}")
+        final = [(f"pyramid/{name}/{path.rsplit('/', 1)[1]}", v, o) for path, v, o in entries]
+        register_levels(group, name, final)
+        done[name] = [e[0] for e in final]
+        log.info("pyramid %s: %d levels", name, len(final))
+    delete_node(group, STAGING)
     return done
+
+
+def _levels(plan: PyramidPlan, group: Any, name: str, staged: str, **run: Any
+            ) -> list[tuple[str, list[float], list[float]]]:
+    """Write the levels of one array under ``staged``, each from the one above it."""
+    base = open_volume(plan.dataset, name)
+    labels = base.dtype.kind in "iu" and base.dtype != np.uint8
+    voxel, offset = list(base.voxel_size), list(base.offset)
+    shape: tuple[int, ...]
+    source, shape = name, tuple(base.spatial_shape)
+    entries: list[tuple[str, list[float], list[float]]] = []
+    for k, factor in enumerate(level_factors(voxel, shape, plan.levels), start=1):
+        if not labels:  # the mean's voxel centre moves by half a cell
+            offset = [o + (f - 1) * v / 2 for o, f, v in zip(offset, factor, voxel,
+                                                             strict=True)]
+        voxel = [v * f for v, f in zip(voxel, factor, strict=True)]
+        shape = tuple(-(-n // f) for n, f in zip(shape, factor, strict=True))
+        target = f"{staged}/s{k}"
+        chunks = tuple(min(c, n) for c, n in zip(plan.chunks or base.chunks[-3:], shape,
+                                                 strict=True))
+        channels = base.shape[0] if len(base.shape) == 4 else None
+        create_volume(group, target, shape=shape, dtype=base.dtype, voxel_size=voxel,
+                      offset=offset, chunks=chunks, channels=channels, register=False)
+        grid = BlockGrid(shape, tuple(c * max(1, b // c)
+                                      for b, c in zip(plan.block, chunks, strict=True)))
+        run_blocks(_LevelBlock(plan.dataset, source, target, factor, grid, labels),
+                   list(grid), stage=f"pyramid {name} s{k}", **run)
+        entries.append((target, list(voxel), list(offset)))
+        source = target
+    return entries
+
+
+def pyramid(dataset: str | os.PathLike[str], options: PyramidOptions | None = None, *,
+            overwrite: bool = False, client: Any | None = None,
+            scheduler: LocalScheduler = "threads", progress: bool = True,
+            **kwargs: Any) -> dict[str, list[str]]:
+    """Write pyramid levels of a dataset's arrays (:class:`~affinity_dist.options.
+    PyramidOptions`, or its fields as keywords: default every image/label array present
+    among raw, labels, segmentation, fragments, affinities); returns array -> level paths.
+    Existing levels are replaced only with ``overwrite``."""
+    plan = prepare_pyramid(dataset, PyramidOptions.of(options, **kwargs), overwrite=overwrite)
+    return run_pyramid(plan, client=client, scheduler=scheduler, progress=progress)

@@ -9,30 +9,19 @@ parallel on any Dask cluster.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..geometry import BlockGrid, as_shape, as_vector
+from ..geometry import BlockGrid
 from ..kernels.synthetic import SampleSpec, generate_region
+from ..options import SampleOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
-from ..storage import (
-    DEFAULT_CHUNKS,
-    check_destination,
-    create_volume,
-    group_path,
-    open_volume,
-    staged_dataset,
-)
+from ..storage import check_destination, create_volume, group_path, open_volume, staged_dataset
 
-__all__ = ["DEFAULT_SHAPE", "SamplePlan", "prepare_sample", "run_sample", "sample"]
-
-#: The built-in default volume of the demo and the tests.
-DEFAULT_SHAPE: tuple[int, int, int] = (128, 128, 128)
+__all__ = ["SamplePlan", "prepare_sample", "run_sample", "sample"]
 
 
 @dataclass(frozen=True)
@@ -59,24 +48,13 @@ class SamplePlan:
     overwrite: bool
 
 
-def prepare_sample(
-    dst: str | os.PathLike[str],
-    *,
-    shape: Sequence[int] = DEFAULT_SHAPE,
-    seed: int = 0,
-    voxel_size: Sequence[float] = (10.0, 10.0, 10.0),
-    chunks: Sequence[int] = DEFAULT_CHUNKS,
-    overwrite: bool = False,
-) -> SamplePlan:
-    """Validate the arguments of :func:`sample` without writing anything."""
-    sz, sy, sx = as_shape(shape, "--shape", ndim=3)
-    cz, cy, cx = as_shape(chunks, "--chunks", ndim=3)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ConfigError(f"--seed: got {seed!r}, expected a non-negative integer")
-    vz, vy, vx = as_vector("--voxel-size", voxel_size)
+def prepare_sample(dst: str | os.PathLike[str], options: SampleOptions | None = None, *,
+                   overwrite: bool = False, **kwargs: Any) -> SamplePlan:
+    """Validate a :func:`sample` request without writing anything."""
+    o = SampleOptions.of(options, **kwargs)
     check_destination(dst, overwrite=overwrite)
-    spec = SampleSpec(shape=(sz, sy, sx), seed=int(seed), voxel_size=(vz, vy, vx))
-    return SamplePlan(spec, str(dst), (cz, cy, cx), overwrite)
+    spec = SampleSpec(shape=o.shape, seed=o.seed, voxel_size=o.voxel_size)
+    return SamplePlan(spec, str(dst), o.chunks, overwrite)
 
 
 def run_sample(plan: SamplePlan, *, client: Any | None = None,
@@ -97,23 +75,17 @@ def run_sample(plan: SamplePlan, *, client: Any | None = None,
     return Path(plan.dst)
 
 
-def sample(
-    dst: str | os.PathLike[str],
-    *,
-    shape: Sequence[int] = DEFAULT_SHAPE,
-    seed: int = 0,
-    voxel_size: Sequence[float] = (10.0, 10.0, 10.0),
-    chunks: Sequence[int] = DEFAULT_CHUNKS,
-    overwrite: bool = False,
-    client: Any | None = None,
-    scheduler: LocalScheduler = "threads",
-    progress: bool = True,
-) -> Path:
+def sample(dst: str | os.PathLike[str], options: SampleOptions | None = None, *,
+           overwrite: bool = False, client: Any | None = None,
+           scheduler: LocalScheduler = "threads", progress: bool = True,
+           **kwargs: Any) -> Path:
     """Write a synthetic dataset with ``raw`` (uint8) and ground-truth ``labels`` (uint64).
 
-    Deterministic for (shape, seed, voxel_size), whatever the chunks or the cluster; the
-    blocks are generated independently, so the volume may exceed memory.
+    Options (:class:`~affinity_dist.options.SampleOptions`, or as keywords): ``shape``,
+    ``seed``, ``voxel_size``, ``chunks``. Deterministic for (shape, seed, voxel_size),
+    whatever the chunks or the cluster; the blocks are generated independently, so the
+    volume may exceed memory. ``client``: a ``distributed.Client``; ``None`` runs with
+    Dask's local ``scheduler``.
     """
-    plan = prepare_sample(dst, shape=shape, seed=seed, voxel_size=voxel_size, chunks=chunks,
-                          overwrite=overwrite)
+    plan = prepare_sample(dst, SampleOptions.of(options, **kwargs), overwrite=overwrite)
     return run_sample(plan, client=client, scheduler=scheduler, progress=progress)

@@ -8,19 +8,21 @@
     [input]
     source = "cremi_A.h5"                # ingested into `output`; or
     # dataset = "sample.zarr"            # an existing dataset (then output = it)
-    voxel_size = [40, 4, 4]              # ingest options: raw_key, labels_key, rescale, chunks
+    voxel_size = [40, 4, 4]              # ingest options (IngestOptions)
 
-    [predict]                            # model (default: the shipped one), block, tile,
-    model = "models/fib25/model.pt"      # device, precision
-    [segment]                            # threshold, block, min_size, keep_fragments
+    [predict]                            # PredictOptions: model (default: the shipped one),
+    model = "models/fib25/model.pt"      # block, tile, device, precision, dtype, batch, chunks
+    [segment]                            # SegmentOptions: threshold, block, min_size, ...
     threshold = 0.5
-    [evaluate]                           # min_truth_size, top, preview (default true)
+    [evaluate]                           # EvaluateOptions, and preview (default true)
     [cluster]                            # scheduler ("local", an address, "threads",
     scheduler = "local"                  # "slurm"), workers
     # [cluster.slurm]                    # with scheduler = "slurm": partition, cores, memory,
-    # jobs = 4                           # walltime, ... (see affinity_dist.slurm)
+    # jobs = 4                           # walltime, ... (see affinity_dist.workflow.slurm)
 
-Unknown keys and wrong types are refused with one line naming the key (exit 2); relative
+Every table is validated by the stage's options object (:mod:`affinity_dist.options`):
+unknown keys, wrong types and bad values are refused with one line naming the key
+(exit 2) when the file is loaded, before any cluster starts or any stage runs. Relative
 paths are relative to the workflow file. :func:`load_workflow` reads and validates;
 nothing else touches the file.
 """
@@ -30,27 +32,19 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, InputNotFoundError
+from ..options import EvaluateOptions, IngestOptions, PredictOptions, SegmentOptions
 
 __all__ = ["STAGES", "Workflow", "load_workflow"]
 
 STAGES = ("ingest", "predict", "segment", "evaluate")
-_SECTIONS: dict[str, dict[str, tuple[type, ...]]] = {
-    "input": {"source": (str,), "dataset": (str,), "raw_key": (str,), "labels_key": (str,),
-              "voxel_size": (list,), "rescale": (bool,), "chunks": (list,)},
-    "predict": {"model": (str,), "block": (list,), "tile": (list,), "device": (str,),
-                "precision": (str,), "dtype": (str,), "batch": (int,)},
-    "segment": {"threshold": (float, int), "block": (list,), "min_size": (int,),
-                "keep_fragments": (bool,)},
-    "evaluate": {"min_truth_size": (int,), "top": (int,), "preview": (bool,),
-                 "block": (list,), "boundary_tolerance": (float, int)},
-    "cluster": {"scheduler": (str,), "workers": (int,), "slurm": (dict,)},
-}
-_PATHS = {("input", "source"), ("input", "dataset"), ("predict", "model")}
+_CLUSTER: dict[str, tuple[type, ...]] = {"scheduler": (str,), "workers": (int,),
+                                         "slurm": (dict,)}
+_SECTIONS = ("input", "predict", "segment", "evaluate", "cluster")
 
 
 @dataclass(frozen=True)
@@ -60,10 +54,12 @@ class Workflow:
     file: str
     output: str
     stages: tuple[str, ...]
-    input: Mapping[str, Any] = field(default_factory=dict)
-    predict: Mapping[str, Any] = field(default_factory=dict)
-    segment: Mapping[str, Any] = field(default_factory=dict)
-    evaluate: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None  # to ingest into ``output``; else ``output`` exists already
+    ingest: IngestOptions = field(default_factory=IngestOptions)
+    predict: PredictOptions = field(default_factory=PredictOptions)
+    segment: SegmentOptions = field(default_factory=SegmentOptions)
+    evaluate: EvaluateOptions = field(default_factory=EvaluateOptions)
+    preview: bool = True
     cluster: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -71,30 +67,36 @@ class Workflow:
         return str(self.cluster.get("scheduler", "local"))
 
 
-def _check_section(name: str, values: Any, base: Path) -> dict[str, Any]:
+def _table(data: Mapping[str, Any], name: str) -> dict[str, Any]:
+    values = data.get(name, {})
     if not isinstance(values, dict):
         raise ConfigError(f"workflow: got {name} = {values!r}, expected a table [{name}]")
-    known = _SECTIONS[name]
-    out: dict[str, Any] = {}
+    return dict(values)
+
+
+def _pop_path(table: dict[str, Any], key: str, base: Path) -> str | None:
+    value = table.pop(key, None)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"workflow: got input.{key} = {value!r}, expected str")
+    return None if value is None else _resolve(base, value)
+
+
+def _check_cluster(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Keys and types; ``workers`` >= 1; ``[cluster.slurm]`` validated (defaults filled in)
+    exactly when the scheduler is ``"slurm"``, which takes its size from there rather
+    than ``workers``."""
     for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"workflow: got unknown key {name}.{key}, expected one of "
-                              f"{sorted(known)}")
-        types = known[key]
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        types = _CLUSTER.get(key)
+        if types is None:
+            raise ConfigError(f"workflow: got unknown key cluster.{key}, expected one of "
+                              f"{sorted(_CLUSTER)}")
+        if not isinstance(value, types) or isinstance(value, bool):
             expected = " or ".join(t.__name__ for t in types)
-            raise ConfigError(f"workflow: got {name}.{key} = {value!r}, expected {expected}")
-        out[key] = _resolve(base, str(value)) if (name, key) in _PATHS else value
-    return out
-
-
-def _check_cluster(cluster: dict[str, Any], base: Path) -> None:
-    """``workers`` >= 1; ``[cluster.slurm]`` validated (defaults filled in) exactly when the
-    scheduler is ``"slurm"``, which takes its size from there rather than ``workers``."""
-    workers, scheduler = cluster.get("workers"), cluster.get("scheduler", "local")
+            raise ConfigError(f"workflow: got cluster.{key} = {value!r}, expected {expected}")
+    workers, scheduler = values.get("workers"), values.get("scheduler", "local")
     if workers is not None and workers < 1:
         raise ConfigError(f"workflow: got cluster.workers = {workers}, expected >= 1")
-    if scheduler != "slurm" and "slurm" in cluster:
+    if scheduler != "slurm" and "slurm" in values:
         raise ConfigError(f"workflow: got [cluster.slurm] with cluster.scheduler = "
                           f"{scheduler!r}, expected scheduler = 'slurm'")
     if scheduler == "slurm":
@@ -103,7 +105,8 @@ def _check_cluster(cluster: dict[str, Any], base: Path) -> None:
         if workers is not None:
             raise ConfigError(f"workflow: got cluster.workers = {workers} with scheduler "
                               "'slurm', expected cluster.slurm.jobs and processes instead")
-        cluster["slurm"] = check_options(cluster.get("slurm", {}), base)
+        values["slurm"] = check_options(values.get("slurm", {}), base)
+    return values
 
 
 def _resolve(base: Path, path: str) -> str:
@@ -111,8 +114,16 @@ def _resolve(base: Path, path: str) -> str:
     return path if Path(path).is_absolute() else os.path.normpath(base / path)
 
 
+def _stages(data: Mapping[str, Any]) -> list[str]:
+    stages = data.get("stages", list(STAGES))
+    if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
+        raise ConfigError(f"workflow: got stages = {stages!r}, expected a list of "
+                          f"{list(STAGES)}")
+    return [s for s in STAGES if s in stages]  # always in pipeline order
+
+
 def load_workflow(path: str | os.PathLike[str]) -> Workflow:
-    """Read and validate a workflow file (TOML)."""
+    """Read and validate a workflow file (TOML): every option of every stage."""
     file = Path(path)
     if not file.is_file():
         raise InputNotFoundError(f"WORKFLOW: got {str(path)!r}, expected an existing file")
@@ -126,13 +137,17 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
     if unknown:
         raise ConfigError(f"workflow: got unknown key {unknown[0]!r}, expected one of "
                           f"{sorted(allowed)}")
-    sections = {name: _check_section(name, data.get(name, {}), base) for name in _SECTIONS}
-    stages = data.get("stages", list(STAGES))
-    if not isinstance(stages, list) or not stages or any(s not in STAGES for s in stages):
-        raise ConfigError(f"workflow: got stages = {stages!r}, expected a list of "
-                          f"{list(STAGES)}")
-    stages = [s for s in STAGES if s in stages]  # always in pipeline order
-    source, dataset = sections["input"].get("source"), sections["input"].get("dataset")
+    inp = _table(data, "input")
+    source, dataset = _pop_path(inp, "source", base), _pop_path(inp, "dataset", base)
+    ingest = IngestOptions.from_dict(inp, section="input", base=base)
+    predict = PredictOptions.from_dict(_table(data, "predict"), base=base)
+    segment = SegmentOptions.from_dict(_table(data, "segment"), base=base)
+    evaluate = _table(data, "evaluate")
+    preview = evaluate.pop("preview", True)
+    if not isinstance(preview, bool):
+        raise ConfigError(f"workflow: got evaluate.preview = {preview!r}, expected bool")
+    evaluation = EvaluateOptions.from_dict(evaluate, base=base)
+    stages = _stages(data)
     if (source is None) == (dataset is None):
         raise ConfigError("workflow: got input with "
                           f"{'both' if source else 'neither'} source and dataset, expected "
@@ -148,6 +163,9 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
         if "ingest" in stages and "stages" in data:
             raise ConfigError("workflow: got stage 'ingest' with input.dataset, expected "
                               "input.source to ingest (or no ingest stage)")
+        if inp:
+            raise ConfigError(f"workflow: got input.{sorted(inp)[0]} with input.dataset, "
+                              "expected ingest options only with input.source")
         stages = [s for s in stages if s != "ingest"]
         output = output if output is not None else dataset
     if not isinstance(output, str):
@@ -157,6 +175,6 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
     if dataset is not None and Path(output).resolve() != Path(dataset).resolve():
         raise ConfigError(f"workflow: got output = {output!r} with input.dataset = "
                           f"{dataset!r}, expected the same path (the run adds its arrays)")
-    _check_cluster(sections["cluster"], base)
-    return Workflow(str(file), output, tuple(stages),
-                    **{f.name: sections[f.name] for f in fields(Workflow) if f.name in sections})
+    cluster = _check_cluster(_table(data, "cluster"), base)
+    return Workflow(str(file), output, tuple(stages), source, ingest, predict, segment,
+                    evaluation, preview, cluster)

@@ -22,10 +22,12 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ConfigError, DestinationExistsError
-from ..runtime.scheduling import BlockCounts, LocalScheduler, cluster, worker_peak_mb
+from ..runtime.cluster import cluster
+from ..runtime.memory import worker_peak_mb
+from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key
 from ..storage import list_arrays, open_volume, write_atomic, write_json
 from .config import Workflow
@@ -64,17 +66,17 @@ def _skip_or_check(dataset: str, names: tuple[str, ...], state: StageState,
 def _ingest(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:
     from ..stages.ingest import prepare_ingest, run_ingest
 
-    out, inp = workflow.output, dict(workflow.input)
-    source = Path(inp.pop("source"))
+    out, options = workflow.output, workflow.ingest
+    source = Path(str(workflow.source))
     stat = source.stat()
     state = StageState.of(out, "ingest", {"source": str(source.resolve()), "size": stat.st_size,
-                                          "mtime": stat.st_mtime_ns, **inp})
+                                          "mtime": stat.st_mtime_ns, **options.as_dict()})
     made = Path(out).exists() and StageState.of(out, "ingest", {}).summary().get("key")
     if Path(out).exists() and state.complete and not overwrite:
-        plan = prepare_ingest(source, out, overwrite=True, **inp)
+        plan = prepare_ingest(source, out, options, overwrite=True)
         return {"voxels": math.prod(plan.grid.shape), "blocks": plan.grid.num_blocks,
                 "skipped": plan.grid.num_blocks}
-    plan = prepare_ingest(source, out, overwrite=overwrite or bool(made), **inp)
+    plan = prepare_ingest(source, out, options, overwrite=overwrite or bool(made))
     run_ingest(plan, **run)
     state.begin(keep=False)
     state.finish({"blocks": plan.grid.num_blocks})
@@ -85,8 +87,8 @@ def _ingest(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[st
 def _predict(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:
     from ..stages.predict import prepare_predict, run_predict
 
-    plan = prepare_predict(workflow.output, overwrite=True, local=run.pop("local"),
-                           **workflow.predict)
+    plan = prepare_predict(workflow.output, workflow.predict, overwrite=True,
+                           local=run.pop("local"))
     entry: dict[str, Any] = {"voxels": math.prod(plan.grid.shape),
                              "blocks": plan.grid.num_blocks, "key": plan.state.key}
     if _skip_or_check(plan.dataset, ("affinities",), plan.state, overwrite):
@@ -101,7 +103,7 @@ def _predict(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[s
 def _segment(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:
     from ..stages.segment import prepare_segment, run_segment
 
-    plan = prepare_segment(workflow.output, overwrite=True, **workflow.segment)
+    plan = prepare_segment(workflow.output, workflow.segment, overwrite=True)
     entry: dict[str, Any] = {"voxels": math.prod(plan.grid.shape),
                              "blocks": plan.grid.num_blocks, "key": plan.state.key}
     if _skip_or_check(plan.dataset, tuple(plan.outputs), plan.state, overwrite):
@@ -116,14 +118,13 @@ def _segment(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[s
 def _evaluate(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:
     from ..stages.evaluate import prepare_evaluate, run_evaluate, write_report
 
-    options = dict(workflow.evaluate)
-    preview = options.pop("preview", True)
-    plan = prepare_evaluate(workflow.output, **options)
+    options, preview = workflow.evaluate, workflow.preview
+    plan = prepare_evaluate(workflow.output, options)
     paths = report_paths(workflow)
     state = StageState.of(plan.dataset, "evaluate", {
-        "segmentation": array_key(plan.dataset, "segmentation"),
-        "labels": array_key(plan.dataset, "labels"), "preview": preview,
-        "scores": str(paths["scores"]), **options})
+        **options.as_dict(), "segmentation": array_key(plan.dataset, plan.segmentation),
+        "labels": array_key(plan.truth, plan.labels), "preview": preview,
+        "scores": str(paths["scores"])})
     entry: dict[str, Any] = {"voxels": math.prod(plan.grid.shape),
                              "blocks": plan.grid.num_blocks, "scores": str(paths["scores"])}
     if state.complete and paths["scores"].is_file() and not overwrite:
@@ -154,6 +155,16 @@ def _write_summary(path: Path, report: dict[str, Any], lines: list[str]) -> None
     write_atomic(path, "\n".join([*head, *lines]) + "\n")
 
 
+def _preflight(workflow: Workflow, local: bool) -> None:
+    """Check what can be checked against data that exists before any cluster starts (the
+    options themselves were checked when the workflow was loaded): predict's model, block
+    and tile against the input's raw when the dataset is there already."""
+    if "predict" in workflow.stages and workflow.source is None:
+        from ..stages.predict import prepare_predict
+
+        prepare_predict(workflow.output, workflow.predict, overwrite=True, local=local)
+
+
 SCORE_KEYS = ("voi_split", "voi_merge", "adapted_rand_error", "cremi_score")
 _STAGES = {"ingest": _ingest, "predict": _predict, "segment": _segment, "evaluate": _evaluate}
 
@@ -178,15 +189,19 @@ def run_workflow(workflow: Workflow, *, scheduler: str | None = None,
         raise ConfigError(f"workflow: got output = {workflow.output!r}, expected a path in "
                           "an existing directory")
     local: LocalScheduler = "synchronous" if target == "synchronous" else "threads"
+    on_this_machine = target in ("local", "threads", "synchronous")
+    _preflight(workflow, on_this_machine)
     report: dict[str, Any] = {"workflow": workflow.file, "output": workflow.output,
                               "scheduler": target, **(extra or {}), "stages": []}
     start = time.perf_counter()
     lines: list[str] = []
     given = contextlib.nullcontext(client) if client is not None else None
-    with given or cluster(target, n_workers=workers or workflow.cluster.get("workers")) as dask:
+    gpus: int | Literal["auto"] = (
+        "auto" if "predict" in workflow.stages and workflow.predict.device != "cpu" else 0)
+    with given or cluster(target, n_workers=workers or workflow.cluster.get("workers"),
+                          gpus=gpus) as dask:
         report["dashboard"] = getattr(dask, "dashboard_link", None)
         run = {"client": dask, "scheduler": local, "progress": progress}
-        on_this_machine = target in ("local", "threads", "synchronous")
         for stage in workflow.stages:
             missing = ({"labels", "segmentation"} - set(list_arrays(workflow.output))
                        if stage == "evaluate" else set())
