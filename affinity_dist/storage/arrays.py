@@ -270,7 +270,7 @@ def move_node(group: zarr.Group, old: str, new: str) -> None:
     ``new`` is first renamed aside, then deleted, so it never stays half-deleted."""
     root = Path(group_path(group))
     if (root / new).exists():
-        trash = root / f"_trash_{new}_{uuid.uuid4().hex[:8]}"
+        trash = root / f"_trash_{new.replace('/', '_')}_{uuid.uuid4().hex[:8]}"
         (root / new).rename(trash)
         shutil.rmtree(trash)
     (root / old).rename(root / new)
