@@ -188,7 +188,7 @@ def test_boundary_tolerance_api_and_workflow(tmp_path: Path, fib25_truth: np.nda
     with pytest.raises(ConfigError, match=r"evaluate\.boundary_tolerance"):
         load_workflow(file)
     file.write_text(file.read_text().replace('= "10"', "= nan"))
-    with pytest.raises(ConfigError, match="--boundary-tolerance: got nan"):
+    with pytest.raises(ConfigError, match=r"evaluate\.boundary_tolerance = nan"):
         run_workflow(load_workflow(file), progress=False)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -85,58 +86,83 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _tree(folder: Path) -> dict[str, int]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")
+            if p.parent.name != "cases"}
 
 
-def _run_and_check_no_cluster(workflow: Path) -> subprocess.CompletedProcess[str]:
-    """``affinity-dist run`` in a fresh interpreter that reports afterwards whether
-    ``distributed`` (hence any cluster) was ever imported."""
-    code = ("import sys\nfrom affinity_dist.cli import main\nrc = main(['run', sys.argv[1]])\n"
-            "print('distributed' in sys.modules)\nsys.exit(rc)\n")
-    return subprocess.run([sys.executable, "-c", code, str(workflow)], capture_output=True,
-                          text=True, cwd=REPO, timeout=300, check=False)
-
-
-def _workflow(folder: Path, section: str, key: str, value: str, *, source: bool) -> Path:
-    head = ('output = "out.zarr"\n[input]\nsource = "src.h5"\n' if source
-            else '[input]\ndataset = "d.zarr"\n')
+def _workflow(file: Path, section: str, key: str, value: str, *, source: bool) -> Path:
+    head = ('output = "../out.zarr"\n[input]\nsource = "../src.h5"\n' if source
+            else '[input]\ndataset = "../d.zarr"\n')
     body = {"input": "", "predict": "[predict]\n", "segment": "[segment]\n",
             "evaluate": "[evaluate]\n", "cluster": "[cluster]\n"}
     text = head if section == "input" else head + body[section]
     text += f"{key} = {value}\n"
     if section != "cluster":
         text += '[cluster]\nscheduler = "local"\nworkers = 1\n'
-    file = folder / "wf.toml"
     file.write_text(text)
     return file
+
+
+#: Runs ``affinity-dist run`` on each workflow file in turn, in one fresh interpreter (one
+#: interpreter per case costs a minute on 2 cores), and reports per file: exit status,
+#: stderr, and whether ``distributed`` (hence any cluster) had been imported by then.
+_RUNNER = """
+import contextlib, io, json, sys
+from affinity_dist.cli import main
+results = {}
+for path in sys.argv[1:]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["run", path])
+    results[path] = {"rc": rc, "stderr": err.getvalue(),
+                     "distributed": "distributed" in sys.modules}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def refused(dataset: Path) -> dict[str, tuple[dict[str, object], dict[str, int], dict[str, int]]]:
+    """Every case of BAD + BAD_FOR_THE_DATA run once: id -> (result, tree before, after)."""
+    folder = dataset.parent
+    (folder / "src.h5").touch()  # ingest options are checked before the source is opened
+    cases = folder / "cases"
+    cases.mkdir()
+    files = {}
+    for n, (section, key, value, _) in enumerate(BAD + BAD_FOR_THE_DATA):
+        files[f"{section}.{key}={value}"] = _workflow(cases / f"{n}.toml", section, key,
+                                                      value, source=section == "input")
+    before = _tree(folder)
+    run = subprocess.run([sys.executable, "-c", _RUNNER, *map(str, files.values())],
+                         capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout.strip().splitlines()[-1])
+    after = _tree(folder)
+    return {case: (results[str(file)], before, after) for case, file in files.items()}
 
 
 @pytest.mark.parametrize(("section", "key", "value", "words"), BAD + BAD_FOR_THE_DATA,
                          ids=[f"{s}.{k}={v}" for s, k, v, _ in BAD + BAD_FOR_THE_DATA])
 def test_a_bad_value_in_a_workflow_exits_2_before_any_cluster(
-        dataset: Path, section: str, key: str, value: str, words: str) -> None:
-    folder = dataset.parent
-    (folder / "src.h5").touch()  # ingest options are checked before the source is opened
-    workflow = _workflow(folder, section, key, value, source=section == "input")
-    before = _tree(folder)
-    result = _run_and_check_no_cluster(workflow)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and words in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout.strip() == "False", "a cluster was started (distributed imported)"
-    after = _tree(folder)
-    after.pop("wf.toml")
-    before.pop("wf.toml")
-    assert after == before, "the run wrote something"
+        refused: dict[str, tuple[dict[str, object], dict[str, int], dict[str, int]]],
+        section: str, key: str, value: str, words: str) -> None:
+    result, before, after = refused[f"{section}.{key}={value}"]
+    stderr = str(result["stderr"])
+    assert result["rc"] == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert result["distributed"] is False, "a cluster was started (distributed imported)"
+    assert after == before, "a run wrote something"
 
 
 def test_the_same_workflow_with_good_values_runs(dataset: Path, tmp_path: Path) -> None:
     """The control: the base workflow of the cases above is valid and loads."""
     from affinity_dist.workflow.config import load_workflow
 
-    workflow = load_workflow(_workflow(dataset.parent, "segment", "threshold", "0.7",
-                                       source=False))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "d.zarr").symlink_to(dataset)
+    workflow = load_workflow(_workflow(tmp_path / "sub" / "wf.toml", "segment", "threshold",
+                                       "0.7", source=False))
     assert workflow.segment == SegmentOptions(threshold=0.7)
     assert workflow.stages == ("predict", "segment", "evaluate")
 
