@@ -8,17 +8,17 @@
     [input]
     source = "cremi_A.h5"                # ingested into `output`; or
     # dataset = "sample.zarr"            # an existing dataset (then output = it)
-    voxel_size = [40, 4, 4]              # ingest options (IngestOptions)
+    voxel_size = [40, 4, 4]              # with source: the fields of IngestOptions
 
-    [predict]                            # PredictOptions: model (default: the shipped one),
-    model = "models/fib25/model.pt"      # block, tile, device, precision, dtype, batch, chunks
-    [segment]                            # SegmentOptions: threshold, block, min_size, ...
+    [predict]                            # the fields of PredictOptions
+    model = "models/fib25/model.pt"
+    [segment]                            # SegmentOptions
     threshold = 0.5
     [evaluate]                           # EvaluateOptions, and preview (default true)
     [cluster]                            # scheduler ("local", an address, "threads",
     scheduler = "local"                  # "slurm"), workers
-    # [cluster.slurm]                    # with scheduler = "slurm": partition, cores, memory,
-    # jobs = 4                           # walltime, ... (see affinity_dist.workflow.slurm)
+    # [cluster.slurm]                    # with scheduler = "slurm": see
+    # jobs = 4                           # affinity_dist.workflow.slurm
 
 Every table is validated by the stage's options object (:mod:`affinity_dist.options`):
 unknown keys, wrong types and bad values are refused with one line naming the key
