@@ -9,6 +9,7 @@ chosen (lowest VOI split + merge over ``--thresholds`` x ``--min-sizes``), and t
 :mod:`affinity_dist.kernels.metrics` (equal to skimage's), ground-truth label 0 ignored.
 
     .venv/bin/python benchmarks/eval_model.py [--model CKPT] [--thresholds 0.5 0.7 0.9]
+        [--precision bf16|fp32]
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint (default: shipped model)")
     parser.add_argument("--thresholds", type=float, nargs="+",
                         default=[0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="predict's precision (fp32 where the CPU has no native bf16)")
     parser.add_argument("--min-sizes", type=int, nargs="+", default=[0, 100, 1000],
                         help="segments smaller than this become background 0")
     args = parser.parse_args()
@@ -59,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = ad.predict(raw, model=args.model, out=work / "fib25.zarr", voxel_size=(10,) * 3,
-                          chunks=(64, 128, 128), progress=False)
+                          chunks=(64, 128, 128), precision=args.precision, progress=False)
         volume = open_volume(data, "affinities")
         affs = volume.read(Box((0, 0, 0), volume.spatial_shape))
         print(f"model {volume.attrs['model']} (sha256 {volume.attrs['model_sha256'][:12]})")
