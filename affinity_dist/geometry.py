@@ -29,7 +29,8 @@ from numpy.typing import NDArray
 
 from .errors import ConfigError, bad_value
 
-__all__ = ["DEFAULT_BLOCK", "NEAREST_OFFSETS", "BlockGrid", "Box", "Tiling", "as_shape",
+__all__ = ["DEFAULT_BLOCK", "NEAREST_OFFSETS", "BlockGrid", "Box", "ReductionTree", "Tiling",
+           "as_shape",
            "as_vector", "default_block", "default_tile", "reflect_indices"]
 
 
@@ -221,6 +222,22 @@ class BlockGrid:
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.num_blocks))
 
+    def neighbors(self, block_id: int) -> tuple[int, ...]:
+        """The blocks across a block's faces (below and above along z, then y, x), -1 at
+        the volume's faces.
+
+        >>> BlockGrid((4, 4, 4), (2, 2, 4)).neighbors(1)
+        (-1, 3, 0, -1, -1, -1)
+        """
+        index = self.block_index(block_id)
+        out = []
+        for axis, n in enumerate(self.grid_shape):
+            for step in (-1, 1):
+                i = index[axis] + step
+                out.append(self.block_id(tuple(i if a == axis else j for a, j in
+                                               enumerate(index))) if 0 <= i < n else -1)
+        return tuple(out)
+
     def faces(self) -> NDArray[np.int64]:
         """All faces between neighbouring blocks, vectorised.
 
@@ -256,6 +273,61 @@ def default_block(chunks: Sequence[int]) -> tuple[int, int, int]:
     """
     z, y, x = (-(-b // c) * c for b, c in zip(DEFAULT_BLOCK, chunks, strict=True))
     return z, y, x
+
+
+@dataclass(frozen=True)
+class ReductionTree:
+    """A tree over a block grid: level 0 has one task per block (task id = block id);
+    each task of level k + 1 covers up to ``fanout`` tasks of level k per axis; the last
+    level has one task, whose extent is the whole grid.
+
+    >>> t = ReductionTree((3, 1, 2), (2, 2, 2))
+    >>> t.num_levels, [t.num_tasks(k) for k in range(t.num_levels)], t.extent(1, 1)
+    (3, [6, 2, 1], ((2, 0, 0), (3, 1, 2)))
+    >>> t.children(1, 0)
+    [0, 1, 2, 3]
+    """
+
+    grid_shape: tuple[int, ...]
+    fanout: tuple[int, ...] = (2, 2, 2)
+
+    def __post_init__(self) -> None:
+        if any(f < 2 for f in self.fanout) or len(self.fanout) != len(self.grid_shape):
+            raise ConfigError(f"--fanout: got {tuple(self.fanout)}, expected "
+                              f"{len(self.grid_shape)} integers >= 2")
+
+    def span(self, level: int) -> tuple[int, ...]:
+        """Blocks per axis covered by one task of ``level``."""
+        return tuple(f ** level for f in self.fanout)
+
+    def task_grid(self, level: int) -> tuple[int, ...]:
+        return tuple(-(-g // s) for g, s in zip(self.grid_shape, self.span(level), strict=True))
+
+    @property
+    def num_levels(self) -> int:
+        level = 0
+        while math.prod(self.task_grid(level)) > 1:
+            level += 1
+        return level + 1
+
+    def num_tasks(self, level: int) -> int:
+        return math.prod(self.task_grid(level))
+
+    def extent(self, level: int, task: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The block-index box ``[lo, hi)`` of a task."""
+        index = np.unravel_index(task, self.task_grid(level))
+        span = self.span(level)
+        lo = tuple(int(i) * s for i, s in zip(index, span, strict=True))
+        hi = tuple(min(a + s, g) for a, s, g in zip(lo, span, self.grid_shape, strict=True))
+        return lo, hi
+
+    def children(self, level: int, task: int) -> list[int]:
+        """The tasks of ``level - 1`` inside a task of ``level`` (C order)."""
+        index = np.unravel_index(task, self.task_grid(level))
+        below = self.task_grid(level - 1)
+        ranges = [range(int(i) * f, min((int(i) + 1) * f, n))
+                  for i, f, n in zip(index, self.fanout, below, strict=True)]
+        return [int(np.ravel_multi_index(c, below)) for c in itertools.product(*ranges)]
 
 
 @dataclass(frozen=True)

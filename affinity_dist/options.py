@@ -93,7 +93,9 @@ def _vector(v: Any) -> Vec3f:
 def _choice(*values: str) -> Callable[[Any], str]:
     def check(v: Any) -> str:
         if v not in values:
-            raise _BadValueError(" or ".join(repr(c) for c in values))
+            names = [repr(c) for c in values]
+            raise _BadValueError(" or ".join([", ".join(names[:-1]), names[-1]] if
+                                             len(names) > 2 else names))
         return str(v)
     return check
 
@@ -309,9 +311,10 @@ class PredictOptions(StageOptions):
     device: Literal["auto", "cpu", "cuda"] = _opt("auto", _choice("auto", "cpu", "cuda"), "str",
                                                   "--device", "where the network runs",
                                                   choices=("auto", "cpu", "cuda"))
-    precision: Literal["bf16", "fp32"] = _opt("bf16", _choice("bf16", "fp32"), "str",
-                                              "--precision", "bf16 weights and activations "
-                                              "or full fp32", choices=("bf16", "fp32"))
+    precision: Literal["auto", "bf16", "fp32"] = _opt(
+        "auto", _choice("auto", "bf16", "fp32"), "str", "--precision",
+        "bf16 weights and activations or full fp32; auto: bf16 on GPUs and on CPUs with "
+        "native bf16 (AVX512-BF16, AMX), else fp32", choices=("auto", "bf16", "fp32"))
     dtype: Literal["uint8", "float32"] = _opt(
         "uint8", _choice("uint8", "float32"), "str", "--float",
         "write float32 affinities instead of uint8 0-255", action="store_const",

@@ -9,7 +9,7 @@ chosen (lowest VOI split + merge over ``--thresholds`` x ``--min-sizes``), and t
 :mod:`affinity_dist.kernels.metrics` (equal to skimage's), ground-truth label 0 ignored.
 
     .venv/bin/python benchmarks/eval_model.py [--model CKPT] [--thresholds 0.5 0.7 0.9]
-        [--precision bf16|fp32]
+        [--precision auto|bf16|fp32]
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="checkpoint (default: shipped model)")
     parser.add_argument("--thresholds", type=float, nargs="+",
                         default=[0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98])
-    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
-                        help="predict's precision (fp32 where the CPU has no native bf16)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="predict's precision (auto: bf16 where native, else fp32)")
     parser.add_argument("--min-sizes", type=int, nargs="+", default=[0, 100, 1000],
                         help="segments smaller than this become background 0")
     args = parser.parse_args()

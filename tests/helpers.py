@@ -193,3 +193,79 @@ def tiny_model(path: Path, config: UNetConfig = TINY, seed: int = 0) -> Path:
     for p in model.parameters():  # larger weights than the default init: a non-trivial map
         p.data.mul_(3.0)
     return save_model(path, model, config)
+
+
+# ---- agglomeration oracles -----------------------------------------------------------
+
+def volume_contacts(fragments: np.ndarray, affs: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every contact of a whole volume's fragments, with plain numpy: ``(u, v)`` with
+    ``u < v``, the integer sum of ``affs`` (native units) over its edges and their count."""
+    us, vs, values = [], [], []
+    for c, off in enumerate(((1, 0, 0), (0, 1, 0), (0, 0, 1))):
+        here = tuple(slice(o, None) for o in off)
+        there = tuple(slice(0, n - o) for o, n in zip(off, fragments.shape, strict=True))
+        p, q, a = fragments[here], fragments[there], affs[c][here]
+        m = p != q
+        us.append(np.minimum(p, q)[m])
+        vs.append(np.maximum(p, q)[m])
+        values.append(a[m].astype(np.int64))
+    pairs, inverse = np.unique(np.stack([np.concatenate(us), np.concatenate(vs)]), axis=1,
+                               return_inverse=True)
+    sums = np.zeros(pairs.shape[1], np.int64)
+    np.add.at(sums, inverse.ravel(), np.concatenate(values))
+    return pairs[0], pairs[1], sums, np.bincount(inverse.ravel(), minlength=pairs.shape[1])
+
+
+def greedy_reference(u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+                     scale: float, threshold: float
+                     ) -> tuple[dict[int, int], list[tuple[int, int, float]]]:
+    """Whole-volume greedy mean-affinity agglomeration with one global priority queue (in
+    plain Python): merge the contact with the highest mean ``sum / (count * scale)`` (ties:
+    the smallest original fragment pair) while it is above ``threshold``, summing the
+    statistics of merged contacts. Returns fragment -> smallest fragment of its region
+    (fragments that merged), and the merges (a, b, score)."""
+    import heapq
+
+    edges: dict[tuple[int, int], tuple[int, int, tuple[int, int]]] = {}
+    near: dict[int, set[int]] = {}
+    heap = []
+    for a, b, s, c in zip(u.tolist(), v.tolist(), sums.tolist(), counts.tolist(), strict=True):
+        edges[(a, b)] = (s, c, (a, b))
+        near.setdefault(a, set()).add(b)
+        near.setdefault(b, set()).add(a)
+        heap.append((-(s / (c * scale)), (a, b), a, b))
+    heapq.heapify(heap)
+    parent: dict[int, int] = {}
+    merges = []
+    while heap:
+        neg, tb, a, b = heapq.heappop(heap)
+        if edges.get((a, b), (0, 0, None))[2] != tb or \
+                -neg != edges[(a, b)][0] / (edges[(a, b)][1] * scale):
+            continue  # stale
+        if -neg <= threshold:
+            break
+        merges.append((a, b, -neg))
+        r, o = min(a, b), max(a, b)
+        del edges[(a, b)]
+        near[r].discard(o)
+        near[o].discard(r)
+        for c in near.pop(o):
+            so, co, tbo = edges.pop((min(o, c), max(o, c)))
+            near[c].discard(o)
+            key = (min(r, c), max(r, c))
+            if key in edges:
+                sr, cr, tbr = edges[key]
+                so, co, tbo = sr + so, cr + co, min(tbr, tbo)
+            edges[key] = (so, co, tbo)
+            near[r].add(c)
+            near[c].add(r)
+            heapq.heappush(heap, (-(so / (co * scale)), tbo, *key))
+        parent[o] = r
+    labels = {}
+    for f in parent:
+        r = f
+        while r in parent:
+            r = parent[r]
+        labels[f] = r
+    return labels, merges

@@ -16,7 +16,8 @@ from numpy.typing import NDArray
 
 from ..errors import ConfigError
 
-__all__ = ["Device", "Precision", "cached_model", "forward", "resolve_device"]
+__all__ = ["Device", "Precision", "cached_model", "cpu_has_native_bf16", "forward",
+           "resolve_device", "resolve_precision"]
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["bf16", "fp32"]
@@ -47,6 +48,36 @@ def resolve_device(device: Device) -> torch.device:
                           f"(torch {torch.__version__}); expected 'auto' or 'cpu'")
     index = _worker_index()
     return torch.device("cuda", (index or 0) % torch.cuda.device_count())
+
+
+#: CPU flags of native bfloat16 arithmetic (x86: AVX512-BF16, AMX; Arm: BF16).
+_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bfloat16 natively (from ``/proc/cpuinfo``; False where it
+    cannot be read). Without it bf16 convolutions are emulated: 31x slower than fp32 on an
+    AVX2-only AMD EPYC (0.41 vs 12.7 GFLOP/s, shipped model)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and _BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def resolve_precision(precision: str, device_type: str) -> Precision:
+    """``auto``: bf16 on CUDA and on CPUs with native bf16, else fp32 (the same affinities
+    to within bf16 rounding; on an AVX2 CPU fp32 is the fast one)."""
+    if precision in ("bf16", "fp32"):
+        return precision  # type: ignore[return-value]
+    if precision != "auto":
+        raise ConfigError(f"--precision: got {precision!r}, expected 'auto', 'bf16' or 'fp32'")
+    return "bf16" if device_type == "cuda" or cpu_has_native_bf16() else "fp32"
 
 
 def cached_model(path: str, device: torch.device, precision: Precision = "fp32") -> Any:

@@ -89,7 +89,7 @@ class PredictPlan:
     chunks: Vec
     dtype: Literal["uint8", "float32"]
     device: Literal["auto", "cpu", "cuda"]
-    precision: Literal["bf16", "fp32"]
+    precision: Literal["bf16", "fp32"]  # resolved: never "auto"
     batch: int = 1
     raw_key: str = ""
 
@@ -225,6 +225,9 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
                           "expected padding 'valid' and norm 'none' or 'batch' for seamless "
                           "blockwise prediction")
     resolved = _check_device(o.device, local)
+    from ..nn.inference import resolve_precision
+
+    precision = resolve_precision(o.precision, resolved)
     shape, step = raw.spatial_shape, config.step
     cz, cy, cx = o.chunks if o.chunks is not None else raw.chunks  # of the affinities
     block = o.block if o.block is not None else default_block((cz, cy, cx))
@@ -245,7 +248,7 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     z, y, x = tile
     return PredictPlan(str(dataset), str(path.absolute()), _sha256(path), config,
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),
-                       o.dtype, o.device, o.precision, o.batch, array_key(dataset, "raw"))
+                       o.dtype, o.device, precision, o.batch, array_key(dataset, "raw"))
 
 
 def _gpu_resources(client: Any | None) -> dict[str, float] | None:
