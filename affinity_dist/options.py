@@ -81,6 +81,13 @@ def _shape(v: Any) -> Vec3:
     return z, y, x
 
 
+def _fanout(v: Any) -> Vec3:
+    z, y, x = _shape(v)
+    if min(z, y, x) < 2:
+        raise _BadValueError("3 integers >= 2 (z y x)")
+    return z, y, x
+
+
 def _vector(v: Any) -> Vec3f:
     if isinstance(v, str | bytes) or not isinstance(v, Sequence) or len(v) != 3 or any(
             isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x)
@@ -329,16 +336,51 @@ class SegmentOptions(StageOptions):
     """``affinity-dist segment``: affinities -> fragments -> merged segmentation."""
 
     stage: ClassVar[str] = "segment"
-    threshold: float = _opt(0.5, _number(0.0, 1.0), "float", "--threshold",
-                            "join voxels whose affinity is above this", metavar="T")
+    method: Literal["agglomerate", "cc"] = _opt(
+        "agglomerate", _choice("agglomerate", "cc"), "str", "--method",
+        "agglomerate: watershed fragments merged by mean affinity (exact at any block "
+        "shape); cc: connected components of the thresholded affinities",
+        choices=("agglomerate", "cc"))
+    threshold: float | None = _opt(None, _number(0.0, 1.0), "float", "--threshold",
+                                   "agglomerate: merge regions whose mean contact affinity "
+                                   "is above this (default 0.5); cc: join voxels whose "
+                                   "affinity is above this (default 0.5)", optional=True,
+                                   metavar="T")
     block: Vec3 | None = _opt(None, _shape, "shape", "--block", _BLOCK_HELP, optional=True)
     min_size: int = _opt(0, _int(0), "int", "--min-size", "segments smaller than N voxels "
                          "become background 0", metavar="N")
     keep_fragments: bool = _opt(True, _flag, "bool", "--no-fragments", "do not write the "
-                                "'fragments' array (faster: segmentation only)",
+                                "'fragments' array (cc only: agglomerate always writes it)",
                                 action="store_false")
     chunks: Vec3 | None = _opt(None, _shape, "shape", "--chunks", _CHUNK_HELP +
                                " (default: the affinities' chunks)", optional=True)
+    seeds: Literal["cores", "distance"] = _opt(
+        "cores", _choice("cores", "distance"), "str", "--seeds", "agglomerate: watershed "
+        "seeds: cores (components of affinities above the seed threshold, at least "
+        "--min-seed-size voxels) or distance (maxima of the distance to boundaries)",
+        choices=("cores", "distance"))
+    seed_threshold: float | None = _opt(None, _number(0.0, 0.999), "float",
+                                        "--seed-threshold", "agglomerate: cores: edges above "
+                                        "it join a core (default 0.98); distance: voxels of "
+                                        "mean affinity above it are inside (default 0.5)",
+                                        optional=True, metavar="T")
+    min_seed_size: int = _opt(1000, _int(1), "int", "--min-seed-size", "agglomerate: "
+                              "smallest core seeding a fragment, voxels", metavar="N")
+    min_seed_distance: float = _opt(10.0, _number(0.5, 1000.0), "float",
+                                    "--min-seed-distance", "agglomerate: distance seeds: "
+                                    "window of the maxima, in voxels of the finest axis",
+                                    metavar="D")
+    per_section: bool = _opt(False, _flag, "bool", "--per-section", "agglomerate: 2D "
+                             "fragments, each within one z section (anisotropic data)",
+                             action="store_true")
+    halo: Vec3 | None = _opt(None, _shape, "shape", "--halo", "agglomerate: context read "
+                             "around each block for the watershed (default 16 voxels of the "
+                             "finest axis, in nm on every axis)", optional=True)
+    fanout: Vec3 = _opt((2, 2, 2), _fanout, "shape", "--fanout", "agglomerate: tasks of the "
+                        "tree reduction per parent task, per axis (each >= 2)")
+    floor: float = _opt(0.0, _number(0.0, 1.0), "float", "--floor", "agglomerate: merges "
+                        "scoring at or below this are not computed (thresholds below it need "
+                        "a new merge tree)", metavar="T")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,9 @@ def leaf(fragments: np.ndarray, affs: np.ndarray, grid: BlockGrid, b: int) -> Re
             below.append(fragments[tuple(s)])
     u, v, sums, counts = block_edges(fragments[box.slices],
                                      affs[(slice(None), *box.slices)], below)
-    rf, rn = face_fragments(fragments[box.slices], grid.neighbors(b))
+    block = fragments[box.slices]
+    planes = [np.take(block, i, axis=a) for a in range(3) for i in (0, -1)]
+    rf, rn = face_fragments(planes, grid.neighbors(b))
     return Residual(u, v, sums, counts, u.copy(), v.copy(), rf, rf.copy(), rn)
 
 

@@ -88,7 +88,7 @@ def _cmd_segment(args: argparse.Namespace) -> None:
     plan = prepare_segment(args.input, SegmentOptions.from_args(args), overwrite=args.overwrite)
     with cluster(args.scheduler, n_workers=args.workers) as client:
         table = run_segment(plan, client=client, **run)
-    print(f"{args.input}: {int(table.counts.sum())} fragments -> {table.num_segments} segments")
+    print(f"{args.input}: {table.num_fragments} fragments -> {table.num_segments} segments")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:

@@ -174,7 +174,8 @@ def _sift_up(hs: Any, hu: Any, hv: Any, he: Any, hver: Any, i: int) -> None:  # 
 
 @njit(cache=True, nogil=True)
 def _agglomerate(frozen: Any, eu: Any, ev: Any, esum: Any, ecount: Any, etbu: Any,
-                 etbv: Any, scale: float, floor: float) -> Any:  # pragma: no cover
+                 etbv: Any, scale: float, floor: float, voxels: Any,
+                 min_size: int) -> Any:  # pragma: no cover - compiled
     n, m = frozen.size, eu.size
     end = np.empty(2 * m, np.int64)  # end[2e + s]: region at side s of edge e
     nxt = np.full(2 * m, -1, np.int64)  # per-region linked lists of (edge, side) nodes
@@ -230,6 +231,8 @@ def _agglomerate(frozen: Any, eu: Any, ev: Any, esum: Any, ecount: Any, etbu: An
         if score <= floor:
             break
         a, b = end[2 * e], end[2 * e + 1]
+        if min_size and voxels[a] >= min_size and voxels[b] >= min_size:
+            continue  # two large regions: never merged by the size pass (sizes only grow)
         if frozen[a] and frozen[b]:
             continue
         if frozen[a] or frozen[b]:  # the best edge of the other leads to a frozen region
@@ -280,6 +283,7 @@ def _agglomerate(frozen: Any, eu: Any, ev: Any, esum: Any, ecount: Any, etbu: An
         deg[o] = 0
         parent[o] = s
         rep[s] = min(rep[s], rep[o])
+        voxels[s] += voxels[o]
     for i in range(n):  # every node's region root
         r = i
         while parent[r] != r:
@@ -291,8 +295,9 @@ def _agglomerate(frozen: Any, eu: Any, ev: Any, esum: Any, ecount: Any, etbu: An
 def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[np.int64],
                 v: NDArray[np.int64], sums: NDArray[np.int64], counts: NDArray[np.int64],
                 tbu: NDArray[np.uint64], tbv: NDArray[np.uint64], *, scale: float,
-                floor: float = 0.0) -> tuple[NDArray[np.uint64], NDArray[np.bool_],
-                                             TreeRecord, Residual]:
+                floor: float = 0.0, sizes: NDArray[np.int64] | None = None,
+                min_size: int = 0) -> tuple[NDArray[np.uint64], NDArray[np.bool_],
+                                            TreeRecord, Residual]:
     """Greedy agglomeration of a graph whose ``frozen`` nodes never merge.
 
     Parameters
@@ -303,6 +308,8 @@ def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[n
     sums, counts, tbu, tbv : their statistics and tie-breaks (module docstring).
     scale : affinity units per 1.0 (255 for uint8).
     floor : only merges scoring above it are made (and recorded).
+    sizes, min_size : with ``min_size``, only contacts with a region smaller than it
+        (``sizes``: voxels per node) merge: the size pass.
 
     Returns
     -------
@@ -319,7 +326,9 @@ def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[n
                 empty_residual())
     parent, rep, fz, alive, end, ma, mb, ms = _agglomerate(
         frozen.copy(), u.astype(np.int64), v.astype(np.int64), sums, counts, tbu, tbv,
-        float(scale), float(floor))
+        float(scale), float(floor),
+        np.zeros(ids.size, np.int64) if sizes is None else sizes.astype(np.int64),
+        int(min_size))
     region = rep[parent]
     ends = end.reshape(-1, 2)
     keep = alive & fz[ends[:, 0]] & fz[ends[:, 1]]

@@ -24,7 +24,8 @@ from numpy.typing import NDArray
 
 from ..errors import DataError
 
-__all__ = ["FLOAT_SCALE", "affinity_scale", "block_edges", "face_fragments", "native_affinities"]
+__all__ = ["FLOAT_SCALE", "affinity_scale", "block_edges", "face_edges", "face_fragments",
+           "merge_edges", "native_affinities"]
 
 #: Fixed-point units per 1.0 of float affinities.
 FLOAT_SCALE = 2**24
@@ -180,22 +181,50 @@ def block_edges(fragments: NDArray[np.uint64], affs: NDArray[Any],
     return u[order], v[order], s[order], n[order]
 
 
-def face_fragments(fragments: NDArray[np.uint64], neighbors: Sequence[int]
+def face_fragments(planes: Sequence[NDArray[np.uint64]], neighbors: Sequence[int]
                    ) -> tuple[NDArray[np.uint64], NDArray[np.int64]]:
     """Every fragment on a face that has a neighbouring block, once per such face.
 
-    ``neighbors`` are the block ids across the six faces (first and last plane along z,
-    y, x: below0, above0, below1, ...), -1 where the face is the volume's.
-    Returns (fragment ids, neighbouring block ids), sorted by fragment.
+    ``planes`` are the block's six boundary planes of fragment ids and ``neighbors`` the
+    blocks across them (first and last plane along z, y, x: below0, above0, below1, ...;
+    -1 where the face is the volume's). Returns (fragment ids, neighbouring block ids),
+    sorted by fragment.
     """
     ids, nbrs = [np.zeros(0, np.uint64)], [np.zeros(0, np.int64)]
-    for face, neighbor in enumerate(neighbors):
+    for plane, neighbor in zip(planes, neighbors, strict=True):
         if neighbor < 0:
             continue
-        plane = np.take(fragments, 0 if face % 2 == 0 else -1, axis=face // 2)
         unique = np.unique(plane)
         ids.append(unique.astype(np.uint64))
         nbrs.append(np.full(unique.size, neighbor, np.int64))
     frag, nbr = np.concatenate(ids), np.concatenate(nbrs)
     order = np.argsort(frag, kind="stable")
     return frag[order], nbr[order]
+
+
+def face_edges(lower: NDArray[np.uint64], upper: NDArray[np.uint64], affs: NDArray[Any]
+               ) -> tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int64],
+                          NDArray[np.int64]]:
+    """The contacts across one face: ``lower`` is the last plane of the block below,
+    ``upper`` the first plane of the block (the owner), ``affs`` the owner's affinities of
+    the face axis' channel on that plane (native units). As :func:`block_edges`."""
+    a, b = lower.ravel().astype(np.uint64), upper.ravel().astype(np.uint64)
+    keep = a != b
+    u, v = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+    return merge_edges(u, v, affs.ravel()[keep].astype(np.int64), np.ones(u.size, np.int64))
+
+
+def merge_edges(u: NDArray[np.uint64], v: NDArray[np.uint64], sums: NDArray[np.int64],
+                counts: NDArray[np.int64]
+                ) -> tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int64],
+                           NDArray[np.int64]]:
+    """Contacts listed in parts (``u < v``) summed per pair, sorted by (u, v)."""
+    order = np.lexsort((v, u))
+    u, v, sums, counts = u[order], v[order], sums[order], counts[order]
+    first = np.ones(u.size, bool)
+    first[1:] = (u[1:] != u[:-1]) | (v[1:] != v[:-1])
+    starts = np.flatnonzero(first)
+    if not starts.size:
+        return u, v, sums.astype(np.int64), counts.astype(np.int64)
+    return (u[first], v[first], np.add.reduceat(sums, starts).astype(np.int64),
+            np.add.reduceat(counts, starts).astype(np.int64))

@@ -109,6 +109,10 @@ class LookupTable:
     min_size: int
     num_segments: int
 
+    @property
+    def num_fragments(self) -> int:
+        return int(self.counts.sum())
+
 
 def build_table(pairs: NDArray[np.uint64], counts: NDArray[np.integer[Any]],
                 sizes: tuple[NDArray[np.uint64], NDArray[np.int64]] | None = None,

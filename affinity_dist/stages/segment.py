@@ -83,6 +83,8 @@ log = logging.getLogger(__name__)
 WORK = "_segment_work"
 LOOKUP = "_staging_lookup"
 STAGED = {"fragments": "_staging_fragments", "segmentation": "_staging_segmentation"}
+#: Default threshold of ``--method cc``.
+CC_THRESHOLD = 0.5
 #: Bump when a change of this module changes what segment writes (keys the run state).
 VERSION = 2  # 2: face planes in one row per block
 
@@ -240,9 +242,16 @@ class _RelabelBlock:
 
 
 def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | None = None,
-                    *, overwrite: bool = False, **kwargs: Any) -> SegmentPlan:
-    """Validate a segment run against the dataset without writing anything."""
+                    *, overwrite: bool = False, **kwargs: Any) -> Any:
+    """Validate a segment run against the dataset without writing anything: a
+    :class:`SegmentPlan` (``method`` "cc") or an
+    :class:`~affinity_dist.stages.agglomerate.AgglomeratePlan`."""
     o = SegmentOptions.of(options, **kwargs)
+    if o.method == "agglomerate":
+        from .agglomerate import prepare_agglomerate
+
+        return prepare_agglomerate(dataset, o, overwrite=overwrite)
+    threshold = o.threshold if o.threshold is not None else CC_THRESHOLD
     affs = open_volume(dataset, "affinities")
     if len(affs.shape) != 4:
         raise DataError(f"affinities: got {len(affs.shape)}D array of shape {affs.shape}, "
@@ -250,7 +259,7 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
     if affs.shape[0] < 3:
         raise DataError(f"affinities: got {affs.shape[0]} channels, expected at least 3 "
                         "(-z, -y, -x)")
-    native_threshold(o.threshold, affs.dtype)  # validates the dtype
+    native_threshold(threshold, affs.dtype)  # validates the dtype
     cz, cy, cx = o.chunks if o.chunks is not None else affs.chunks[1:]  # of the outputs
     shape = affs.spatial_shape
     block = o.block if o.block is not None else default_block((cz, cy, cx))
@@ -260,7 +269,7 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
     if existing and not overwrite:
         raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
                                      f"{existing}; expected none (or pass --overwrite)")
-    return SegmentPlan(str(dataset), o.threshold, BlockGrid(shape, block), (cz, cy, cx),
+    return SegmentPlan(str(dataset), threshold, BlockGrid(shape, block), (cz, cy, cx),
                        str(affs.dtype), o.min_size, overwrite, o.keep_fragments,
                        uuid.uuid4().hex, array_key(dataset, "affinities"))
 
@@ -343,16 +352,23 @@ def _publish(plan: SegmentPlan, group: Any, state: StageState, table: LookupTabl
     delete_node(group, WORK)
 
 
-def run_segment(plan: SegmentPlan, *, client: Any | None = None,
+def run_segment(plan: Any, *, client: Any | None = None,
                 scheduler: LocalScheduler = "threads", progress: bool = True,
-                counts: BlockCounts | None = None) -> LookupTable:
-    """Execute a validated plan; see :func:`segment`. Returns the lookup table.
+                counts: BlockCounts | None = None) -> Any:
+    """Execute a validated plan; see :func:`segment`. Returns the lookup table (cc) or an
+    :class:`~affinity_dist.stages.agglomerate.AgglomerateSummary`; both tell
+    ``num_fragments`` and ``num_segments``.
 
     The steps of the module docstring, between creating the staged outputs and publishing
     them. Resumable: blocks recorded as done by an interrupted run with the same key (same
     affinities, threshold, block, ...) are not computed again; ``counts`` accumulates the
     block tasks computed, skipped and retried over the three passes.
     """
+    if not isinstance(plan, SegmentPlan):
+        from .agglomerate import run_agglomerate
+
+        return run_agglomerate(plan, client=client, scheduler=scheduler, progress=progress,
+                               counts=counts)
     group = open_dataset(plan.dataset, "r+")
     affs = open_volume(plan.dataset, "affinities")
     state = plan.state
@@ -399,7 +415,8 @@ def segment(data: str | os.PathLike[str] | Any, options: SegmentOptions | None =
         shape = tuple(getattr(data, "shape", ()))
         if len(shape) != 4 or shape[0] < 3:
             raise DataError(f"affinities: got shape {shape}, expected (c >= 3, z, y, x)")
-        native_threshold(o.threshold, np.dtype(data.dtype))  # uint8 or float only
+        native_threshold(o.threshold if o.threshold is not None else CC_THRESHOLD,
+                         np.dtype(data.dtype))  # uint8 or float only
         dataset = dataset_from_array(out, "affinities", data, voxel_size=voxel_size,
                                      chunks=o.chunks or DEFAULT_CHUNKS, overwrite=overwrite)
     plan = prepare_segment(dataset, o, overwrite=overwrite)

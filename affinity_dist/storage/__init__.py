@@ -16,7 +16,7 @@ and an existing destination is untouched until a new one fully exists.
 
 Modules import one way: :mod:`.metadata` (attributes, OME-Zarr multiscales) and
 :mod:`.codecs` (compressors, codec threads) -> :mod:`.arrays` (one array) ->
-:mod:`.datasets` (whole datasets, tables); :mod:`.sources` (foreign formats, with
+:mod:`.datasets` (whole datasets, tables), :mod:`.records` (per-task records); :mod:`.sources` (foreign formats, with
 :mod:`.n5`) reads through them.
 """
 
@@ -48,6 +48,7 @@ from .datasets import (
     write_table,
 )
 from .metadata import register_levels
+from .records import read_record, write_record
 
 __all__ = [
     "DEFAULT_CHUNKS",
@@ -68,6 +69,7 @@ __all__ = [
     "open_dataset",
     "open_external",
     "open_volume",
+    "read_record",
     "read_table",
     "read_table_slice",
     "register_levels",
@@ -75,5 +77,6 @@ __all__ = [
     "staged_dataset",
     "write_atomic",
     "write_json",
+    "write_record",
     "write_table",
 ]

@@ -111,8 +111,11 @@ def _segment(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[s
                 "segments": plan.state.summary().get("segments")}
     counts = BlockCounts()
     table = run_segment(plan, counts=counts, **run)
-    return {**entry, **counts.as_dict(), "fragments": int(table.counts.sum()),
-            "segments": int(table.num_segments)}
+    out = {**entry, **counts.as_dict(), "fragments": int(table.num_fragments),
+           "segments": int(table.num_segments)}
+    if hasattr(table, "levels"):  # agglomeration: the reduction's residual per level
+        out["levels"] = table.levels
+    return out
 
 
 def _evaluate(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,268 @@
+"""Watershed fragments of one block: pure numpy/numba in, numpy out (no I/O, no Dask).
+
+1. The **boundary map** ``b = 255 * (1 - mean affinity of the voxel's six edges)`` (its
+   three -z, -y, -x edges and the three its upper neighbours hold), uint8.
+2. **Seeds**, one of
+   * ``"cores"``: connected components of the affinity graph thresholded at
+     ``seed_threshold`` (default 0.98) with at least ``min_seed_size`` voxels — the
+     confident interiors of neurons;
+   * ``"distance"`` (the lsd / waterz recipe): the voxels whose mean affinity is above
+     ``seed_threshold`` (default 0.5) are inside; the local maxima (a ``min_seed_distance``
+     window) of their Euclidean distance to the rest (:mod:`.distance`, with the voxel size
+     as sampling) are labelled as seeds.
+3. A **seeded watershed** of ``b``: a priority flood from the seeds (256 FIFO buckets in a
+   pool of fixed-size chunks, boundary level and label packed in one uint32 per voxel:
+   O(voxels), deterministic).
+
+With ``per_section`` seeds and flood stay within each z section (2D fragments for
+anisotropic ssTEM, as lsd's ``fragments_in_xy``). Every voxel gets a fragment: voxels no
+seed reaches (a block, or a section, without seeds) are labelled by connected components.
+
+The block is read with a halo and the fragments are cropped to it, so fragments near the
+block's faces are as good as inside; ids are consecutive in raster order of the cropped
+block (deterministic) with the block id in the high bits.
+
+Measured on the shipped model's fib25_sample2 affinities (whole volume, mean-affinity
+agglomeration at the threshold best on z < 186; VOI split + merge on z >= 186): cores
+0.98 / 1000 voxels 1.745-1.77; distance 0.5 / 10 voxels 1.97 (2.05 with the three-edge
+boundary map); a perfect merge of the distance fragments would reach 0.96, of the cores'
+1.56 (their fragments already merge some neurons).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from numba import njit
+from numpy.typing import NDArray
+from scipy import ndimage
+
+from ..errors import ConfigError, DataError
+from .distance import distance_transform
+from .fragments import LOCAL_MASK, _as_tiles, _high_bits, _lookup, _tiled_empty, label_block
+
+__all__ = ["SEED_THRESHOLDS", "boundary_map", "flood", "seeds", "watershed", "watershed_block"]
+
+Seeds = Literal["cores", "distance"]
+#: Default seed threshold of each seed method.
+SEED_THRESHOLDS: dict[str, float] = {"cores": 0.98, "distance": 0.5}
+_LOW = 0xFFFFFF  # label bits of a packed voxel (the high 8 bits: boundary level)
+_CHUNK = 4096  # queue entries per pool chunk
+
+
+@njit(cache=True, nogil=True)
+def _boundary(affs: Any, t: float, scale: float, b: Any, inside: Any) -> None:  # pragma: no cover
+    """b = round(255 (1 - mean of the six edges)), inside = mean > t (native units)."""
+    _, nz, ny, nx = affs.shape
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                s = float(affs[0, z, y, x]) + float(affs[1, z, y, x]) + float(affs[2, z, y, x])
+                n = 3.0
+                if z + 1 < nz:
+                    s += float(affs[0, z + 1, y, x])
+                    n += 1.0
+                if y + 1 < ny:
+                    s += float(affs[1, z, y + 1, x])
+                    n += 1.0
+                if x + 1 < nx:
+                    s += float(affs[2, z, y, x + 1])
+                    n += 1.0
+                mean = s / (n * scale)
+                b[z, y, x] = np.uint8(min(255.0, max(0.0, np.rint(255.0 * (1.0 - mean)))))
+                inside[z, y, x] = mean > t
+
+
+def boundary_map(affs: NDArray[Any], seed_threshold: float = 0.5
+                 ) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """(uint8 boundary map, mean affinity > ``seed_threshold``) of (C >= 3, Z, Y, X) uint8
+    (0-255) or float (0-1) affinities."""
+    if affs.ndim != 4 or affs.shape[0] < 3:
+        raise DataError(f"affinities: got shape {affs.shape}, expected (3, z, y, x)")
+    if affs.dtype != np.uint8 and affs.dtype.kind != "f":
+        raise DataError(f"affinities: got dtype {affs.dtype}, expected uint8 or float")
+    scale = 255.0 if affs.dtype == np.uint8 else 1.0
+    b = np.empty(affs.shape[1:], np.uint8)
+    inside = np.empty(affs.shape[1:], np.bool_)
+    _boundary(np.ascontiguousarray(affs[:3]), float(seed_threshold), scale, b, inside)
+    return b, inside
+
+
+def _structure(per_section: bool) -> NDArray[np.bool_]:
+    structure = ndimage.generate_binary_structure(3, 1)
+    if per_section:
+        structure[0] = structure[2] = False
+    return structure
+
+
+def seeds(affs: NDArray[Any], method: Seeds = "cores", *, seed_threshold: float | None = None,
+          min_seed_size: int = 1000, min_seed_distance: float = 10.0,
+          sampling: Sequence[float] = (1, 1, 1), per_section: bool = False,
+          inside: NDArray[np.bool_] | None = None) -> tuple[NDArray[np.uint32], int]:
+    """Watershed seeds of a block's affinities (module docstring): (labels, count)."""
+    t = SEED_THRESHOLDS[method] if seed_threshold is None else seed_threshold
+    if method == "cores":
+        if per_section:
+            labels = np.zeros(affs.shape[1:], np.uint32)
+            n = 0
+            for z in range(affs.shape[1]):
+                lab, k = label_block(affs[:3, z:z + 1], t)  # a one-section block
+                labels[z] = lab[0] + np.uint32(n)
+                n += k
+        else:
+            labels, n = label_block(affs, t)
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = sizes >= min_seed_size
+        keep[0] = False
+        table = np.zeros(n + 1, np.uint32)
+        table[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
+        return table[labels], int(keep.sum())
+    if method != "distance":
+        raise ConfigError(f"--seeds: got {method!r}, expected 'cores' or 'distance'")
+    if inside is None:
+        inside = boundary_map(affs, t)[1]
+    dist2 = distance_transform(inside, sampling, per_section)
+    size = [max(1, round(min_seed_distance / float(s))) for s in sampling]
+    if per_section:
+        size[0] = 1
+    peaks = (ndimage.maximum_filter(dist2, size=size, mode="nearest") == dist2) & (dist2 > 0)
+    labels, n = ndimage.label(peaks, structure=_structure(per_section), output=np.uint32)
+    return labels, int(n)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _push(pool: Any, chunk_next: Any, head: Any, tail: Any, fill: Any, free: Any,
+          level: int, p: int) -> None:  # pragma: no cover - compiled
+    t = tail[level]
+    if t < 0 or fill[level] == _CHUNK:
+        c = free[0]
+        free[0] += 1
+        if t < 0:
+            head[level] = c
+        else:
+            chunk_next[t] = c
+        tail[level] = c
+        fill[level] = 0
+        t = c
+    pool[t, fill[level]] = p
+    fill[level] += 1
+
+
+@njit(cache=True, nogil=True)
+def _flood(packed: Any, sy: int, sz: int, planar: bool) -> None:  # pragma: no cover - compiled
+    """Priority flood of a padded, packed volume (level << 24 | label; border label
+    _LOW): every voxel with label 0 gets the label of the seed whose basin it is in."""
+    n = packed.size
+    pool = np.empty((n // _CHUNK + 257, _CHUNK), np.int32)
+    chunk_next = np.full(pool.shape[0], -1, np.int64)
+    head = np.full(256, -1, np.int64)
+    tail = np.full(256, -1, np.int64)
+    fill = np.zeros(256, np.int64)
+    free = np.zeros(1, np.int64)
+    low = np.uint32(_LOW)
+    steps = np.array([-1, 1, -sy, sy, -sz, sz], np.int64)
+    k_max = 4 if planar else 6
+    for p in range(n):  # seeds with an unlabelled neighbour (a core's inside floods nothing)
+        label = packed[p] & low
+        if label != 0 and label != low:
+            for k in range(k_max):
+                if not packed[p + steps[k]] & low:
+                    _push(pool, chunk_next, head, tail, fill, free,
+                          np.int64(packed[p] >> 24), p)
+                    break
+    for level in range(256):
+        c = head[level]
+        i = 0
+        while c >= 0:
+            if i == (fill[level] if c == tail[level] else _CHUNK):
+                if c == tail[level]:
+                    break
+                c = chunk_next[c]
+                i = 0
+                continue
+            p = pool[c, i]
+            i += 1
+            label = packed[p] & low
+            for k in range(k_max):
+                q = p + steps[k]
+                w = packed[q]
+                if w & low:
+                    continue
+                packed[q] = w | label
+                _push(pool, chunk_next, head, tail, fill, free, max(level, np.int64(w >> 24)),
+                      q)
+
+
+def flood(b: NDArray[np.uint8], labels: NDArray[np.uint32], per_section: bool = False
+          ) -> None:
+    """Seeded watershed of the boundary map ``b`` from the nonzero ``labels``, in place:
+    every voxel a seed's flood reaches (6-connected, 4 within sections) gets its label."""
+    if labels.size and int(labels.max()) >= _LOW:
+        raise DataError(f"block of shape {labels.shape}: got {int(labels.max())} seeds, "
+                        f"expected fewer than {_LOW} (use a smaller --block)")
+    packed = np.pad((b.astype(np.uint32) << np.uint32(24)) | labels, 1,
+                    constant_values=np.uint32(_LOW))
+    if packed.size >= 2**31:
+        raise DataError(f"block of shape {b.shape}: too large for one watershed "
+                        "(use a smaller --block)")
+    _, ny, nx = packed.shape
+    _flood(packed.ravel(), nx, nx * ny, per_section)
+    labels[...] = packed[1:-1, 1:-1, 1:-1] & np.uint32(_LOW)
+
+
+def watershed(affs: NDArray[Any], *, seeds_method: Seeds = "cores",
+              seed_threshold: float | None = None, min_seed_size: int = 1000,
+              min_seed_distance: float = 10.0, sampling: Sequence[float] = (1, 1, 1),
+              per_section: bool = False) -> tuple[NDArray[np.uint32], int]:
+    """Seeded-watershed fragments of (C >= 3, Z, Y, X) affinities: labels 1..n over every
+    voxel (not yet consecutive), and n (module docstring)."""
+    if seed_threshold is not None and not 0.0 <= seed_threshold < 1.0:
+        raise ConfigError(f"--seed-threshold: got {seed_threshold!r}, expected a number in "
+                          "[0, 1)")
+    t = SEED_THRESHOLDS.get(seeds_method, 0.5) if seed_threshold is None else seed_threshold
+    b, inside = boundary_map(affs, t)
+    labels, n = seeds(affs, seeds_method, seed_threshold=t, min_seed_size=min_seed_size,
+                      min_seed_distance=min_seed_distance, sampling=sampling,
+                      per_section=per_section, inside=inside)
+    if n:
+        flood(b, labels, per_section)
+    rest = labels == 0
+    if rest.any():  # nothing to drain to: connected components of what is left
+        extra, k = ndimage.label(rest, structure=_structure(per_section), output=np.uint32)
+        labels[rest] = extra[rest] + np.uint32(n)
+        n += int(k)
+    return labels, n
+
+
+@njit(cache=True, nogil=True)
+def _first_seen(labels: Any, n: int) -> Any:  # pragma: no cover - compiled
+    """Map label -> 1.. in raster order of first appearance (0 where absent)."""
+    table = np.zeros(n + 1, np.uint64)
+    flat = labels.ravel()
+    k = 0
+    for i in range(flat.size):
+        if table[flat[i]] == 0:
+            k += 1
+            table[flat[i]] = k
+    return table, k
+
+
+def watershed_block(affs: NDArray[Any], crop: Sequence[slice], block_id: int,
+                    tile: Sequence[int] | None = None, **options: Any
+                    ) -> tuple[NDArray[np.uint64], int]:
+    """Watershed fragments of a block read with a halo: ``affs`` covers the block and its
+    halo, ``crop`` selects the block in it. Returns global fragment ids (tiled as
+    :func:`~affinity_dist.kernels.fragments.label_block` when ``tile`` divides the block)
+    and their count; ``options`` go to :func:`watershed`."""
+    labels, n = watershed(affs, **options)
+    block = np.ascontiguousarray(labels[tuple(crop)])
+    if block.size >= LOCAL_MASK:
+        raise DataError(f"block of shape {block.shape}: too many voxels for 32-bit local ids "
+                        "(use a smaller --block)")
+    table, k = _first_seen(block, n)
+    out = _tiled_empty(block.shape, tile)
+    if block.size:
+        _lookup(block, table, np.uint32(0xFFFFFFFF), _high_bits(block_id), _as_tiles(out))
+    return out, int(k)
