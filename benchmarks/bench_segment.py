@@ -1,4 +1,5 @@
-"""Segment benchmark: end-to-end blockwise segmentation next to its peers, one run.
+"""Segment benchmark (``--method cc``): end-to-end blockwise connected components next to
+its peers, one run (``bench_agglomerate.py`` measures the default method).
 
 The volume: real fib25 neuron ids mirror-tiled to SIZE^3 (512^3; 1024^3 too with
 --large), turned into uint8 affinities (230 inside a neuron, 20 across a boundary, +-20
@@ -186,7 +187,7 @@ def on_running_cluster(path: Path, workers: int, repeats: int, keep_fragments: b
         times, peaks = [], []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
-            ad.segment(path, overwrite=True, client=client, progress=False,
+            ad.segment(path, method="cc", overwrite=True, client=client, progress=False,
                        keep_fragments=keep_fragments)
             times.append(time.perf_counter() - t0)
             peaks.append(worker_peak_mb(client))
@@ -227,7 +228,8 @@ def main() -> None:
                 print(f"{'  its first run on a fresh cluster':<40} {n / first / 1e6:>9.1f}   "
                       f"{first:.2f} s: workers import the package, load the compiled kernels",
                       flush=True)
-            sec, _, worker_mb, _ = peak_rss([*CLI, "-q", "segment", "--input", str(path),
+            sec, _, worker_mb, _ = peak_rss([*CLI, "-q", "segment", "--method", "cc",
+                                             "--input", str(path),
                                              "--workers", str(args.workers), "--overwrite"])
             print(f"{f'affinity-dist segment CLI, {size}^3':<40} {n / sec / 1e6:>9.1f}   "
                   f"{sec:.1f} s with cluster start-up, peak worker RSS {worker_mb:.0f} MB",

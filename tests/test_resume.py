@@ -93,20 +93,28 @@ def test_rerun_after_success_computes_nothing_and_rewrites_no_chunk(run_dir: Pat
 
 
 def test_changed_threshold_redoes_only_segment(run_dir: Path) -> None:
+    """... and of segment (agglomerate) only the cut of the stored merge tree and the
+    relabelling: fragments, region graph and merge tree stay."""
+    from affinity_dist.geometry import ReductionTree
+
     wf = _workflow(run_dir, "s.zarr", model=run_dir / "tiny.pt", scheduler="threads")
     assert run_cli("-q", "run", wf).returncode == 0
+    kept = ("affinities/", "fragments/", "merge_tree/", "region_graph/")
     affinities = {k: v for k, v in _snapshot(run_dir / "s.zarr").items()
-                  if k.startswith("affinities/")}
+                  if k.startswith(kept)}
     seg_before = _read(run_dir / "s.zarr", "segmentation")
     _workflow(run_dir, "s.zarr", threshold=0.9, model=run_dir / "tiny.pt", scheduler="threads")
     result = run_cli("-q", "run", wf)
     assert result.returncode == 0, result.stderr
     stages = _stages(run_dir / "s-report.json")
     assert stages["predict"]["computed"] == 0
-    assert stages["segment"]["computed"] == 3 * stages["segment"]["blocks"]
+    tree = ReductionTree((3, 2, 2))  # (40, 48, 56) in blocks of (16, 32, 32)
+    cut = sum(tree.num_tasks(level) for level in range(1, tree.num_levels))
+    assert stages["segment"]["blocks"] == 12
+    assert stages["segment"]["computed"] == cut + 12  # the cut, then the relabelling
     assert stages["segment"]["skipped"] == 0 and stages["evaluate"]["computed"] > 0
     after = _snapshot(run_dir / "s.zarr")
-    assert {k: after[k] for k in affinities} == affinities  # predict's output untouched
+    assert {k: after[k] for k in affinities} == affinities  # affinities and tree untouched
     assert not np.array_equal(_read(run_dir / "s.zarr", "segmentation"), seg_before)
 
 

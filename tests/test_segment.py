@@ -1,4 +1,5 @@
-"""Blockwise segmentation equals whole-volume affinity-graph connected components."""
+"""segment --method cc: blockwise segmentation equals whole-volume affinity-graph connected
+components; bad inputs (either method) exit 2 with one line and nothing written."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_blockwise_equals_whole_volume(tmp_path: Path, block: tuple[int, int, in
     # 17 = 2*8 + 1, 13 = 3*4 + 1, 9 = 2*4 + 1: one-voxel-thick edge blocks on every axis
     affs = random_affinities((17, 13, 9), seed=1, dtype=dtype)
     path = write_affinities(tmp_path / "a.zarr", affs, (4, 4, 4))
-    segment(path, threshold=0.5, block=block, progress=False)
+    segment(path, method="cc", threshold=0.5, block=block, progress=False)
     check_against_oracle(path, affs, 0.5)
     fragments = open_volume(path, "fragments").array[...]
     # fragments never span blocks: the block id is in the high bits
@@ -70,7 +71,7 @@ def test_partition_does_not_depend_on_block_shape(tmp_path: Path, shape: tuple[i
                                                   p: float) -> None:
     affs = random_affinities(shape, seed, p)
     path = write_affinities(tmp_path / "h.zarr", affs, (2, 2, 2))
-    segment(path, threshold=0.5, block=block, overwrite=True, progress=False)
+    segment(path, method="cc", threshold=0.5, block=block, overwrite=True, progress=False)
     check_against_oracle(path, affs, 0.5)
 
 
@@ -78,8 +79,8 @@ def test_without_fragments_gives_the_same_segmentation(tmp_path: Path) -> None:
     affs = random_affinities((13, 11, 10), seed=3)
     a = write_affinities(tmp_path / "a.zarr", affs, (4, 4, 4))
     b = write_affinities(tmp_path / "b.zarr", affs, (4, 4, 4))
-    segment(a, block=(8, 4, 4), progress=False)
-    segment(b, block=(8, 4, 4), keep_fragments=False, progress=False)
+    segment(a, method="cc", block=(8, 4, 4), progress=False)
+    segment(b, method="cc", block=(8, 4, 4), keep_fragments=False, progress=False)
     np.testing.assert_array_equal(open_volume(a, "segmentation").array[...],
                                   open_volume(b, "segmentation").array[...])
     assert not (b / "fragments").exists() and (a / "fragments").exists()
@@ -115,7 +116,7 @@ def test_real_labels_give_back_ground_truth_on_a_local_cluster(
     affs = labels_to_affinities(gt)
     # 250 = 3*83 + 1 (a one-voxel-thick edge block in z), 3*64 + 58, 5*48 + 10
     path = write_affinities(tmp_path / "fib25.zarr", affs, (83, 32, 16))
-    segment(path, threshold=0.5, block=(83, 64, 48), client=client, progress=False)
+    segment(path, method="cc", threshold=0.5, block=(83, 64, 48), client=client, progress=False)
     seg = open_volume(path, "segmentation").array[...]
     parts = cc3d.connected_components(gt, connectivity=6)  # each label's connected parts
     inside = gt > 0
@@ -126,7 +127,7 @@ def test_real_labels_give_back_ground_truth_on_a_local_cluster(
 def test_random_affinities_on_a_local_cluster(tmp_path: Path, client: object) -> None:
     affs = random_affinities((23, 19, 21), seed=7, p=0.7)
     path = write_affinities(tmp_path / "r.zarr", affs, (4, 8, 4))
-    segment(path, threshold=0.5, block=(8, 8, 12), client=client, progress=False)
+    segment(path, method="cc", threshold=0.5, block=(8, 8, 12), client=client, progress=False)
     check_against_oracle(path, affs, 0.5)
 
 
@@ -134,7 +135,7 @@ def test_dask_array_input(tmp_path: Path, client: object) -> None:
     import dask.array as da
 
     affs = random_affinities((20, 17, 9), seed=11, dtype=np.float32)
-    out = segment(da.from_array(affs, chunks=(3, 7, 7, 7)), out=tmp_path / "d.zarr",
+    out = segment(da.from_array(affs, chunks=(3, 7, 7, 7)), method="cc", out=tmp_path / "d.zarr",
                   voxel_size=(40, 4, 4), chunks=(8, 8, 8), block=(8, 16, 8), client=client,
                   progress=False)
     np.testing.assert_array_equal(open_volume(out, "affinities").array[...], affs)
@@ -145,7 +146,7 @@ def test_dask_array_input(tmp_path: Path, client: object) -> None:
 def test_min_size_removes_small_segments_only(tmp_path: Path) -> None:
     affs = random_affinities((15, 14, 13), seed=5, p=0.62)
     path = write_affinities(tmp_path / "m.zarr", affs, (4, 4, 4))
-    segment(path, threshold=0.5, block=(8, 4, 8), min_size=6, progress=False)
+    segment(path, method="cc", threshold=0.5, block=(8, 4, 8), min_size=6, progress=False)
     seg = open_volume(path, "segmentation").array[...]
     whole = oracle_components(affs, 0.5)
     sizes = np.bincount(whole.ravel())
@@ -161,7 +162,9 @@ def _files(path: Path) -> dict[str, int]:
     return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in path.rglob("*")}
 
 
-def test_bad_inputs_exit_2_with_one_line_and_nothing_written(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["cc", "agglomerate"])
+def test_bad_inputs_exit_2_with_one_line_and_nothing_written(tmp_path: Path, method: str
+                                                             ) -> None:
     from .helpers import run_cli
 
     good = random_affinities((9, 10, 11), seed=2)
@@ -190,7 +193,8 @@ def test_bad_inputs_exit_2_with_one_line_and_nothing_written(tmp_path: Path) -> 
     case("missing affinities", None, [], "array: got 'affinities'")
     for name, (path, args, message) in cases.items():
         before = _files(path)
-        result = run_cli("segment", "--input", path, *args, "--scheduler", "synchronous")
+        result = run_cli("segment", "--input", path, "--method", method, *args,
+                         "--scheduler", "synchronous")
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (name, result.stderr)
         assert len(lines) == 1 and message in lines[0], (name, result.stderr)

@@ -78,7 +78,7 @@ def test_blockwise_equals_whole_volume_agglomeration(tmp_path: Path, block: tupl
         fragments, seg = read(path, "fragments"), read(path, "segmentation")
         assert (seg > 0).all()  # every voxel assigned
         np.testing.assert_array_equal(seg, reference(fragments, affs, t))
-    assert 10 < len(np.unique(fragments)) and len(np.unique(seg)) < len(np.unique(fragments))
+    assert len(np.unique(fragments)) > 10 and len(np.unique(seg)) < len(np.unique(fragments))
 
 
 def test_new_threshold_only_cuts_the_tree(tmp_path: Path) -> None:
@@ -103,6 +103,6 @@ def test_nan_affinities_exit_2_and_leave_nothing(tmp_path: Path) -> None:
     affs = smooth_affinities(SHAPE, seed=3, dtype=np.float32)
     affs[1, 9, 10, 11] = np.nan
     path = write_affinities(tmp_path / "a.zarr", affs, (4, 4, 4))
-    with pytest.raises(DataError, match="expected values in"):
+    with pytest.raises(DataError, match="holds NaN"):
         segment(path, block=(8, 8, 8), progress=False)
     assert sorted(p.name for p in path.iterdir()) == ["affinities", "zarr.json"]

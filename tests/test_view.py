@@ -39,7 +39,7 @@ def segmented_dataset(path: Path) -> Path:
     group = open_dataset(path, "r+")
     create_volume(group, "affinities", shape=SHAPE, channels=3, dtype=np.uint8,
                   voxel_size=VOXEL, chunks=(16, 64, 64)).store((target * 255).astype(np.uint8))
-    ad.segment(path, block=(16, 64, 64), min_size=20, progress=False)
+    ad.segment(path, block=(16, 64, 64), progress=False)
     return path
 
 

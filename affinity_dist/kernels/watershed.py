@@ -91,7 +91,7 @@ def boundary_map(affs: NDArray[Any], seed_threshold: float = 0.5
 
 
 def _structure(per_section: bool) -> NDArray[np.bool_]:
-    structure = ndimage.generate_binary_structure(3, 1)
+    structure: NDArray[np.bool_] = ndimage.generate_binary_structure(3, 1)
     if per_section:
         structure[0] = structure[2] = False
     return structure
@@ -134,7 +134,7 @@ def seeds(affs: NDArray[Any], method: Seeds = "cores", *, seed_threshold: float 
 
 @njit(cache=True, nogil=True, inline="always")
 def _push(pool: Any, chunk_next: Any, head: Any, tail: Any, fill: Any, free: Any,
-          level: int, p: int) -> None:  # pragma: no cover - compiled
+          level: Any, p: Any) -> None:  # pragma: no cover - compiled
     t = tail[level]
     if t < 0 or fill[level] == _CHUNK:
         c = free[0]
@@ -166,7 +166,7 @@ def _flood(packed: Any, sy: int, sz: int, planar: bool) -> None:  # pragma: no c
     k_max = 4 if planar else 6
     for p in range(n):  # seeds with an unlabelled neighbour (a core's inside floods nothing)
         label = packed[p] & low
-        if label != 0 and label != low:
+        if label != 0 and label != low:  # noqa: PLR1714 - numba has no tuple "in" here
             for k in range(k_max):
                 if not packed[p + steps[k]] & low:
                     _push(pool, chunk_next, head, tail, fill, free,

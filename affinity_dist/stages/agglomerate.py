@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError, DestinationExistsError
-from ..geometry import BlockGrid, Box, ReductionTree, default_block
+from ..geometry import BlockGrid, ReductionTree, default_block
 from ..kernels.agglomerate import Residual, TreeRecord, cut_labels, reduce_task
 from ..kernels.fragments import (
     apply_mapping,
@@ -139,6 +139,11 @@ class AgglomeratePlan:
         """Final array name -> staging name of the arrays this run writes."""
         return {"fragments": STAGED["fragments"], "segmentation": STAGED["segmentation"]}
 
+    @property
+    def output_keys(self) -> dict[str, str]:
+        """The run key each finished output carries (fragments: the merge tree's)."""
+        return {"fragments": self.tree_state.key, "segmentation": self.state.key}
+
 
 @dataclass
 class AgglomerateSummary:
@@ -175,7 +180,10 @@ class _FragmentBlock:
         box = grid.write_box(block_id)
         read, _ = grid.read_box(block_id, plan.halo)
         affs = _open(plan, "affinities").read(read)[:3]
-        native = native_affinities(affs)  # refuses NaN and values outside [0, 1]
+        if affs.dtype.kind == "f" and np.isnan(affs).any():
+            raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
+                            "expected values in [0, 1]")
+        native = native_affinities(affs)  # refuses values outside [0, 1]
         crop = box.relative_to(read)
         fragments, n = watershed_block(affs, crop, block_id, plan.chunks, **plan.watershed)
         _open(plan, STAGED["fragments"]).write(box, fragments)
@@ -215,7 +223,7 @@ def _sizes(residual: Residual, record: TreeRecord) -> dict[str, int]:
 
 
 def _write_task(plan: AgglomeratePlan, level: int, task: int, residual: Residual,
-                record: TreeRecord, n: int = -1) -> None:
+                record: TreeRecord, *, n: int = -1) -> None:
     write_record(plan.dataset, _path(plan, STAGED["merge_tree"], level, task),
                  {"a": record.a, "b": record.b, "score": record.score, "up": record.up,
                   "n": np.array([n], np.int64)})
@@ -249,7 +257,7 @@ class _GraphBlock:
         hi = tuple(i + 1 for i in index)
         residual, record = reduce_task([leaf], grid.grid_shape, index, hi, scale=plan.scale,
                                        floor=plan.floor)
-        _write_task(plan, 0, block_id, residual, record, int(edges["n"][0]))
+        _write_task(plan, 0, block_id, residual, record, n=int(edges["n"][0]))
         return {**_sizes(residual, record), "edges_owned": int(u.size)}
 
 
@@ -357,11 +365,7 @@ def default_halo(voxel_size: tuple[float, ...]) -> tuple[int, int, int]:
 def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, *,
                         overwrite: bool = False) -> AgglomeratePlan:
     """Validate an agglomeration run against the dataset without writing anything."""
-    affs = open_volume(dataset, "affinities")
-    if len(affs.shape) != 4 or affs.shape[0] < 3:
-        raise DataError(f"affinities: got shape {affs.shape}, expected (c >= 3, z, y, x) "
-                        "with channels -z, -y, -x first")
-    affinity_scale(affs.dtype)  # uint8 or float
+    affs = open_volume(dataset, "affinities")  # shape and dtype checked by prepare_segment
     if o.min_size:
         raise DataError(f"--min-size: got {o.min_size} with --method agglomerate, which "
                         "assigns every voxel; expected 0 (or --method cc)")

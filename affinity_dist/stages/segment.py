@@ -247,10 +247,6 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
     :class:`SegmentPlan` (``method`` "cc") or an
     :class:`~affinity_dist.stages.agglomerate.AgglomeratePlan`."""
     o = SegmentOptions.of(options, **kwargs)
-    if o.method == "agglomerate":
-        from .agglomerate import prepare_agglomerate
-
-        return prepare_agglomerate(dataset, o, overwrite=overwrite)
     threshold = o.threshold if o.threshold is not None else CC_THRESHOLD
     affs = open_volume(dataset, "affinities")
     if len(affs.shape) != 4:
@@ -260,6 +256,10 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
         raise DataError(f"affinities: got {affs.shape[0]} channels, expected at least 3 "
                         "(-z, -y, -x)")
     native_threshold(threshold, affs.dtype)  # validates the dtype
+    if o.method == "agglomerate":
+        from .agglomerate import prepare_agglomerate
+
+        return prepare_agglomerate(dataset, o, overwrite=overwrite)
     cz, cy, cx = o.chunks if o.chunks is not None else affs.chunks[1:]  # of the outputs
     shape = affs.spatial_shape
     block = o.block if o.block is not None else default_block((cz, cy, cx))

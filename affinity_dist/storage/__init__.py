@@ -16,8 +16,8 @@ and an existing destination is untouched until a new one fully exists.
 
 Modules import one way: :mod:`.metadata` (attributes, OME-Zarr multiscales) and
 :mod:`.codecs` (compressors, codec threads) -> :mod:`.arrays` (one array) ->
-:mod:`.datasets` (whole datasets, tables), :mod:`.records` (per-task records); :mod:`.sources` (foreign formats, with
-:mod:`.n5`) reads through them.
+:mod:`.datasets` (whole datasets, tables), :mod:`.records` (per-task records);
+:mod:`.sources` (foreign formats, with :mod:`.n5`) reads through them.
 """
 
 from .arrays import (

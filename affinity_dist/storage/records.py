@@ -29,7 +29,8 @@ _TYPES = {"<u8": np.uint64, "<i8": np.int64, "<f8": np.float64}
 def write_record(dataset: str | os.PathLike[str], name: str,
                  fields: Mapping[str, NDArray[Any]]) -> None:
     """Write record ``name`` (a path inside the dataset), replacing any older one."""
-    spec, parts = [], []
+    spec: list[Any] = []
+    parts = []
     for key, value in fields.items():
         a = np.ascontiguousarray(value)
         kind = a.dtype.newbyteorder("<").str
@@ -42,7 +43,8 @@ def write_record(dataset: str | os.PathLike[str], name: str,
     array = zarr.create_array(store=str(Path(dataset) / name), shape=flat.shape,
                               chunks=(max(1, flat.size),), dtype=np.uint64, fill_value=0,
                               compressors=compressors("zstd1", np.dtype(np.uint64)),
-                              attributes={"record": spec}, overwrite=True)
+                              attributes={"record": spec},
+                              overwrite=True)
     if flat.size:
         array[:] = flat
 
@@ -54,16 +56,17 @@ def read_record(dataset: str | os.PathLike[str], name: str) -> dict[str, NDArray
         array = zarr.open_array(store=str(path), mode="r")
     except (FileNotFoundError, ValueError, KeyError) as error:
         raise DataError(f"record {str(path)!r}: missing or unreadable ({error})") from None
-    spec = array.attrs.get("record")
+    spec: Any = array.attrs.get("record")
     ok = isinstance(spec, list) and all(
         isinstance(s, list) and len(s) == 3 and isinstance(s[0], str) and s[1] in _TYPES
         and isinstance(s[2], int) and s[2] >= 0 for s in spec)
-    if not ok or sum(s[2] for s in spec) != array.shape[0]:  # type: ignore[union-attr]
+    if not ok or sum(s[2] for s in spec) != array.shape[0]:
         raise DataError(f"record {str(path)!r}: fields {spec!r} do not match its "
                         f"{array.shape[0]} values")
     flat = np.asarray(array[:]) if array.shape[0] else np.zeros(0, np.uint64)
-    out, start = {}, 0
-    for key, kind, length in spec:  # type: ignore[union-attr]
-        out[key] = flat[start:start + length].view(_TYPES[kind]).copy()
+    out: dict[str, NDArray[Any]] = {}
+    start = 0
+    for key, kind, length in spec:
+        out[str(key)] = flat[start:start + length].view(_TYPES[kind]).copy()
         start += length
     return out

@@ -47,13 +47,15 @@ def report_paths(workflow: Workflow) -> dict[str, Path]:
 
 
 def _skip_or_check(dataset: str, names: tuple[str, ...], state: StageState,
-                   overwrite: bool) -> bool:
-    """True when every output was finished under this key (the stage is skipped); else
-    refuse to replace an output a run did not make, unless ``overwrite``."""
+                   overwrite: bool, expected: dict[str, str] | None = None) -> bool:
+    """True when every output was finished under this key (the stage is skipped; an
+    output named in ``expected`` under its own key there); else refuse to replace an output
+    a run did not make, unless ``overwrite``."""
     arrays = set(list_arrays(dataset)) if Path(dataset).exists() else set()
     keys = {n: open_volume(dataset, n).attrs.get("run_key") if n in arrays else None
             for n in names}
-    if not overwrite and state.complete and all(k == state.key for k in keys.values()):
+    want = {n: (expected or {}).get(n, state.key) for n in names}
+    if not overwrite and state.complete and all(k == want[n] for n, k in keys.items()):
         return True
     foreign = [n for n in names if n in arrays and keys[n] is None]
     if foreign and not overwrite:
@@ -106,7 +108,8 @@ def _segment(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[s
     plan = prepare_segment(workflow.output, workflow.segment, overwrite=True)
     entry: dict[str, Any] = {"voxels": math.prod(plan.grid.shape),
                              "blocks": plan.grid.num_blocks, "key": plan.state.key}
-    if _skip_or_check(plan.dataset, tuple(plan.outputs), plan.state, overwrite):
+    if _skip_or_check(plan.dataset, tuple(plan.outputs), plan.state, overwrite,
+                      getattr(plan, "output_keys", None)):
         return {**entry, "skipped": plan.grid.num_blocks,
                 "segments": plan.state.summary().get("segments")}
     counts = BlockCounts()
