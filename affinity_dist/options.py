@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from .errors import ConfigError, InputNotFoundError, bad_value
 
 __all__ = ["EvaluateOptions", "IngestOptions", "PredictOptions", "PyramidOptions",
-           "SampleOptions", "SegmentOptions", "StageOptions", "add_arguments"]
+           "SampleOptions", "SegmentOptions", "StageOptions", "TuneOptions", "add_arguments"]
 
 Vec3 = tuple[int, int, int]
 Vec3f = tuple[float, float, float]
@@ -79,6 +79,13 @@ def _shape(v: Any) -> Vec3:
         raise _BadValueError("every value >= 1")
     z, y, x = (int(x) for x in v)
     return z, y, x
+
+
+def _thresholds(v: Any) -> tuple[float, ...]:
+    if isinstance(v, str | bytes) or not isinstance(v, Sequence) or not v:
+        raise _BadValueError("a list of thresholds in [0, 1]")
+    check = _number(0.0, 1.0)
+    return tuple(sorted({check(x) for x in v}))
 
 
 def _fanout(v: Any) -> Vec3:
@@ -148,7 +155,7 @@ def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
 #: What a TOML value may be, per kind of check (for the workflow's type message).
 _TOML_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "float": (float, int), "shape": (list,), "vector": (list,),
-    "str": (str,), "bool": (bool,), "list": (list,)}
+    "str": (str,), "bool": (bool,), "list": (list,), "floats": (list,)}
 
 
 @dataclass(frozen=True)
@@ -247,9 +254,13 @@ class StageOptions:
                 for f in fields(self)}
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type[StageOptions]) -> None:
-    """Declare ``cls``'s options on a sub-command; absent ones keep the options' defaults."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type[StageOptions],
+                  exclude: Sequence[str] = ()) -> None:
+    """Declare ``cls``'s options (but ``exclude``) on a sub-command; absent ones keep the
+    options' defaults."""
     for f in fields(cls):
+        if f.name in exclude:
+            continue
         spec = _spec(f)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS,
                                   "help": spec.help}
@@ -263,6 +274,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[StageOptions]) -> N
             kwargs["type"] = int if spec.kind == "int" else float
         elif spec.kind == "list":
             kwargs.update(nargs="+")
+        elif spec.kind == "floats":
+            kwargs.update(nargs="+", type=float)
         kwargs.update(spec.cli)
         parser.add_argument(spec.flag, **kwargs)
 
@@ -420,3 +433,19 @@ class PyramidOptions(StageOptions):
     chunks: Vec3 | None = _opt(None, _shape, "shape", "--chunks", _CHUNK_HELP + " (default: "
                                "each array's chunks, clipped to the level's shape)",
                                optional=True)
+
+
+@dataclass(frozen=True)
+class TuneOptions(StageOptions):
+    """``affinity-dist tune``: scores of many thresholds of one merge tree."""
+
+    stage: ClassVar[str] = "tune"
+    thresholds: tuple[float, ...] = _opt(
+        tuple(round(0.2 + 0.05 * i, 2) for i in range(13)), _thresholds, "floats",
+        "--thresholds", "mean-affinity thresholds to score",
+        metavar="T")
+    truth: str | None = _opt(None, _path, "str", "--truth", "dataset holding the ground-truth "
+                             "labels (default: the input)", optional=True, path=True,
+                             metavar="Y.zarr")
+    labels: str = _opt("labels", _name, "str", "--labels", "ground-truth array")
+

@@ -102,10 +102,20 @@ def by_agglomerate(affs: np.ndarray, t: float, path: Path) -> np.ndarray:
 
 
 def by_waterz(affs: np.ndarray, t: float, path: Path) -> np.ndarray:
+    import os
+
     import waterz
 
     floats = np.ascontiguousarray(affs.astype(np.float32) / 255)
-    seg = next(waterz.agglomerate(floats, [t]))
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)  # waterz reports every step on C++'s stdout
+    try:
+        seg = next(waterz.agglomerate(floats, [t]))
+    finally:
+        os.dup2(saved, 1)
+        os.close(null)
+        os.close(saved)
     return np.asarray(seg, np.uint64)
 
 

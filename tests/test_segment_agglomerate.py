@@ -106,3 +106,76 @@ def test_nan_affinities_exit_2_and_leave_nothing(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="holds NaN"):
         segment(path, block=(8, 8, 8), progress=False)
     assert sorted(p.name for p in path.iterdir()) == ["affinities", "zarr.json"]
+
+
+def test_tune_scores_every_threshold_and_keeps_the_best(tmp_path: Path) -> None:
+    import json
+
+    from affinity_dist.kernels.metrics import contingency, scores
+
+    from .helpers import run_cli
+
+    affs = smooth_affinities(SHAPE, seed=4)
+    path = write_affinities(tmp_path / "t.zarr", affs, (4, 4, 4))
+    from scipy import ndimage
+
+    truth = ndimage.label(affs.mean(axis=0) > 100)[0].astype(np.uint64)
+    with staged_dataset(tmp_path / "truth.zarr") as group:
+        create_volume(group, "labels", shape=SHAPE, dtype=np.uint64, chunks=(8, 8, 8),
+                      voxel_size=(10, 10, 10)).write(Box((0, 0, 0), SHAPE), truth)
+    result = run_cli("tune", "--input", path, "--truth", tmp_path / "truth.zarr",
+                     "--thresholds", "0.7", "0.3", "0.5", "--block", "8", "8", "8",
+                     "--min-seed-size", "4", "--scheduler", "threads")
+    assert result.returncode == 0, result.stderr
+    table = json.loads((tmp_path / "t-tune.json").read_text())
+    assert [r["threshold"] for r in table["rows"]] == [0.3, 0.5, 0.7]  # sorted, one tree
+    best = min(table["rows"], key=lambda r: r["voi_sum"])
+    assert open_volume(path, "segmentation").attrs["threshold"] == best["threshold"]
+    for row in table["rows"]:  # each row is segment + evaluate at that threshold
+        segment(path, threshold=row["threshold"], block=(8, 8, 8), min_seed_size=4,
+                overwrite=True, progress=False)
+        s = scores(contingency(read(path, "segmentation"), truth))
+        assert row["voi_split"] == pytest.approx(s.voi_split, abs=1e-9)
+        assert row["voi_merge"] == pytest.approx(s.voi_merge, abs=1e-9)
+    assert table["best"] == best and f"best threshold {best['threshold']:g}" in result.stdout
+    assert (tmp_path / "t-tune.png").stat().st_size > 1000
+    again = run_cli("tune", "--input", path, "--truth", tmp_path / "truth.zarr",
+                    "--scheduler", "threads")
+    assert again.returncode == 2 and "--overwrite" in again.stderr  # segmentation exists
+
+
+def test_default_threshold_is_the_models_and_is_checked(tmp_path: Path) -> None:
+    affs = smooth_affinities((8, 8, 8), seed=5)
+
+    def dataset(name: str, defaults: object) -> Path:
+        with staged_dataset(tmp_path / name) as group:
+            create_volume(group, "affinities", shape=(8, 8, 8), channels=3, dtype=np.uint8,
+                          chunks=(8, 8, 8), attributes={"segment_defaults": defaults}).write(
+                Box((0, 0, 0), (8, 8, 8)), affs)
+        return tmp_path / name
+
+    tuned = dataset("tuned.zarr", {"agglomerate": {"threshold": 0.62}, "cc": {"threshold": 0.9}})
+    assert prepare_segment(tuned).threshold == 0.62
+    assert prepare_segment(tuned, method="cc").threshold == 0.9
+    assert prepare_segment(tuned, threshold=0.3).threshold == 0.3
+    assert prepare_segment(dataset("none.zarr", {})).threshold == 0.5
+    with pytest.raises(DataError, match=r"segment_defaults.agglomerate.threshold = 'high'"):
+        prepare_segment(dataset("bad.zarr", {"agglomerate": {"threshold": "high"}}))
+
+
+def test_predict_copies_the_checkpoints_thresholds(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from affinity_dist import predict
+    from affinity_dist.nn.checkpoint import save_model
+    from affinity_dist.nn.config import build_model
+
+    from .helpers import TINY
+
+    model = save_model(tmp_path / "m.pt", build_model(TINY), TINY,
+                       segment={"agglomerate": {"threshold": 0.42}})
+    raw = np.random.default_rng(0).integers(0, 255, (16, 24, 24)).astype(np.uint8)
+    out = predict(raw, model=model, out=tmp_path / "p.zarr", chunks=(16, 24, 24),
+                  progress=False)
+    attrs = open_volume(out, "affinities").attrs
+    assert attrs["segment_defaults"] == {"agglomerate": {"threshold": 0.42}}
+    assert prepare_segment(out).threshold == 0.42

@@ -18,6 +18,7 @@ from ..options import (
     PyramidOptions,
     SampleOptions,
     SegmentOptions,
+    TuneOptions,
     add_arguments,
 )
 
@@ -85,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "raw with the segmentation overlaid")
     _cluster_options(p)
 
+    _tune_parser(sub)
+
     p = sub.add_parser("pyramid", help="coarser levels of arrays for viewers (OME-Zarr)")
     p.add_argument("--input", required=True, metavar="X.zarr")
     add_arguments(p, PyramidOptions)
@@ -113,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", metavar="X.zarr")
     _view_parser(sub)
     return parser
+
+
+def _tune_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("tune", help="score many segment thresholds of one merge tree "
+                       "against truth; keep the best")
+    p.add_argument("--input", required=True, metavar="X.zarr",
+                   help="dataset holding 'affinities' (and 'labels' unless --truth)")
+    add_arguments(p, TuneOptions)
+    add_arguments(p, SegmentOptions, exclude=("threshold", "method", "min_size",
+                                              "keep_fragments"))
+    p.add_argument("--json", metavar="OUT", default=None,
+                   help="the table (default: X-tune.json beside the dataset)")
+    p.add_argument("--plot", metavar="PNG", default=None,
+                   help="VOI split vs merge over the thresholds (default: X-tune.png)")
+    _cluster_options(p)
 
 
 def _view_parser(sub: argparse._SubParsersAction[_Parser]) -> None:

@@ -127,6 +127,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             print(f"  {title}: " + ", ".join(f"{i} ({v:.3f} bits)" for i, v in rows))
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from ..options import SegmentOptions, TuneOptions
+    from ..runtime.cluster import cluster
+    from ..stages.tune import tune
+
+    run = _run(args)
+    options, segment = TuneOptions.from_args(args), SegmentOptions.from_args(args)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        table = tune(args.input, options, segment, json_path=args.json, plot_path=args.plot,
+                     overwrite=args.overwrite, client=client, **run)
+    print(f"{'threshold':>10}{'VOI split':>11}{'merge':>9}{'sum':>9}{'ARand':>9}"
+          f"{'segments':>10}")
+    for r in table["rows"]:
+        print(f"{r['threshold']:>10.3f}{r['voi_split']:>11.4f}{r['voi_merge']:>9.4f}"
+              f"{r['voi_sum']:>9.4f}{r['adapted_rand_error']:>9.4f}{r['segments']:>10}")
+    best = table["best"]
+    print(f"best threshold {best['threshold']:g} (VOI sum {best['voi_sum']:.4f}); its "
+          f"segmentation is in {args.input}; table {table['json']}, plot {table['plot']}")
+
+
 def _cmd_pyramid(args: argparse.Namespace) -> None:
     from ..options import PyramidOptions
     from ..runtime.cluster import cluster
@@ -194,6 +214,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predict,
             "segment": _cmd_segment, "evaluate": _cmd_evaluate, "pyramid": _cmd_pyramid,
+            "tune": _cmd_tune,
             "run": _cmd_run, "train": _cmd_train, "info": _cmd_info, "view": _cmd_view}
 
 

@@ -385,8 +385,7 @@ def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, *,
                                     else o.seed_threshold),
                  "min_seed_size": o.min_seed_size, "min_seed_distance": o.min_seed_distance,
                  "sampling": [v / finest for v in voxel_size], "per_section": o.per_section}
-    threshold = o.threshold if o.threshold is not None else float(
-        affs.attrs.get("agglomerate_threshold", DEFAULT_THRESHOLD))
+    threshold = o.threshold if o.threshold is not None else DEFAULT_THRESHOLD
     if threshold < o.floor:
         raise DataError(f"--threshold: got {threshold}, expected at least the merge tree's "
                         f"floor {o.floor}")

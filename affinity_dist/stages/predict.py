@@ -16,6 +16,7 @@ claims one GPU, so a GPU runs one block at a time.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -92,6 +93,7 @@ class PredictPlan:
     precision: Literal["bf16", "fp32"]  # resolved: never "auto"
     batch: int = 1
     raw_key: str = ""
+    segment_defaults: str = "{}"  # the model's tuned segment thresholds (JSON)
 
     @property
     def state(self) -> StageState:
@@ -216,7 +218,7 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     if o.model is None and not path.is_file():
         raise InputNotFoundError(f"--model: the shipped model {str(path)!r} is missing; "
                                  "expected a checkpoint (pass --model)")
-    _, config, _ = load_checkpoint(path)
+    _, config, state = load_checkpoint(path)
     if config.in_channels != 1:
         raise ConfigError(f"--model: got {str(path)!r} with {config.in_channels} input "
                           "channels, expected 1 (raw is single-channel EM)")
@@ -248,7 +250,8 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     z, y, x = tile
     return PredictPlan(str(dataset), str(path.absolute()), _sha256(path), config,
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),
-                       o.dtype, o.device, precision, o.batch, array_key(dataset, "raw"))
+                       o.dtype, o.device, precision, o.batch, array_key(dataset, "raw"),
+                       json.dumps(state.get("segment", {})))
 
 
 def _gpu_resources(client: Any | None) -> dict[str, float] | None:
@@ -264,6 +267,7 @@ def _attributes(plan: PredictPlan, key: str) -> dict[str, Any]:
     return {"offsets": [list(o) for o in plan.config.offsets], "model": plan.model,
             "model_sha256": plan.model_sha256, "tile": list(plan.tile),
             "precision": plan.precision, "normalization": "uint8/255",
+            "segment_defaults": json.loads(plan.segment_defaults),
             "encoding": "uint8 0-255 = 0-1" if plan.dtype == "uint8" else "float32 0-1",
             "run_key": key}
 

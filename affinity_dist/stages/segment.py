@@ -27,7 +27,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -241,14 +241,29 @@ class _RelabelBlock:
         return box.size
 
 
+def default_threshold(attrs: Any, method: str) -> float:
+    """The threshold tuned for the model that made the affinities (``segment_defaults`` in
+    their attributes, copied by predict from the checkpoint), else 0.5; a stored value is
+    checked before it is used."""
+    defaults = attrs.get("segment_defaults")
+    entry = defaults.get(method) if isinstance(defaults, dict) else None
+    value = entry.get("threshold") if isinstance(entry, dict) else None
+    if value is None:
+        return CC_THRESHOLD
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise DataError(f"affinities: got segment_defaults.{method}.threshold = {value!r} in "
+                        "their attributes, expected a number in [0, 1] (or pass --threshold)")
+    return float(value)
+
+
 def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | None = None,
                     *, overwrite: bool = False, **kwargs: Any) -> Any:
     """Validate a segment run against the dataset without writing anything: a
     :class:`SegmentPlan` (``method`` "cc") or an
     :class:`~affinity_dist.stages.agglomerate.AgglomeratePlan`."""
     o = SegmentOptions.of(options, **kwargs)
-    threshold = o.threshold if o.threshold is not None else CC_THRESHOLD
     affs = open_volume(dataset, "affinities")
+    threshold = default_threshold(affs.attrs, o.method) if o.threshold is None else o.threshold
     if len(affs.shape) != 4:
         raise DataError(f"affinities: got {len(affs.shape)}D array of shape {affs.shape}, "
                         "expected 4D (c, z, y, x)")
@@ -259,7 +274,8 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
     if o.method == "agglomerate":
         from .agglomerate import prepare_agglomerate
 
-        return prepare_agglomerate(dataset, o, overwrite=overwrite)
+        return prepare_agglomerate(dataset, replace(o, threshold=threshold),
+                                   overwrite=overwrite)
     cz, cy, cx = o.chunks if o.chunks is not None else affs.chunks[1:]  # of the outputs
     shape = affs.spatial_shape
     block = o.block if o.block is not None else default_block((cz, cy, cx))
