@@ -113,12 +113,8 @@ def seeds(affs: NDArray[Any], method: Seeds = "cores", *, seed_threshold: float 
                 n += k
         else:
             labels, n = label_block(affs, t)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = sizes >= min_seed_size
-        keep[0] = False
-        table = np.zeros(n + 1, np.uint32)
-        table[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-        return table[labels], int(keep.sum())
+        k = _keep_large(labels, n, min_seed_size)
+        return labels, k
     if method != "distance":
         raise ConfigError(f"--seeds: got {method!r}, expected 'cores' or 'distance'")
     if inside is None:
@@ -130,6 +126,25 @@ def seeds(affs: NDArray[Any], method: Seeds = "cores", *, seed_threshold: float 
     peaks = (ndimage.maximum_filter(dist2, size=size, mode="nearest") == dist2) & (dist2 > 0)
     labels, n = ndimage.label(peaks, structure=_structure(per_section), output=np.uint32)
     return labels, int(n)
+
+
+@njit(cache=True, nogil=True)
+def _keep_large(labels: Any, n: int, min_size: int) -> int:  # pragma: no cover - compiled
+    """Renumber, in place, the labels with at least ``min_size`` voxels 1..k (in label
+    order) and clear the others; returns k."""
+    flat = labels.ravel()
+    sizes = np.zeros(n + 1, np.int64)
+    for i in range(flat.size):
+        sizes[flat[i]] += 1
+    table = np.zeros(n + 1, np.uint32)
+    k = 0
+    for label in range(1, n + 1):
+        if sizes[label] >= min_size:
+            k += 1
+            table[label] = k
+    for i in range(flat.size):
+        flat[i] = table[flat[i]]
+    return k
 
 
 @njit(cache=True, nogil=True, inline="always")
