@@ -218,13 +218,16 @@ def volume_contacts(fragments: np.ndarray, affs: np.ndarray
 
 
 def greedy_reference(u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.ndarray,
-                     scale: float, threshold: float
+                     scale: float, threshold: float, *, sizes: dict[int, int] | None = None,
+                     min_size: int = 0, size_threshold: float = float("inf")
                      ) -> tuple[dict[int, int], list[tuple[int, int, float]]]:
     """Whole-volume greedy mean-affinity agglomeration with one global priority queue (in
     plain Python): merge the contact with the highest mean ``sum / (count * scale)`` (ties:
     the smallest original fragment pair) while it is above ``threshold``, summing the
-    statistics of merged contacts. Returns fragment -> smallest fragment of its region
-    (fragments that merged), and the merges (a, b, score)."""
+    statistics of merged contacts; with ``min_size``, a contact scoring at or below
+    ``size_threshold`` merges only if one of its regions has fewer than ``min_size``
+    voxels (``sizes``: voxels per fragment). Returns fragment -> smallest fragment of its
+    region (fragments that merged), and the merges (a, b, score)."""
     import heapq
 
     edges: dict[tuple[int, int], tuple[int, int, tuple[int, int]]] = {}
@@ -237,6 +240,7 @@ def greedy_reference(u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.
         heap.append((-(s / (c * scale)), (a, b), a, b))
     heapq.heapify(heap)
     parent: dict[int, int] = {}
+    size = dict(sizes or {})
     merges = []
     while heap:
         neg, tb, a, b = heapq.heappop(heap)
@@ -245,6 +249,9 @@ def greedy_reference(u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.
             continue  # stale
         if -neg <= threshold:
             break
+        if min_size and -neg <= size_threshold and min(size.get(a, 0), size.get(b, 0)) >= \
+                min_size:
+            continue  # two large regions below the size threshold: never
         merges.append((a, b, -neg))
         r, o = min(a, b), max(a, b)
         del edges[(a, b)]
@@ -262,6 +269,7 @@ def greedy_reference(u: np.ndarray, v: np.ndarray, sums: np.ndarray, counts: np.
             near[c].add(r)
             heapq.heappush(heap, (-(so / (co * scale)), tbo, *key))
         parent[o] = r
+        size[r] = size.get(r, 0) + size.pop(o, 0)
     labels = {}
     for f in parent:
         r = f

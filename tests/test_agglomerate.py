@@ -33,7 +33,7 @@ def blockwise_ids(labels: np.ndarray, block: tuple[int, ...]) -> tuple[np.ndarra
 
 
 def leaf(fragments: np.ndarray, affs: np.ndarray, grid: BlockGrid, b: int) -> Residual:
-    """A block's own edge table and face rows, as a leaf of the reduction."""
+    """A block's own edge table, face rows and fragment sizes, as a leaf of the reduction."""
     box = grid.write_box(b)
     below = []
     for axis in range(3):
@@ -48,12 +48,15 @@ def leaf(fragments: np.ndarray, affs: np.ndarray, grid: BlockGrid, b: int) -> Re
     block = fragments[box.slices]
     planes = [np.take(block, i, axis=a) for a in range(3) for i in (0, -1)]
     rf, rn = face_fragments(planes, grid.neighbors(b))
-    return Residual(u, v, sums, counts, u.copy(), v.copy(), rf, rf.copy(), rn)
+    ids, sizes = np.unique(block, return_counts=True)
+    return Residual(u, v, sums, counts, u.copy(), v.copy(), rf, rf.copy(), rn,
+                    ids.astype(np.uint64), sizes.astype(np.int64))
 
 
 def tree_segment(fragments: np.ndarray, affs: np.ndarray, grid: BlockGrid,
                  fanout: tuple[int, int, int], thresholds: list[float], *, scale: float,
-                 floor: float = 0.0) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+                 floor: float = 0.0, min_size: int = 0, size_threshold: float = np.inf
+                 ) -> tuple[list[np.ndarray], list[dict[str, Any]]]:
     """The tree reduction in memory, then the top-down cut at each threshold."""
     tree = ReductionTree(grid.grid_shape, fanout)
     residuals = [leaf(fragments, affs, grid, b) for b in grid]
@@ -65,7 +68,8 @@ def tree_segment(fragments: np.ndarray, affs: np.ndarray, grid: BlockGrid,
             parts = [residuals[t]] if level == 0 else [residuals[c] for c in
                                                       tree.children(level, t)]
             res, rec = reduce_task(parts, grid.grid_shape, *tree.extent(level, t),
-                                   scale=scale, floor=floor)
+                                   scale=scale, floor=floor, min_size=min_size,
+                                   size_threshold=size_threshold)
             out.append(res)
             recs.append(rec)
         sizes.append({"regions": max(r.up.size for r in recs),
@@ -103,9 +107,12 @@ def tree_segment(fragments: np.ndarray, affs: np.ndarray, grid: BlockGrid,
 
 
 def reference_segment(fragments: np.ndarray, affs: np.ndarray, threshold: float,
-                      scale: float) -> np.ndarray:
+                      scale: float, **size: Any) -> np.ndarray:
     u, v, sums, counts = volume_contacts(fragments, affs)
-    labels, _ = greedy_reference(u, v, sums, counts, scale, threshold)
+    ids, voxels = np.unique(fragments, return_counts=True)
+    labels, _ = greedy_reference(u, v, sums, counts, scale, threshold,
+                                 sizes=dict(zip(ids.tolist(), voxels.tolist(), strict=True)),
+                                 **size)
     keys = np.array(sorted(labels), np.uint64)
     values = np.array([labels[k] for k in sorted(labels)], np.uint64)
     return np.where(np.isin(fragments, keys),
@@ -218,3 +225,40 @@ def test_reference_agrees_with_waterz() -> None:
             scoring_function="OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>",
             discretize_queue=0))
         assert same_partition(got.astype(np.uint64), ref), t
+
+
+@pytest.mark.parametrize("block", [(7, 5, 6), (1, 4, 13), (13, 13, 13)])
+@pytest.mark.parametrize("min_size", [3, 20, 200])
+def test_size_pass_equals_one_global_queue(block: tuple[int, int, int], min_size: int) -> None:
+    """Agglomeration to T, then every region under min_size merged into its best
+    neighbour (whatever the score): blockwise equals the global queue, and every region
+    left small has no contact at all."""
+    labels, affs = random_case(6, (13, 11, 12), fragments_per_axis=2)
+    fragments, grid = blockwise_ids(labels, block)
+    for t in (0.3, 0.6):
+        segs, _ = tree_segment(fragments, affs, grid, (2, 2, 2), [-1.0], scale=255,
+                               floor=-1.0, min_size=min_size, size_threshold=t)
+        ref = reference_segment(fragments, affs, -1.0, 255, min_size=min_size,
+                                size_threshold=t)
+        assert np.array_equal(segs[0], ref), (block, min_size, t)
+        ids, sizes = np.unique(segs[0], return_counts=True)
+        assert sizes.min() >= min_size or len(ids) == 1
+        plain = reference_segment(fragments, affs, t, 255)
+        assert len(ids) <= len(np.unique(plain))  # coarser than the cut at t
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31), bz=st.integers(1, 6), by=st.integers(1, 6),
+       bx=st.integers(1, 6), min_size=st.integers(1, 60), ties=st.booleans())
+def test_size_pass_on_random_affinities(seed: int, bz: int, by: int, bx: int, min_size: int,
+                                        ties: bool) -> None:
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(3, 10, 3))
+    labels, affs = random_case(seed, shape, fragments_per_axis=int(rng.integers(1, 4)))
+    if ties:
+        affs = (affs // 128 * 255).astype(np.uint8)
+    fragments, grid = blockwise_ids(labels, (bz, by, bx))
+    segs, _ = tree_segment(fragments, affs, grid, (2, 2, 2), [-1.0], scale=255, floor=-1.0,
+                           min_size=min_size, size_threshold=0.5)
+    assert np.array_equal(segs[0], reference_segment(fragments, affs, -1.0, 255,
+                                                     min_size=min_size, size_threshold=0.5))

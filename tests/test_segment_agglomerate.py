@@ -51,11 +51,17 @@ def read(path: Path, name: str) -> np.ndarray:
     return volume.read(Box((0, 0, 0), volume.spatial_shape))
 
 
-def reference(fragments: np.ndarray, affs: np.ndarray, threshold: float) -> np.ndarray:
-    """Whole-volume greedy agglomeration of the stored fragments (one global queue)."""
+def reference(fragments: np.ndarray, affs: np.ndarray, threshold: float,
+              min_size: int = 0) -> np.ndarray:
+    """Whole-volume greedy agglomeration of the stored fragments (one global queue); with
+    ``min_size``, continued below the threshold for regions smaller than it."""
     scale = 255 if affs.dtype == np.uint8 else 2**24
     u, v, sums, counts = volume_contacts(fragments, native_affinities(affs))
-    labels, _ = greedy_reference(u, v, sums, counts, scale, threshold)
+    ids, voxels = np.unique(fragments, return_counts=True)
+    size = {"sizes": dict(zip(ids.tolist(), voxels.tolist(), strict=True)),
+            "min_size": min_size, "size_threshold": threshold} if min_size else {}
+    labels, _ = greedy_reference(u, v, sums, counts, scale, -1.0 if min_size else threshold,
+                                 **size)
     flat = fragments.ravel()
     return np.array([labels.get(int(f), int(f)) for f in flat], np.uint64).reshape(
         fragments.shape)
@@ -179,3 +185,19 @@ def test_predict_copies_the_checkpoints_thresholds(tmp_path: Path) -> None:
     attrs = open_volume(out, "affinities").attrs
     assert attrs["segment_defaults"] == {"agglomerate": {"threshold": 0.42}}
     assert prepare_segment(out).threshold == 0.42
+
+
+@pytest.mark.parametrize(("block", "min_size"), [((8, 8, 8), 30), ((4, 12, 8), 300)])
+def test_min_size_merges_small_segments_into_their_best_neighbour(
+        tmp_path: Path, block: tuple[int, ...], min_size: int) -> None:
+    affs = smooth_affinities(SHAPE, seed=6)
+    path = write_affinities(tmp_path / "m.zarr", affs, (4, 4, 4))
+    for t in (0.5, 0.8):
+        segment(path, threshold=t, min_size=min_size, block=block, min_seed_size=4,
+                halo=(2, 2, 2), overwrite=True, progress=False)
+        fragments, seg = read(path, "fragments"), read(path, "segmentation")
+        np.testing.assert_array_equal(seg, reference(fragments, affs, t, min_size))
+        assert np.unique(seg, return_counts=True)[1].min() >= min_size  # none left small
+        plain = reference(fragments, affs, t)
+        assert len(np.unique(seg)) < len(np.unique(plain))  # small segments were merged
+    assert not (path / "_segment_cut").exists()

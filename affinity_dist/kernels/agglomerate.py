@@ -56,6 +56,8 @@ class Residual(NamedTuple):
     row_fragment: NDArray[np.uint64]
     row_rep: NDArray[np.uint64]
     row_neighbor: NDArray[np.int64]
+    size_id: NDArray[np.uint64] = np.zeros(0, np.uint64)  # with a size pass: voxels per
+    size: NDArray[np.int64] = np.zeros(0, np.int64)  # node (a leaf) or frozen region
 
     @property
     def num_edges(self) -> int:
@@ -74,7 +76,7 @@ class TreeRecord(NamedTuple):
 
 def empty_residual() -> Residual:
     z64, zi = np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    return Residual(z64, z64, zi, zi, z64, z64, z64, z64, zi)
+    return Residual(z64, z64, zi, zi, z64, z64, z64, z64, zi, z64, zi)
 
 
 def inside_extent(block_ids: NDArray[np.integer[Any]], grid_shape: Sequence[int],
@@ -175,7 +177,7 @@ def _sift_up(hs: Any, hu: Any, hv: Any, he: Any, hver: Any, i: int) -> None:  # 
 @njit(cache=True, nogil=True)
 def _agglomerate(frozen: Any, eu: Any, ev: Any, esum: Any, ecount: Any, etbu: Any,
                  etbv: Any, scale: float, floor: float, voxels: Any,
-                 min_size: int) -> Any:  # pragma: no cover - compiled
+                 min_size: int, size_threshold: float) -> Any:  # pragma: no cover - compiled
     n, m = frozen.size, eu.size
     end = np.empty(2 * m, np.int64)  # end[2e + s]: region at side s of edge e
     nxt = np.full(2 * m, -1, np.int64)  # per-region linked lists of (edge, side) nodes
@@ -231,8 +233,9 @@ def _agglomerate(frozen: Any, eu: Any, ev: Any, esum: Any, ecount: Any, etbu: An
         if score <= floor:
             break
         a, b = end[2 * e], end[2 * e + 1]
-        if min_size and voxels[a] >= min_size and voxels[b] >= min_size:
-            continue  # two large regions: never merged by the size pass (sizes only grow)
+        if min_size and score <= size_threshold and voxels[a] >= min_size and \
+                voxels[b] >= min_size:
+            continue  # below the threshold two large regions never merge (sizes only grow)
         if frozen[a] and frozen[b]:
             continue
         if frozen[a] or frozen[b]:  # the best edge of the other leads to a frozen region
@@ -289,15 +292,16 @@ def _agglomerate(frozen: Any, eu: Any, ev: Any, esum: Any, ecount: Any, etbu: An
         while parent[r] != r:
             r = parent[r]
         parent[i] = r
-    return parent, rep, frozen, alive, end, ma[:k], mb[:k], ms[:k]
+    return parent, rep, frozen, alive, end, ma[:k], mb[:k], ms[:k], voxels
 
 
 def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[np.int64],
                 v: NDArray[np.int64], sums: NDArray[np.int64], counts: NDArray[np.int64],
                 tbu: NDArray[np.uint64], tbv: NDArray[np.uint64], *, scale: float,
                 floor: float = 0.0, sizes: NDArray[np.int64] | None = None,
-                min_size: int = 0) -> tuple[NDArray[np.uint64], NDArray[np.bool_],
-                                            TreeRecord, Residual]:
+                min_size: int = 0, size_threshold: float = np.inf
+                ) -> tuple[NDArray[np.uint64], NDArray[np.bool_], TreeRecord, Residual,
+                           NDArray[np.int64]]:
     """Greedy agglomeration of a graph whose ``frozen`` nodes never merge.
 
     Parameters
@@ -308,8 +312,11 @@ def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[n
     sums, counts, tbu, tbv : their statistics and tie-breaks (module docstring).
     scale : affinity units per 1.0 (255 for uint8).
     floor : only merges scoring above it are made (and recorded).
-    sizes, min_size : with ``min_size``, only contacts with a region smaller than it
-        (``sizes``: voxels per node) merge: the size pass.
+    sizes, min_size, size_threshold : the size pass: contacts scoring at or below
+        ``size_threshold`` merge only where a region has fewer than ``min_size`` voxels
+        (``sizes``: voxels per node, 0 where unknown). With ``floor`` below 0 this is the
+        greedy agglomeration to ``size_threshold`` followed by every small region's merge
+        into its best neighbour, in one order, so the tree reduction stays exact.
 
     Returns
     -------
@@ -317,18 +324,18 @@ def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[n
     frozen : (N,) whether each node's region ended frozen (outside nodes included).
     record : the merges made (``up`` empty: the caller knows what it passes up).
     residual : the edges between frozen regions, endpoints as representatives (no rows).
+    voxels : (N,) the size of each node's region (with ``sizes``).
     """
     sums, counts = sums.astype(np.int64), counts.astype(np.int64)  # copies: summed in place
     tbu, tbv = tbu.astype(np.uint64), tbv.astype(np.uint64)
+    voxels = np.zeros(ids.size, np.int64) if sizes is None else sizes.astype(np.int64)
     if u.size == 0:
         none = np.zeros(0, np.uint64)
         return (ids.copy(), frozen.copy(), TreeRecord(none, none, np.zeros(0), none),
-                empty_residual())
-    parent, rep, fz, alive, end, ma, mb, ms = _agglomerate(
+                empty_residual(), voxels)
+    parent, rep, fz, alive, end, ma, mb, ms, voxels = _agglomerate(
         frozen.copy(), u.astype(np.int64), v.astype(np.int64), sums, counts, tbu, tbv,
-        float(scale), float(floor),
-        np.zeros(ids.size, np.int64) if sizes is None else sizes.astype(np.int64),
-        int(min_size))
+        float(scale), float(floor), voxels, int(min_size), float(size_threshold))
     region = rep[parent]
     ends = end.reshape(-1, 2)
     keep = alive & fz[ends[:, 0]] & fz[ends[:, 1]]
@@ -337,7 +344,8 @@ def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[n
     none = np.zeros(0, np.uint64)
     residual = Residual(lo, hi, sums[keep], counts[keep], tbu[keep], tbv[keep], none, none,
                         np.zeros(0, np.int64))
-    return ids[region], fz[parent], TreeRecord(ids[ma], ids[mb], ms, none), residual
+    return (ids[region], fz[parent], TreeRecord(ids[ma], ids[mb], ms, none), residual,
+            voxels[parent])
 
 
 def _combine(children: Sequence[Residual]) -> Residual:
@@ -345,7 +353,7 @@ def _combine(children: Sequence[Residual]) -> Residual:
     representative and duplicate contacts summed (tie-break: the smallest)."""
     cat = [np.concatenate([np.zeros(0, f.dtype), *(c[i] for c in children)])
            for i, f in enumerate(empty_residual())]
-    u, v, sums, counts, tbu, tbv, frag, rep, nbr = cat
+    u, v, sums, counts, tbu, tbv, frag, rep, nbr, size_id, size = cat
     order = np.argsort(frag, kind="stable")
     frag, rep, nbr = frag[order], rep[order], nbr[order]
     u, v = _map(u, frag, rep), _map(v, frag, rep)
@@ -359,7 +367,8 @@ def _combine(children: Sequence[Residual]) -> Residual:
     starts = np.flatnonzero(first)
     if starts.size:
         sums, counts = np.add.reduceat(sums, starts), np.add.reduceat(counts, starts)
-    return Residual(lo[first], hi[first], sums, counts, tbu[first], tbv[first], frag, rep, nbr)
+    return Residual(lo[first], hi[first], sums, counts, tbu[first], tbv[first], frag, rep, nbr,
+                    size_id, size)
 
 
 def _map(x: NDArray[np.uint64], keys: NDArray[np.uint64], values: NDArray[np.uint64]
@@ -372,13 +381,15 @@ def _map(x: NDArray[np.uint64], keys: NDArray[np.uint64], values: NDArray[np.uin
 
 
 def reduce_task(children: Sequence[Residual], grid_shape: Sequence[int], lo: Sequence[int],
-                hi: Sequence[int], *, scale: float, floor: float = 0.0
-                ) -> tuple[Residual, TreeRecord]:
+                hi: Sequence[int], *, scale: float, floor: float = 0.0, min_size: int = 0,
+                size_threshold: float = np.inf) -> tuple[Residual, TreeRecord]:
     """One task of the tree reduction over the block box ``[lo, hi)``.
 
     ``children`` are the residuals of the task's parts (a leaf task: the block's own edge
     table, with rows ``(fragment, fragment, neighbour block)`` for every fragment on a face
-    to another block). Returns the task's residual and its part of the merge tree.
+    to another block, and for a size pass the fragments' sizes). Returns the task's
+    residual and its part of the merge tree. ``min_size``, ``size_threshold``: the size
+    pass of :func:`agglomerate`.
     """
     c = _combine(children)
     exposed = ~inside_extent(c.row_neighbor, grid_shape, lo, hi)
@@ -387,13 +398,22 @@ def reduce_task(children: Sequence[Residual], grid_shape: Sequence[int], lo: Seq
                            hi)
     frozen = ~inside
     frozen[np.searchsorted(ids, c.row_rep[exposed])] = True
-    rep, fz, record, residual = agglomerate(
+    sizes = None
+    if min_size:
+        order = np.argsort(c.size_id, kind="stable")
+        sizes = _map(ids, c.size_id[order], c.size[order].view(np.uint64)).view(np.int64)
+        sizes = np.where(np.isin(ids, c.size_id), sizes, 0)  # 0: unknown (outside)
+    rep, fz, record, residual, voxels = agglomerate(
         ids, frozen, np.searchsorted(ids, c.u), np.searchsorted(ids, c.v), c.sums, c.counts,
-        c.tbu, c.tbv, scale=scale, floor=floor)
+        c.tbu, c.tbv, scale=scale, floor=floor, sizes=sizes, min_size=min_size,
+        size_threshold=size_threshold)
     rows_rep = rep[np.searchsorted(ids, c.row_rep[exposed])]
+    up_mask = fz & inside
+    up, first = np.unique(rep[up_mask], return_index=True)
     residual = residual._replace(row_fragment=c.row_fragment[exposed], row_rep=rows_rep,
                                  row_neighbor=c.row_neighbor[exposed])
-    up = np.unique(rep[fz & inside])
+    if min_size:
+        residual = residual._replace(size_id=up, size=voxels[up_mask][first])
     return residual, record._replace(up=up)
 
 

@@ -25,7 +25,6 @@ each part, so a failed run leaves the dataset as it was.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -36,35 +35,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from ..errors import DataError, DestinationExistsError
 from ..geometry import BlockGrid, ReductionTree, default_block
-from ..kernels.agglomerate import Residual, TreeRecord, cut_labels, reduce_task
-from ..kernels.fragments import (
-    apply_mapping,
-    boundary_planes,
-    face_row_lengths,
-    global_ids,
-    pack_planes,
-    plane_shapes,
-    unpack_planes,
-    untile,
-)
-from ..kernels.graph import (
-    affinity_scale,
-    block_edges,
-    face_edges,
-    face_fragments,
-    merge_edges,
-    native_affinities,
-)
-from ..kernels.watershed import SEED_THRESHOLDS, watershed_block
+from ..kernels.fragments import face_row_lengths
+from ..kernels.graph import affinity_scale
+from ..kernels.watershed import SEED_THRESHOLDS
 from ..options import SegmentOptions
 from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key, recording, run_recorded
 from ..storage import (
-    Volume,
     check_chunk_alignment,
     create_volume,
     create_work_array,
@@ -72,20 +52,25 @@ from ..storage import (
     move_node,
     open_dataset,
     open_volume,
-    read_record,
     rename_volume,
-    write_record,
+)
+from .agglomerate_tasks import (
+    CUT,
+    STAGED,
+    WORK,
+    CutTask,
+    FragmentBlock,
+    GraphBlock,
+    RelabelBlock,
+    SizeLeaf,
+    TreeTask,
 )
 
 __all__ = ["AgglomeratePlan", "AgglomerateSummary", "prepare_agglomerate", "run_agglomerate"]
 
 log = logging.getLogger(__name__)
-WORK = "_agglomerate_work"
-CUT = "_segment_cut"
-STAGED = {"fragments": "_staging_fragments", "merge_tree": "_staging_merge_tree",
-          "region_graph": "_staging_region_graph", "segmentation": "_staging_segmentation"}
 #: Bump when a change of this module changes what it writes (keys the run state).
-VERSION = 1
+VERSION = 2  # 2: region graph records hold face rows and fragment sizes
 #: Default segment threshold (mean contact affinity) when the affinities name none.
 DEFAULT_THRESHOLD = 0.5
 HALO_NM_VOXELS = 16  # default halo: this many voxels of the finest axis, in nm per axis
@@ -109,6 +94,7 @@ class AgglomeratePlan:
     affinities_key: str = ""
     voxel_size: tuple[float, ...] = (1.0, 1.0, 1.0)
     offset: tuple[float, ...] = (0.0, 0.0, 0.0)
+    min_size: int = 0  # > 0: the size tree (small segments into their best neighbour)
 
     @property
     def scale(self) -> int:
@@ -132,7 +118,7 @@ class AgglomeratePlan:
         """The segmentation: the merge tree's key and the threshold."""
         return StageState.of(self.dataset, "segment", {
             "version": VERSION, "method": "agglomerate", "tree": self.tree_state.key,
-            "threshold": self.threshold})
+            "threshold": self.threshold, "min_size": self.min_size})
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -153,199 +139,7 @@ class AgglomerateSummary:
     num_segments: int
     num_edges: int
     levels: list[dict[str, int]] = field(default_factory=list)
-
-
-@functools.lru_cache(maxsize=32)
-def _cached(dataset: str, name: str, token: str) -> Volume:
-    return open_volume(dataset, name, "r+")
-
-
-def _open(plan: AgglomeratePlan, name: str) -> Volume:
-    return _cached(plan.dataset, name, plan.token)
-
-
-def _path(plan: AgglomeratePlan, *parts: object) -> str:
-    return "/".join(str(p) for p in parts)
-
-
-# ---- 1. fragments ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _FragmentBlock:
-    plan: AgglomeratePlan
-
-    def __call__(self, block_id: int) -> int:
-        plan, grid = self.plan, self.plan.grid
-        box = grid.write_box(block_id)
-        read, _ = grid.read_box(block_id, plan.halo)
-        affs = _open(plan, "affinities").read(read)[:3]
-        if affs.dtype.kind == "f" and np.isnan(affs).any():
-            raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
-                            "expected values in [0, 1]")
-        native = native_affinities(affs)  # refuses values outside [0, 1]
-        crop = box.relative_to(read)
-        fragments, n = watershed_block(affs, crop, block_id, plan.chunks, **plan.watershed)
-        _open(plan, STAGED["fragments"]).write(box, fragments)
-        block = untile(fragments)
-        own = native[(slice(None), *crop)]
-        labels, aff_length = face_row_lengths(grid.block_shape)
-        planes = boundary_planes(block)
-        _open(plan, f"{WORK}/labels").array[block_id:block_id + 1] = pack_planes(planes, labels)
-        _open(plan, f"{WORK}/affs").array[block_id:block_id + 1] = pack_planes(
-            [np.take(own[axis], 0, axis=axis) for axis in range(3)], aff_length)
-        u, v, sums, counts = block_edges(block, own)
-        write_record(plan.dataset, _path(plan, WORK, "edges", block_id),
-                     {"u": u, "v": v, "sums": sums, "counts": counts,
-                      "n": np.array([n], np.int64)})
-        return n
-
-
-def _faces(plan: AgglomeratePlan, block_id: int, affinities: bool = False
-           ) -> list[NDArray[Any]]:
-    """A block's six boundary planes (first0, last0, first1, ...) as global ids, or the
-    affinities of its three first planes."""
-    shapes = plane_shapes(plan.grid.write_box(block_id).shape)
-    if affinities:
-        row = np.asarray(_open(plan, f"{WORK}/affs").array[block_id])
-        return unpack_planes(row, shapes)
-    row = np.asarray(_open(plan, f"{WORK}/labels").array[block_id])
-    return [global_ids(p, block_id) for p in
-            unpack_planes(row, [s for s in shapes for _ in (0, 1)])]
-
-
-# ---- 2. graph and leaves ---------------------------------------------------------------
-
-
-def _sizes(residual: Residual, record: TreeRecord) -> dict[str, int]:
-    return {"regions": int(record.up.size), "edges": residual.num_edges,
-            "merges": int(record.a.size)}
-
-
-def _write_task(plan: AgglomeratePlan, level: int, task: int, residual: Residual,
-                record: TreeRecord, *, n: int = -1) -> None:
-    write_record(plan.dataset, _path(plan, STAGED["merge_tree"], level, task),
-                 {"a": record.a, "b": record.b, "score": record.score, "up": record.up,
-                  "n": np.array([n], np.int64)})
-    if level < plan.tree.num_levels - 1:
-        write_record(plan.dataset, _path(plan, WORK, "residual", level, task),
-                     residual._asdict())
-
-
-@dataclass(frozen=True)
-class _GraphBlock:
-    plan: AgglomeratePlan
-
-    def __call__(self, block_id: int) -> dict[str, int]:
-        plan, grid = self.plan, self.plan.grid
-        edges = read_record(plan.dataset, _path(plan, WORK, "edges", block_id))
-        index = grid.block_index(block_id)
-        neighbors = grid.neighbors(block_id)
-        own, affs = _faces(plan, block_id), _faces(plan, block_id, affinities=True)
-        parts = [(edges["u"], edges["v"], edges["sums"], edges["counts"])]
-        for axis in range(3):
-            below = neighbors[2 * axis]
-            if below >= 0:
-                parts.append(face_edges(_faces(plan, below)[2 * axis + 1], own[2 * axis],
-                                        affs[axis]))
-        u, v, sums, counts = merge_edges(*(np.concatenate([p[i] for p in parts])
-                                           for i in range(4)))
-        write_record(plan.dataset, _path(plan, STAGED["region_graph"], block_id),
-                     {"u": u, "v": v, "sums": sums, "counts": counts})
-        frag, nbr = face_fragments(own, neighbors)
-        leaf = Residual(u, v, sums, counts, u.copy(), v.copy(), frag, frag.copy(), nbr)
-        hi = tuple(i + 1 for i in index)
-        residual, record = reduce_task([leaf], grid.grid_shape, index, hi, scale=plan.scale,
-                                       floor=plan.floor)
-        _write_task(plan, 0, block_id, residual, record, n=int(edges["n"][0]))
-        return {**_sizes(residual, record), "edges_owned": int(u.size)}
-
-
-# ---- 3. tree ---------------------------------------------------------------------------
-
-
-def _read_residual(plan: AgglomeratePlan, level: int, task: int) -> Residual:
-    fields = read_record(plan.dataset, _path(plan, WORK, "residual", level, task))
-    return Residual(**fields)
-
-
-def _read_tree(plan: AgglomeratePlan, level: int, task: int, staged: bool = False
-               ) -> dict[str, NDArray[Any]]:
-    root = STAGED["merge_tree"] if staged else "merge_tree"
-    return read_record(plan.dataset, _path(plan, root, level, task))
-
-
-@dataclass(frozen=True)
-class _TreeTask:
-    plan: AgglomeratePlan
-    level: int
-
-    def __call__(self, task: int) -> dict[str, int]:
-        plan, tree = self.plan, self.plan.tree
-        children = [_read_residual(plan, self.level - 1, c)
-                    for c in tree.children(self.level, task)]
-        residual, record = reduce_task(children, plan.grid.grid_shape,
-                                       *tree.extent(self.level, task), scale=plan.scale,
-                                       floor=plan.floor)
-        _write_task(plan, self.level, task, residual, record)
-        return _sizes(residual, record)
-
-
-# ---- 4. cut and relabel ----------------------------------------------------------------
-
-
-def _parent_labels(plan: AgglomeratePlan, level: int, task: int
-                   ) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
-    """The segments of the regions a task passed up, as its parent's cut handed them down
-    (none at the root)."""
-    if level == plan.tree.num_levels - 1:
-        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-    got = read_record(plan.dataset, _path(plan, CUT, level, task))
-    return got["ids"], got["labels"]
-
-
-@dataclass(frozen=True)
-class _CutTask:
-    plan: AgglomeratePlan
-    level: int
-
-    def __call__(self, task: int) -> int:
-        plan, tree = self.plan, self.plan.tree
-        rec = _read_tree(plan, self.level, task)
-        record = TreeRecord(rec["a"], rec["b"], rec["score"], rec["up"])
-        kids = tree.children(self.level, task)
-        ups = [_read_tree(plan, self.level - 1, c)["up"] for c in kids]
-        queries = np.concatenate([np.zeros(0, np.uint64), *ups])
-        labels = cut_labels(record, plan.threshold, *_parent_labels(plan, self.level, task),
-                            queries)
-        start = 0
-        for child, up in zip(kids, ups, strict=True):
-            write_record(plan.dataset, _path(plan, CUT, self.level - 1, child),
-                         {"ids": up, "labels": labels[start:start + up.size]})
-            start += up.size
-        return len(kids)
-
-
-@dataclass(frozen=True)
-class _RelabelBlock:
-    plan: AgglomeratePlan
-
-    def __call__(self, block_id: int) -> int:
-        plan = self.plan
-        rec = _read_tree(plan, 0, block_id)
-        n = int(rec["n"][0])
-        record = TreeRecord(rec["a"], rec["b"], rec["score"], rec["up"])
-        local = np.arange(n + 1, dtype=np.uint64)
-        queries = global_ids(local[1:], block_id)
-        labels = cut_labels(record, plan.threshold, *_parent_labels(plan, 0, block_id),
-                            queries)
-        mapping = np.concatenate([np.zeros(1, np.uint64), labels])
-        box = plan.grid.write_box(block_id)
-        fragments = _open(plan, "fragments").read(box)
-        _open(plan, STAGED["segmentation"]).write(
-            box, apply_mapping(fragments, mapping, tile=plan.chunks, in_place=True))
-        # a segment is counted by the block of its smallest fragment, which is its id
-        return int(np.count_nonzero(labels == queries))
+    size_levels: list[dict[str, int]] = field(default_factory=list)  # with min_size
 
 
 # ---- the driver ------------------------------------------------------------------------
@@ -366,9 +160,6 @@ def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, *,
                         overwrite: bool = False) -> AgglomeratePlan:
     """Validate an agglomeration run against the dataset without writing anything."""
     affs = open_volume(dataset, "affinities")  # shape and dtype checked by prepare_segment
-    if o.min_size:
-        raise DataError(f"--min-size: got {o.min_size} with --method agglomerate, which "
-                        "assigns every voxel; expected 0 (or --method cc)")
     cz, cy, cx = o.chunks if o.chunks is not None else affs.chunks[1:]
     shape = affs.spatial_shape
     block = o.block if o.block is not None else default_block((cz, cy, cx))
@@ -393,7 +184,7 @@ def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, *,
     return AgglomeratePlan(str(dataset), float(threshold), BlockGrid(shape, block),
                            (cz, cy, cx), str(affs.dtype), halo, watershed, o.fanout, o.floor,
                            overwrite, uuid.uuid4().hex, array_key(dataset, "affinities"),
-                           voxel_size, tuple(float(v) for v in affs.offset))
+                           voxel_size, tuple(float(v) for v in affs.offset), o.min_size)
 
 
 def _tree_ready(plan: AgglomeratePlan, group: Any) -> bool:
@@ -437,13 +228,13 @@ def _build_tree(plan: AgglomeratePlan, group: Any, passes: Callable[..., list[An
     blocks = list(plan.grid)
     with recording(state, "segment", lambda: _discard(group, (*STAGED.values(), WORK))):
         clock = time.perf_counter()
-        counts = passes(state, "fragments", _FragmentBlock(plan), blocks=blocks)
+        counts = passes(state, "fragments", FragmentBlock(plan), blocks=blocks)
         log.info("fragments: %d in %d blocks, %.2f s", sum(counts), len(blocks),
                  time.perf_counter() - clock)
-        sizes = passes(state, "graph", _GraphBlock(plan), blocks=blocks)
+        sizes = passes(state, "graph", GraphBlock(plan), blocks=blocks)
         levels = [_level_sizes(sizes)]
         for level in range(1, tree.num_levels):
-            sizes = passes(state, f"tree{level}", _TreeTask(plan, level),
+            sizes = passes(state, f"tree{level}", TreeTask(plan, level),
                            blocks=list(range(tree.num_tasks(level))))
             levels.append(_level_sizes(sizes))
         log.info("tree: %d levels, largest residual per level %s", tree.num_levels,
@@ -510,13 +301,22 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
                       voxel_size=affs.voxel_size, offset=affs.offset, chunks=plan.chunks,
                       register=False, overwrite=True, attributes={"run_key": key})
         group.require_group(CUT, overwrite=True).attrs["run_key"] = key
+    size = plan.min_size > 0
     with recording(state, "segment", lambda: _discard(group, (STAGED["segmentation"], CUT))):
+        if size:  # the size tree of this threshold: small segments into their neighbours
+            sizes = passes(state, "size0", SizeLeaf(plan), blocks=list(plan.grid))
+            summary.size_levels = [_level_sizes(sizes)]
+            for level in range(1, tree.num_levels):
+                sizes = passes(state, f"size{level}", TreeTask(plan, level, size=True),
+                               blocks=list(range(tree.num_tasks(level))))
+                summary.size_levels.append(_level_sizes(sizes))
         for level in range(tree.num_levels - 1, 0, -1):
-            passes(state, f"cut{level}", _CutTask(plan, level),
+            passes(state, f"cut{level}", CutTask(plan, level, size),
                    blocks=list(range(tree.num_tasks(level))))
-        segments = passes(state, "relabel", _RelabelBlock(plan), blocks=list(plan.grid))
+        segments = passes(state, "relabel", RelabelBlock(plan, size), blocks=list(plan.grid))
     summary.num_segments = int(sum(segments))
     group[STAGED["segmentation"]].attrs.update({"threshold": plan.threshold,
+                                                "min_size": plan.min_size,
                                                 "merge_tree": plan.tree_state.key})
     rename_volume(group, STAGED["segmentation"], "segmentation")
     state.finish({"blocks": plan.grid.num_blocks, "segments": summary.num_segments,

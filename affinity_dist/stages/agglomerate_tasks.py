@@ -1,0 +1,299 @@
+"""The tasks of ``segment --method agglomerate`` (:mod:`.agglomerate` drives them): one
+per block or tree task, each reading its inputs from the dataset and writing its outputs
+there, returning only small counts.
+
+Two trees share the tasks: the **merge tree** (threshold-free: ``merge_tree/``, built from
+the fragments' region graph) and, with ``--min-size``, the **size tree** of one threshold
+(``_segment_cut/tree/``: greedy to the threshold, then every region below ``min_size``
+merged into its best neighbour, cut below every score).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import DataError
+from ..kernels.agglomerate import Residual, TreeRecord, cut_labels, reduce_task
+from ..kernels.fragments import (
+    apply_mapping,
+    boundary_planes,
+    face_row_lengths,
+    global_ids,
+    pack_planes,
+    plane_shapes,
+    unpack_planes,
+    untile,
+)
+from ..kernels.graph import (
+    block_edges,
+    face_edges,
+    face_fragments,
+    merge_edges,
+    native_affinities,
+)
+from ..kernels.merge import fragment_sizes
+from ..kernels.watershed import watershed_block
+from ..storage import Volume, open_volume, read_record, write_record
+
+if TYPE_CHECKING:
+    from .agglomerate import AgglomeratePlan
+
+WORK = "_agglomerate_work"
+CUT = "_segment_cut"
+STAGED = {"fragments": "_staging_fragments", "merge_tree": "_staging_merge_tree",
+          "region_graph": "_staging_region_graph", "segmentation": "_staging_segmentation"}
+#: Below every score: the size tree is cut so that all its merges apply.
+ALL = -1.0
+
+
+@functools.lru_cache(maxsize=32)
+def _cached(dataset: str, name: str, token: str) -> Volume:
+    return open_volume(dataset, name, "r+")
+
+
+def _open(plan: AgglomeratePlan, name: str) -> Volume:
+    """Array ``name`` of the run, opened once per worker process and run."""
+    return _cached(plan.dataset, name, plan.token)
+
+
+def _path(*parts: object) -> str:
+    return "/".join(str(p) for p in parts)
+
+
+def tree_root(size: bool, staged: bool = False) -> str:
+    """Where a tree's records live: the merge tree (published or staged) or the size tree."""
+    if size:
+        return f"{CUT}/tree"
+    return STAGED["merge_tree"] if staged else "merge_tree"
+
+
+def _residual_root(size: bool) -> str:
+    return f"{CUT}/residual" if size else f"{WORK}/residual"
+
+
+# ---- 1. fragments ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FragmentBlock:
+    """Watershed fragments of a block (read with a halo), its face planes, the contacts
+    inside it and its fragments' sizes."""
+
+    plan: AgglomeratePlan
+
+    def __call__(self, block_id: int) -> int:
+        plan, grid = self.plan, self.plan.grid
+        box = grid.write_box(block_id)
+        read, _ = grid.read_box(block_id, plan.halo)
+        affs = _open(plan, "affinities").read(read)[:3]
+        if affs.dtype.kind == "f" and np.isnan(affs).any():
+            raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
+                            "expected values in [0, 1]")
+        native = native_affinities(affs)  # refuses values outside [0, 1]
+        crop = box.relative_to(read)
+        fragments, n = watershed_block(affs, crop, block_id, plan.chunks, **plan.watershed)
+        _open(plan, STAGED["fragments"]).write(box, fragments)
+        block = untile(fragments)
+        own = native[(slice(None), *crop)]
+        labels, aff_length = face_row_lengths(grid.block_shape)
+        _open(plan, f"{WORK}/labels").array[block_id:block_id + 1] = pack_planes(
+            boundary_planes(block), labels)
+        _open(plan, f"{WORK}/affs").array[block_id:block_id + 1] = pack_planes(
+            [np.take(own[axis], 0, axis=axis) for axis in range(3)], aff_length)
+        u, v, sums, counts = block_edges(block, own)
+        write_record(plan.dataset, _path(WORK, "edges", block_id),
+                     {"u": u, "v": v, "sums": sums, "counts": counts,
+                      "sizes": fragment_sizes(block, n + 1)[1:]})
+        return n
+
+
+def _faces(plan: AgglomeratePlan, block_id: int, affinities: bool = False
+           ) -> list[NDArray[Any]]:
+    """A block's six boundary planes (first0, last0, first1, ...) as global ids, or the
+    affinities of its three first planes."""
+    shapes = plane_shapes(plan.grid.write_box(block_id).shape)
+    if affinities:
+        return unpack_planes(np.asarray(_open(plan, f"{WORK}/affs").array[block_id]), shapes)
+    row = np.asarray(_open(plan, f"{WORK}/labels").array[block_id])
+    return [global_ids(p, block_id) for p in
+            unpack_planes(row, [s for s in shapes for _ in (0, 1)])]
+
+
+# ---- 2. region graph and leaves --------------------------------------------------------
+
+
+def _sizes(residual: Residual, record: TreeRecord) -> dict[str, int]:
+    return {"regions": int(record.up.size), "edges": residual.num_edges,
+            "merges": int(record.a.size)}
+
+
+def _write_task(plan: AgglomeratePlan, level: int, task: int, residual: Residual,
+                record: TreeRecord, *, size: bool, n: int = -1) -> None:
+    write_record(plan.dataset, _path(tree_root(size, staged=True), level, task),
+                 {"a": record.a, "b": record.b, "score": record.score, "up": record.up,
+                  "n": np.array([n], np.int64)})
+    if level < plan.tree.num_levels - 1:
+        write_record(plan.dataset, _path(_residual_root(size), level, task),
+                     residual._asdict())
+
+
+def _leaf(graph: dict[str, NDArray[Any]], sizes: bool) -> Residual:
+    u, v = graph["u"], graph["v"]
+    frag = graph["row_fragment"]
+    extra = (graph["size_id"], graph["size"]) if sizes else ()
+    return Residual(u, v, graph["sums"], graph["counts"], u.copy(), v.copy(), frag,
+                    frag.copy(), graph["row_neighbor"], *extra)
+
+
+@dataclass(frozen=True)
+class GraphBlock:
+    """The contacts a block owns (inside and across its lower faces) -> ``region_graph``;
+    then the block's leaf of the merge tree."""
+
+    plan: AgglomeratePlan
+
+    def __call__(self, block_id: int) -> dict[str, int]:
+        plan, grid = self.plan, self.plan.grid
+        edges = read_record(plan.dataset, _path(WORK, "edges", block_id))
+        neighbors = grid.neighbors(block_id)
+        own, affs = _faces(plan, block_id), _faces(plan, block_id, affinities=True)
+        parts = [(edges["u"], edges["v"], edges["sums"], edges["counts"])]
+        for axis in range(3):
+            below = neighbors[2 * axis]
+            if below >= 0:
+                parts.append(face_edges(_faces(plan, below)[2 * axis + 1], own[2 * axis],
+                                        affs[axis]))
+        u, v, sums, counts = merge_edges(*(np.concatenate([p[i] for p in parts])
+                                           for i in range(4)))
+        frag, nbr = face_fragments(own, neighbors)
+        n = edges["sizes"].size
+        graph = {"u": u, "v": v, "sums": sums, "counts": counts, "row_fragment": frag,
+                 "row_neighbor": nbr,
+                 "size_id": global_ids(np.arange(1, n + 1, dtype=np.uint64), block_id),
+                 "size": edges["sizes"]}
+        write_record(plan.dataset, _path(STAGED["region_graph"], block_id), graph)
+        index = grid.block_index(block_id)
+        residual, record = reduce_task([_leaf(graph, False)], grid.grid_shape, index,
+                                       tuple(i + 1 for i in index), scale=plan.scale,
+                                       floor=plan.floor)
+        _write_task(plan, 0, block_id, residual, record, size=False, n=n)
+        return {**_sizes(residual, record), "edges_owned": int(u.size)}
+
+
+def _reduce(plan: AgglomeratePlan, parts: list[Residual], level: int, task: int,
+            size: bool) -> tuple[Residual, TreeRecord]:
+    extent = plan.tree.extent(level, task)
+    if size:  # greedy to the threshold, then small regions into their best neighbour
+        return reduce_task(parts, plan.grid.grid_shape, *extent, scale=plan.scale,
+                           floor=ALL, min_size=plan.min_size, size_threshold=plan.threshold)
+    return reduce_task(parts, plan.grid.grid_shape, *extent, scale=plan.scale,
+                       floor=plan.floor)
+
+
+@dataclass(frozen=True)
+class SizeLeaf:
+    """A block's leaf of the size tree, from its stored region graph."""
+
+    plan: AgglomeratePlan
+
+    def __call__(self, block_id: int) -> dict[str, int]:
+        plan = self.plan
+        graph = read_record(plan.dataset, _path("region_graph", block_id))
+        residual, record = _reduce(plan, [_leaf(graph, True)], 0, block_id, True)
+        _write_task(plan, 0, block_id, residual, record, size=True, n=graph["size"].size)
+        return _sizes(residual, record)
+
+
+# ---- 3. tree ---------------------------------------------------------------------------
+
+
+def read_tree(plan: AgglomeratePlan, level: int, task: int, size: bool = False
+              ) -> dict[str, NDArray[Any]]:
+    return read_record(plan.dataset, _path(tree_root(size), level, task))
+
+
+@dataclass(frozen=True)
+class TreeTask:
+    """One task of a tree level above the leaves: its children's residuals merged."""
+
+    plan: AgglomeratePlan
+    level: int
+    size: bool = False
+
+    def __call__(self, task: int) -> dict[str, int]:
+        plan = self.plan
+        children = [Residual(**read_record(plan.dataset, _path(
+            _residual_root(self.size), self.level - 1, c)))
+            for c in plan.tree.children(self.level, task)]
+        residual, record = _reduce(plan, children, self.level, task, self.size)
+        _write_task(plan, self.level, task, residual, record, size=self.size)
+        return _sizes(residual, record)
+
+
+# ---- 4. cut and relabel ----------------------------------------------------------------
+
+
+def _parent_labels(plan: AgglomeratePlan, level: int, task: int
+                   ) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    """The segments of the regions a task passed up, as its parent's cut handed them down
+    (none at the root)."""
+    if level == plan.tree.num_levels - 1:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    got = read_record(plan.dataset, _path(CUT, "labels", level, task))
+    return got["ids"], got["labels"]
+
+
+def _record(rec: dict[str, NDArray[Any]]) -> TreeRecord:
+    return TreeRecord(rec["a"], rec["b"], rec["score"], rec["up"])
+
+
+@dataclass(frozen=True)
+class CutTask:
+    """A task's merges cut at the threshold; its children get their regions' segments."""
+
+    plan: AgglomeratePlan
+    level: int
+    size: bool = False
+
+    def __call__(self, task: int) -> int:
+        plan = self.plan
+        kids = plan.tree.children(self.level, task)
+        ups = [read_tree(plan, self.level - 1, c, self.size)["up"] for c in kids]
+        queries = np.concatenate([np.zeros(0, np.uint64), *ups])
+        labels = cut_labels(_record(read_tree(plan, self.level, task, self.size)),
+                            ALL if self.size else plan.threshold,
+                            *_parent_labels(plan, self.level, task), queries)
+        start = 0
+        for child, up in zip(kids, ups, strict=True):
+            write_record(plan.dataset, _path(CUT, "labels", self.level - 1, child),
+                         {"ids": up, "labels": labels[start:start + up.size]})
+            start += up.size
+        return len(kids)
+
+
+@dataclass(frozen=True)
+class RelabelBlock:
+    """A block's fragments mapped to their segments (the smallest fragment of each)."""
+
+    plan: AgglomeratePlan
+    size: bool = False
+
+    def __call__(self, block_id: int) -> int:
+        plan = self.plan
+        rec = read_tree(plan, 0, block_id, self.size)
+        n = int(rec["n"][0])
+        queries = global_ids(np.arange(1, n + 1, dtype=np.uint64), block_id)
+        labels = cut_labels(_record(rec), ALL if self.size else plan.threshold,
+                            *_parent_labels(plan, 0, block_id), queries)
+        mapping = np.concatenate([np.zeros(1, np.uint64), labels])
+        box = plan.grid.write_box(block_id)
+        fragments = _open(plan, "fragments").read(box)
+        _open(plan, STAGED["segmentation"]).write(
+            box, apply_mapping(fragments, mapping, tile=plan.chunks, in_place=True))
+        # a segment is counted by the block of its smallest fragment, which is its id
+        return int(np.count_nonzero(labels == queries))
