@@ -361,7 +361,8 @@ class SegmentOptions(StageOptions):
                                    metavar="T")
     block: Vec3 | None = _opt(None, _shape, "shape", "--block", _BLOCK_HELP, optional=True)
     min_size: int = _opt(0, _int(0), "int", "--min-size", "segments smaller than N voxels "
-                         "become background 0", metavar="N")
+                         "merge into their best neighbour (agglomerate) or become "
+                         "background 0 (cc)", metavar="N")
     keep_fragments: bool = _opt(True, _flag, "bool", "--no-fragments", "do not write the "
                                 "'fragments' array (cc only: agglomerate always writes it)",
                                 action="store_false")

@@ -242,31 +242,46 @@ def test_api_errors(tmp_path: Path) -> None:
             tmp_path / "y.zarr", np.ones((4, 4, 5), np.uint64), None), progress=False)
 
 
-def test_previews_show_raw_and_segments(tmp_path: Path) -> None:
+def test_previews_show_raw_segmentation_truth_and_errors(tmp_path: Path) -> None:
     from PIL import Image
 
-    from affinity_dist.viewers.preview import id_colours, overlay
+    from affinity_dist.viewers.preview import MIN_PANEL, id_colours, overlay
 
     truth = np.zeros((6, 20, 30), np.uint64)
     truth[:, :, 15:] = 7
+    truth[:, :, 5:15] = 3
+    seg = truth.copy()
+    seg[:, 10:, 15:] = 9  # truth 7 split in two (7, 9); truth 3 merged into 4 with some of 7
+    seg[:, :, :20] = 4
     data = dataset(tmp_path / "x.zarr", truth, truth)
-    raw = np.full((6, 20, 30), 200, np.uint8)
+    raw = np.tile(np.linspace(50, 250, 30).astype(np.uint8), (6, 20, 1))
     with staged_dataset(tmp_path / "y.zarr") as group:
         box = Box((0, 0, 0), truth.shape)
         create_volume(group, "raw", shape=truth.shape, dtype=np.uint8,
                       voxel_size=(40, 4, 4)).write(box, raw)
         create_volume(group, "segmentation", shape=truth.shape, dtype=np.uint64,
-                      voxel_size=(40, 4, 4)).write(box, truth)
+                      voxel_size=(40, 4, 4)).write(box, seg)
     result = run_cli("evaluate", "--input", tmp_path / "y.zarr", "--truth", data,
                      "--preview", tmp_path / "p", "--scheduler", "threads")
     assert result.returncode == 0, result.stderr
     xy = np.asarray(Image.open(tmp_path / "p-xy.png"))
     xz = np.asarray(Image.open(tmp_path / "p-xz.png"))
-    assert xy.shape == (20, 30, 3)
-    assert xz.shape == (60, 30, 3)  # z stretched 10x: 40 nm sections, 4 nm pixels
-    assert (xy[:, :15] == 200).all()  # background: raw only
+    # four panels (raw, segmentation, truth, errors), longer side >= MIN_PANEL
+    zoom = MIN_PANEL // 30  # xy: 30 pixels wide -> 16x
+    assert xy.shape[1] >= 4 * 30 * zoom and xy.shape[0] >= 20 * zoom
+    assert xz.shape[0] >= MIN_PANEL and xz.shape[1] >= 4 * 30 * (MIN_PANEL // 60)  # 40 nm
+    row = xy[xy.shape[0] // 3]  # off the boundary between segments 7 and 9
+    panels = [row[12 + i * (30 * zoom + 12):12 + i * (30 * zoom + 12) + 30 * zoom]
+              for i in range(4)]
+    grey = panels[0][:, 0]
+    assert grey.min() == 0 and grey.max() == 255  # raw contrast-stretched
+    colours = {tuple(p) for p in panels[1][::zoom]}
+    assert len(colours) >= 3  # segments 4 and 7 (or 9) in their own colours over raw
+    errors = panels[3]
+    assert (errors[:, 0] > errors[:, 2]).any()  # the most merged segment in red
+    assert (errors[:, 2] > errors[:, 0] + 40).any()  # a split truth object in blue
     expected = overlay(np.array([[200]], np.uint8), np.array([[7]], np.uint64))[0, 0]
-    assert (xy[:, 15:] == expected).all()  # segment 7's colour blended over raw
+    assert tuple(expected) != (200, 200, 200)
     assert not np.array_equal(id_colours(np.array([1])), id_colours(np.array([2])))
     bad = run_cli("evaluate", "--input", data, "--preview", tmp_path / "no" / "p",
                   "--scheduler", "threads")

@@ -89,6 +89,9 @@ def _cmd_segment(args: argparse.Namespace) -> None:
     with cluster(args.scheduler, n_workers=args.workers) as client:
         table = run_segment(plan, client=client, **run)
     print(f"{args.input}: {table.num_fragments} fragments -> {table.num_segments} segments")
+    for level, s in enumerate(getattr(table, "levels", [])):  # agglomerate: the reduction
+        print(f"  tree level {level}: {s['tasks']} tasks, {s['merges']} merges, largest "
+              f"residual {s['regions']} regions / {s['edges']} edges")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -111,7 +114,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.preview is not None:
         from ..viewers.preview import write_previews
 
-        for path in write_previews(args.input, args.preview, plan.segmentation):
+        for path in write_previews(args.input, args.preview, plan.segmentation,
+                                   truth=plan.truth, labels=plan.labels,
+                                   merged=[i for i, _ in s.worst_merges],
+                                   split=[i for i, _ in s.worst_splits]):
             print(f"preview: {path}")
     print(f"{args.input}: VOI split {s.voi_split:.4f}  merge {s.voi_merge:.4f}  "
           f"sum {s.voi_sum:.4f}  adapted Rand error {s.adapted_rand_error:.4f} "

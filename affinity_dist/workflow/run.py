@@ -146,7 +146,10 @@ def _evaluate(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[
     if preview:
         from ..viewers.preview import write_previews
 
-        extra["previews"] = [str(p) for p in write_previews(workflow.output, paths["preview"])]
+        extra["previews"] = [str(p) for p in write_previews(
+            workflow.output, paths["preview"], plan.segmentation, truth=plan.truth,
+            labels=plan.labels, merged=[i for i, _ in result.worst_merges],
+            split=[i for i, _ in result.worst_splits])]
     state.finish({"entry": extra})
     return {**entry, **extra}
 
