@@ -19,6 +19,7 @@ worker RSS and the largest residual of each reduction level; waterz on the same 
 memory, one process (its best fib25 threshold).
 
     .venv/bin/python benchmarks/bench_agglomerate.py [--affinities X.zarr] [--large]
+        [--sizes N ...] [--no-accuracy] [--no-waterz]
 """
 
 from __future__ import annotations
@@ -188,6 +189,10 @@ def main() -> None:
                         "(default: predict them with the shipped model)")
     parser.add_argument("--large", action="store_true", help="also 1024^3")
     parser.add_argument("--no-accuracy", action="store_true")
+    parser.add_argument("--no-waterz", action="store_true", help="skip waterz at 512^3 (it "
+                        "takes ~15 min there)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="speed volumes (default 512, and 1024 with --large)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
@@ -208,9 +213,9 @@ def main() -> None:
         print(f"# model {volume.attrs.get('model')} (sha256 "
               f"{str(volume.attrs.get('model_sha256'))[:12]})")
         waterz_t = 0.5 if args.no_accuracy else accuracy(affs, truth, tmp)
-        for size in [512, 1024] if args.large else [512]:
+        for size in args.sizes or ([512, 1024] if args.large else [512]):
             speed(affs, size, args.workers, args.repeats, tmp,
-                  waterz_threshold=waterz_t if size == 512 else None)
+                  waterz_threshold=None if args.no_waterz or size > 512 else waterz_t)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
