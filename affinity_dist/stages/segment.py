@@ -35,29 +35,9 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..errors import DataError, DestinationExistsError
-from ..geometry import BlockGrid, Box, default_block
-from ..kernels.fragments import (
-    LOCAL_MASK,
-    apply_mapping,
-    boundary_planes,
-    face_pairs,
-    face_row_lengths,
-    global_ids,
-    label_block,
-    native_threshold,
-    pack_planes,
-    plane_shapes,
-    unpack_planes,
-)
-from ..kernels.merge import (
-    FragmentStats,
-    LookupTable,
-    block_map,
-    block_starts,
-    fragment_sizes,
-    fragment_stats,
-    merge_blocks,
-)
+from ..geometry import BlockGrid, default_block
+from ..kernels.fragments import face_row_lengths, native_threshold
+from ..kernels.merge import FragmentStats, LookupTable, block_starts, merge_blocks
 from ..options import SegmentOptions
 from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key, recording, run_recorded
@@ -72,17 +52,14 @@ from ..storage import (
     move_node,
     open_dataset,
     open_volume,
-    read_table_slice,
     rename_volume,
     write_table,
 )
+from .segment_tasks import LOOKUP, STAGED, WORK, FragmentBlock, PairBlock, RelabelBlock
 
 __all__ = ["SegmentPlan", "prepare_segment", "run_segment", "segment"]
 
 log = logging.getLogger(__name__)
-WORK = "_segment_work"
-LOOKUP = "_staging_lookup"
-STAGED = {"fragments": "_staging_fragments", "segmentation": "_staging_segmentation"}
 #: Default threshold of ``--method cc``.
 CC_THRESHOLD = 0.5
 #: Bump when a change of this module changes what segment writes (keys the run state).
@@ -118,127 +95,6 @@ class SegmentPlan:
         """Final array name -> staging name of every array this run writes."""
         names = ("fragments", "segmentation") if self.keep_fragments else ("segmentation",)
         return {name: STAGED[name] for name in names}
-
-
-@functools.lru_cache(maxsize=32)
-def _cached(dataset: str, name: str, token: str) -> Volume:
-    return open_volume(dataset, name, "r+")
-
-
-def _open(plan: SegmentPlan, name: str) -> Volume:
-    """Array ``name`` of the run, opened once per worker process and run (every open
-    parses the group's and the array's metadata: ~1 ms, 10+ times per block)."""
-    return _cached(plan.dataset, name, plan.token)
-
-
-def _write_faces(plan: SegmentPlan, block_id: int, fragments: NDArray[np.uint64],
-                 affs: NDArray[Any]) -> list[NDArray[np.uint32]]:
-    """Save a block's six boundary planes (local ids) and the affinities of its first
-    planes, one row per block in two small arrays: two writes per block, not nine.
-    Returns the boundary planes."""
-    planes = boundary_planes(fragments)
-    labels, aff_length = face_row_lengths(plan.grid.block_shape)
-    _open(plan, f"{WORK}/labels").array[block_id:block_id + 1] = pack_planes(planes, labels)
-    _open(plan, f"{WORK}/affs").array[block_id:block_id + 1] = pack_planes(
-        [np.take(affs[axis], 0, axis=axis) for axis in range(3)], aff_length)
-    return planes
-
-
-def _read_faces(plan: SegmentPlan, block_id: int, affinities: bool = False
-                ) -> list[NDArray[Any]]:
-    """A block's planes as written by :func:`_write_faces`: first and last plane of each
-    axis (first0, last0, first1, ...), or the three affinity planes."""
-    shapes = plane_shapes(plan.grid.write_box(block_id).shape)
-    name, shapes = (("affs", shapes) if affinities else
-                    ("labels", [s for s in shapes for _ in (0, 1)]))
-    return unpack_planes(np.asarray(_open(plan, f"{WORK}/{name}").array[block_id]), shapes)
-
-
-def _label(plan: SegmentPlan, block_id: int, tiled: bool = True
-           ) -> tuple[Box, NDArray[Any], NDArray[np.uint64], int]:
-    """Read a block's affinities (refusing NaN) and label its fragments (global ids),
-    tiled by the chunk shape where it divides the block (written chunk by chunk with no
-    copy: a 256^3 uint64 block in 34 ms instead of 55)."""
-    box = plan.grid.write_box(block_id)
-    affs = _open(plan, "affinities").read(box)[:3]
-    if affs.dtype.kind == "f" and np.isnan(affs).any():
-        raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
-                        "expected values in [0, 1]")
-    fragments, n = label_block(affs, plan.threshold, block_id,
-                               plan.chunks if tiled else None)
-    return box, affs, fragments, n
-
-
-@dataclass(frozen=True)
-class _FragmentBlock:
-    plan: SegmentPlan
-
-    def __call__(self, block_id: int) -> FragmentStats:
-        plan = self.plan
-        box, affs, fragments, n = _label(plan, block_id)
-        if plan.keep_fragments:
-            _open(plan, STAGED["fragments"]).write(box, fragments)
-        planes = _write_faces(plan, block_id, fragments, affs)
-        return fragment_stats(fragments, n, block_id, planes, plan.min_size)
-
-
-@dataclass(frozen=True)
-class _PairBlock:
-    plan: SegmentPlan
-
-    def __call__(self, block_id: int) -> NDArray[np.uint64]:
-        plan, grid = self.plan, self.plan.grid
-        index = grid.block_index(block_id)
-        pairs = [np.zeros((2, 0), np.uint64)]
-        if not any(index):
-            return pairs[0]
-        labels, affs = _read_faces(plan, block_id), _read_faces(plan, block_id, True)
-        for axis in range(3):
-            if index[axis] == 0:
-                continue
-            below = grid.block_id(tuple(i - (a == axis) for a, i in enumerate(index)))
-            p = face_pairs(_read_faces(plan, below)[2 * axis + 1], labels[2 * axis],
-                           affs[axis], plan.threshold)
-            pairs.append(np.stack([global_ids(p[0], below), global_ids(p[1], block_id)]))
-        return np.concatenate(pairs, axis=1)
-
-
-@functools.lru_cache(maxsize=4)
-def _block_index(dataset: str, token: str) -> tuple[NDArray[np.int64], ...]:
-    """The lookup table's per-block arrays (O(blocks), read once per worker and run)."""
-    return tuple(read_table_slice(dataset, LOOKUP, key).astype(np.int64)
-                 for key in ("counts", "offsets", "starts"))
-
-
-def _block_mapping(plan: SegmentPlan, block_id: int, min_size: int,
-                   sizes: NDArray[Any] | None) -> NDArray[np.uint64]:
-    """A block's dense id map, from its slice of the stored table: a task never carries
-    the table (10^8 merged fragments on a terabyte volume), only its block id."""
-    counts, offsets, starts = _block_index(plan.dataset, plan.token)
-    a, b = int(starts[block_id]), int(starts[block_id + 1])
-    ids = read_table_slice(plan.dataset, LOOKUP, "fragment_ids", a, b)
-    seg = read_table_slice(plan.dataset, LOOKUP, "segment_ids", a, b)
-    return block_map(ids & LOCAL_MASK, seg, int(counts[block_id]), int(offsets[block_id]),
-                     min_size=min_size, sizes=sizes)
-
-
-@dataclass(frozen=True)
-class _RelabelBlock:
-    plan: SegmentPlan
-    min_size: int
-
-    def __call__(self, block_id: int) -> int:
-        plan = self.plan
-        if plan.keep_fragments:
-            box = plan.grid.write_box(block_id)
-            fragments: NDArray[Any] = _open(plan, STAGED["fragments"]).read(box)
-        else:  # the kernel is deterministic: labelling again beats storing uint64 fragments
-            box, _, fragments, _ = _label(plan, block_id, tiled=False)
-        sizes = fragment_sizes(fragments) if self.min_size else None
-        mapping = _block_mapping(plan, block_id, self.min_size, sizes)
-        _open(plan, STAGED["segmentation"]).write(
-            box, apply_mapping(fragments, mapping, tile=plan.chunks, in_place=True))
-        return box.size
 
 
 def default_threshold(attrs: Any, method: str) -> float:
@@ -322,7 +178,7 @@ def _discard(plan: SegmentPlan, group: Any) -> None:
 def _fragments(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[FragmentStats]:
     """1. Every block's fragments and face planes, written; its merge statistics."""
     clock = time.perf_counter()
-    stats = passes("fragments", _FragmentBlock(plan), release=False)
+    stats = passes("fragments", FragmentBlock(plan), release=False)
     log.info("fragments: %d blocks in %.2f s", plan.grid.num_blocks,
              time.perf_counter() - clock)
     return stats
@@ -331,7 +187,7 @@ def _fragments(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[Frag
 def _pairs(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[NDArray[np.uint64]]:
     """2. Every block's fragment pairs joined across its lower faces."""
     clock = time.perf_counter()
-    pairs = passes("pairs", _PairBlock(plan), release=False)
+    pairs = passes("pairs", PairBlock(plan), release=False)
     log.info("pairs: %.2f s", time.perf_counter() - clock)
     return pairs
 
@@ -353,7 +209,7 @@ def _merge(plan: SegmentPlan, group: Any, key: str, stats: Sequence[FragmentStat
 def _relabel(plan: SegmentPlan, passes: Callable[..., list[Any]], table: LookupTable) -> None:
     """4. Every block's fragments mapped through its slice of the table."""
     clock = time.perf_counter()
-    passes("relabel", _RelabelBlock(plan, table.min_size), previous=False)
+    passes("relabel", RelabelBlock(plan, table.min_size), previous=False)
     log.info("relabel: %.2f s", time.perf_counter() - clock)
 
 
