@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, tile_to
+from _common import SHARED_DATA, fib25, tile_to
 
 import affinity_dist as ad
 from affinity_dist.geometry import Box
@@ -196,14 +196,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    import h5py
-
-    source = SHARED_DATA / "fib25_sample2.h5"
-    if not source.is_file():
-        raise SystemExit(f"{source} not found: this benchmark needs ../shared/data")
-    with h5py.File(source) as f:
-        raw = np.asarray(f["volumes/raw"])
-        truth = np.asarray(f["volumes/labels/neuron_ids"]).astype(np.uint64)
+    raw, labels = fib25("volumes/raw"), fib25("volumes/labels/neuron_ids")
+    if raw is None or labels is None:
+        raise SystemExit(f"{SHARED_DATA} not found: this benchmark needs ../shared/data")
+    truth = labels.astype(np.uint64)
     tmp = Path(tempfile.mkdtemp(prefix="bench_agglomerate_"))
     try:
         data = args.affinities or ad.predict(raw, out=tmp / "fib25.zarr", voxel_size=(10,) * 3,

@@ -36,18 +36,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, DestinationExistsError
-from ..geometry import BlockGrid, ReductionTree, default_block
-from ..kernels.fragments import face_row_lengths
+from ..errors import DataError
+from ..geometry import BlockGrid, ReductionTree
 from ..kernels.graph import affinity_scale
 from ..kernels.watershed import SEED_THRESHOLDS
 from ..options import SegmentOptions
 from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key, recording, run_recorded
 from ..storage import (
-    check_chunk_alignment,
+    Volume,
     create_volume,
-    create_work_array,
     delete_node,
     move_node,
     open_dataset,
@@ -65,14 +63,13 @@ from .agglomerate_tasks import (
     SizeLeaf,
     TreeTask,
 )
+from .segment_tasks import create_face_arrays
 
 __all__ = ["AgglomeratePlan", "AgglomerateSummary", "prepare_agglomerate", "run_agglomerate"]
 
 log = logging.getLogger(__name__)
 #: Bump when a change of this module changes what it writes (keys the run state).
 VERSION = 2  # 2: region graph records hold face rows and fragment sizes
-#: Default segment threshold (mean contact affinity) when the affinities name none.
-DEFAULT_THRESHOLD = 0.5
 HALO_NM_VOXELS = 16  # default halo: this many voxels of the finest axis, in nm per axis
 
 
@@ -156,19 +153,12 @@ def default_halo(voxel_size: tuple[float, ...]) -> tuple[int, int, int]:
     return z, y, x
 
 
-def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, *,
+def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, affs: Volume,
+                        grid: BlockGrid, chunks: tuple[int, int, int], *, threshold: float,
                         overwrite: bool = False) -> AgglomeratePlan:
-    """Validate an agglomeration run against the dataset without writing anything."""
-    affs = open_volume(dataset, "affinities")  # shape and dtype checked by prepare_segment
-    cz, cy, cx = o.chunks if o.chunks is not None else affs.chunks[1:]
-    shape = affs.spatial_shape
-    block = o.block if o.block is not None else default_block((cz, cy, cx))
-    check_chunk_alignment(block, (cz, cy, cx), shape)
-    group = open_dataset(dataset)
-    existing = [n for n in ("fragments", "segmentation") if n in group]
-    if existing and not overwrite:
-        raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
-                                     f"{existing}; expected none (or pass --overwrite)")
+    """The agglomeration part of :func:`~affinity_dist.stages.segment.prepare_segment`,
+    which checks the affinities, block, chunks and existing outputs and resolves the
+    threshold first."""
     voxel_size = tuple(float(v) for v in affs.voxel_size)
     finest = min(voxel_size)
     watershed = {"seeds_method": o.seeds,
@@ -176,13 +166,12 @@ def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, *,
                                     else o.seed_threshold),
                  "min_seed_size": o.min_seed_size, "min_seed_distance": o.min_seed_distance,
                  "sampling": [v / finest for v in voxel_size], "per_section": o.per_section}
-    threshold = o.threshold if o.threshold is not None else DEFAULT_THRESHOLD
     if threshold < o.floor:
         raise DataError(f"--threshold: got {threshold}, expected at least the merge tree's "
                         f"floor {o.floor}")
     halo = o.halo if o.halo is not None else default_halo(voxel_size)
-    return AgglomeratePlan(str(dataset), float(threshold), BlockGrid(shape, block),
-                           (cz, cy, cx), str(affs.dtype), halo, watershed, o.fanout, o.floor,
+    return AgglomeratePlan(str(dataset), float(threshold), grid, chunks, str(affs.dtype),
+                           halo, watershed, o.fanout, o.floor,
                            overwrite, uuid.uuid4().hex, array_key(dataset, "affinities"),
                            voxel_size, tuple(float(v) for v in affs.offset), o.min_size)
 
@@ -204,11 +193,8 @@ def _create_tree_outputs(plan: AgglomeratePlan, group: Any) -> None:
     for name in (STAGED["merge_tree"], STAGED["region_graph"]):
         group.require_group(name, overwrite=True).attrs["run_key"] = key
     work = group.require_group(WORK, overwrite=True)
-    labels, aff_length = face_row_lengths(plan.grid.block_shape)
-    native = np.uint8 if plan.aff_dtype == "uint8" else np.int64
-    for kind, dtype, length in (("labels", np.uint32, labels), ("affs", native, aff_length)):
-        create_work_array(work, kind, shape=(plan.grid.num_blocks, length), dtype=dtype,
-                          chunks=(1, length))
+    create_face_arrays(work, plan.grid.block_shape, plan.grid.num_blocks,
+                       np.uint8 if plan.aff_dtype == "uint8" else np.int64)  # native units
     work.attrs["run_key"] = key  # last: the partial outputs are complete
 
 

@@ -10,25 +10,14 @@ merged into its best neighbour, cut below every score).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import DataError
 from ..kernels.agglomerate import Residual, TreeRecord, cut_labels, reduce_task
-from ..kernels.fragments import (
-    apply_mapping,
-    boundary_planes,
-    face_row_lengths,
-    global_ids,
-    pack_planes,
-    plane_shapes,
-    unpack_planes,
-    untile,
-)
+from ..kernels.fragments import apply_mapping, global_ids, untile
 from ..kernels.graph import (
     block_edges,
     face_edges,
@@ -38,7 +27,9 @@ from ..kernels.graph import (
 )
 from ..kernels.merge import fragment_sizes
 from ..kernels.watershed import watershed_block
-from ..storage import Volume, open_volume, read_record, write_record
+from ..storage import read_record, write_record
+from .segment_tasks import open_cached as _open
+from .segment_tasks import read_affinities, read_faces, write_faces
 
 if TYPE_CHECKING:
     from .agglomerate import AgglomeratePlan
@@ -49,16 +40,6 @@ STAGED = {"fragments": "_staging_fragments", "merge_tree": "_staging_merge_tree"
           "region_graph": "_staging_region_graph", "segmentation": "_staging_segmentation"}
 #: Below every score: the size tree is cut so that all its merges apply.
 ALL = -1.0
-
-
-@functools.lru_cache(maxsize=32)
-def _cached(dataset: str, name: str, token: str) -> Volume:
-    return open_volume(dataset, name, "r+")
-
-
-def _open(plan: AgglomeratePlan, name: str) -> Volume:
-    """Array ``name`` of the run, opened once per worker process and run."""
-    return _cached(plan.dataset, name, plan.token)
 
 
 def _path(*parts: object) -> str:
@@ -90,21 +71,14 @@ class FragmentBlock:
         plan, grid = self.plan, self.plan.grid
         box = grid.write_box(block_id)
         read, _ = grid.read_box(block_id, plan.halo)
-        affs = _open(plan, "affinities").read(read)[:3]
-        if affs.dtype.kind == "f" and np.isnan(affs).any():
-            raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
-                            "expected values in [0, 1]")
+        affs = read_affinities(plan, block_id, read)
         native = native_affinities(affs)  # refuses values outside [0, 1]
         crop = box.relative_to(read)
         fragments, n = watershed_block(affs, crop, block_id, plan.chunks, **plan.watershed)
         _open(plan, STAGED["fragments"]).write(box, fragments)
-        block = untile(fragments)
         own = native[(slice(None), *crop)]
-        labels, aff_length = face_row_lengths(grid.block_shape)
-        _open(plan, f"{WORK}/labels").array[block_id:block_id + 1] = pack_planes(
-            boundary_planes(block), labels)
-        _open(plan, f"{WORK}/affs").array[block_id:block_id + 1] = pack_planes(
-            [np.take(own[axis], 0, axis=axis) for axis in range(3)], aff_length)
+        write_faces(plan, block_id, fragments, own, WORK)
+        block = untile(fragments)
         u, v, sums, counts = block_edges(block, own)
         write_record(plan.dataset, _path(WORK, "edges", block_id),
                      {"u": u, "v": v, "sums": sums, "counts": counts,
@@ -116,12 +90,8 @@ def _faces(plan: AgglomeratePlan, block_id: int, affinities: bool = False
            ) -> list[NDArray[Any]]:
     """A block's six boundary planes (first0, last0, first1, ...) as global ids, or the
     affinities of its three first planes."""
-    shapes = plane_shapes(plan.grid.write_box(block_id).shape)
-    if affinities:
-        return unpack_planes(np.asarray(_open(plan, f"{WORK}/affs").array[block_id]), shapes)
-    row = np.asarray(_open(plan, f"{WORK}/labels").array[block_id])
-    return [global_ids(p, block_id) for p in
-            unpack_planes(row, [s for s in shapes for _ in (0, 1)])]
+    planes = read_faces(plan, block_id, affinities, WORK)
+    return planes if affinities else [global_ids(p, block_id) for p in planes]
 
 
 # ---- 2. region graph and leaves --------------------------------------------------------

@@ -27,16 +27,16 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import DTypeLike, NDArray
+from numpy.typing import NDArray
 
 from ..errors import DataError, DestinationExistsError
 from ..geometry import BlockGrid, default_block
-from ..kernels.fragments import face_row_lengths, native_threshold
+from ..kernels.fragments import native_threshold
 from ..kernels.merge import FragmentStats, LookupTable, block_starts, merge_blocks
 from ..options import SegmentOptions
 from ..runtime.scheduling import BlockCounts, LocalScheduler
@@ -46,7 +46,6 @@ from ..storage import (
     Volume,
     check_chunk_alignment,
     create_volume,
-    create_work_array,
     dataset_from_array,
     delete_node,
     move_node,
@@ -55,13 +54,21 @@ from ..storage import (
     rename_volume,
     write_table,
 )
-from .segment_tasks import LOOKUP, STAGED, WORK, FragmentBlock, PairBlock, RelabelBlock
+from .segment_tasks import (
+    LOOKUP,
+    STAGED,
+    WORK,
+    FragmentBlock,
+    PairBlock,
+    RelabelBlock,
+    create_face_arrays,
+)
 
 __all__ = ["SegmentPlan", "prepare_segment", "run_segment", "segment"]
 
 log = logging.getLogger(__name__)
-#: Default threshold of ``--method cc``.
-CC_THRESHOLD = 0.5
+#: Default threshold of either method when the affinities name none.
+DEFAULT_THRESHOLD = 0.5
 #: Bump when a change of this module changes what segment writes (keys the run state).
 VERSION = 2  # 2: face planes in one row per block
 
@@ -96,6 +103,11 @@ class SegmentPlan:
         names = ("fragments", "segmentation") if self.keep_fragments else ("segmentation",)
         return {name: STAGED[name] for name in names}
 
+    @property
+    def output_keys(self) -> dict[str, str]:
+        """The run key each finished output carries."""
+        return {name: self.state.key for name in self.outputs}
+
 
 def default_threshold(attrs: Any, method: str) -> float:
     """The threshold tuned for the model that made the affinities (``segment_defaults`` in
@@ -105,7 +117,7 @@ def default_threshold(attrs: Any, method: str) -> float:
     entry = defaults.get(method) if isinstance(defaults, dict) else None
     value = entry.get("threshold") if isinstance(entry, dict) else None
     if value is None:
-        return CC_THRESHOLD
+        return DEFAULT_THRESHOLD
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise DataError(f"affinities: got segment_defaults.{method}.threshold = {value!r} in "
                         "their attributes, expected a number in [0, 1] (or pass --threshold)")
@@ -127,11 +139,6 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
         raise DataError(f"affinities: got {affs.shape[0]} channels, expected at least 3 "
                         "(-z, -y, -x)")
     native_threshold(threshold, affs.dtype)  # validates the dtype
-    if o.method == "agglomerate":
-        from .agglomerate import prepare_agglomerate
-
-        return prepare_agglomerate(dataset, replace(o, threshold=threshold),
-                                   overwrite=overwrite)
     cz, cy, cx = o.chunks if o.chunks is not None else affs.chunks[1:]  # of the outputs
     shape = affs.spatial_shape
     block = o.block if o.block is not None else default_block((cz, cy, cx))
@@ -141,6 +148,11 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
     if existing and not overwrite:
         raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
                                      f"{existing}; expected none (or pass --overwrite)")
+    if o.method == "agglomerate":
+        from .agglomerate import prepare_agglomerate
+
+        return prepare_agglomerate(dataset, o, affs, BlockGrid(shape, block), (cz, cy, cx),
+                                   threshold=threshold, overwrite=overwrite)
     return SegmentPlan(str(dataset), threshold, BlockGrid(shape, block), (cz, cy, cx),
                        str(affs.dtype), o.min_size, overwrite, o.keep_fragments,
                        uuid.uuid4().hex, array_key(dataset, "affinities"))
@@ -162,10 +174,7 @@ def _create_outputs(plan: SegmentPlan, group: Any, affs: Volume) -> None:
     for name in plan.outputs.values():
         create_volume(group, name, dtype=np.uint64, overwrite=True, **common)
     work = group.require_group(WORK, overwrite=True)
-    kinds: tuple[tuple[str, DTypeLike], ...] = (("labels", np.uint32), ("affs", plan.aff_dtype))
-    for (kind, dtype), length in zip(kinds, face_row_lengths(grid.block_shape), strict=True):
-        create_work_array(work, kind, shape=(grid.num_blocks, length), dtype=dtype,
-                          chunks=(1, length))
+    create_face_arrays(work, grid.block_shape, grid.num_blocks, plan.aff_dtype)
     work.attrs["run_key"] = key  # last: the partial outputs are complete
 
 
@@ -287,7 +296,7 @@ def segment(data: str | os.PathLike[str] | Any, options: SegmentOptions | None =
         shape = tuple(getattr(data, "shape", ()))
         if len(shape) != 4 or shape[0] < 3:
             raise DataError(f"affinities: got shape {shape}, expected (c >= 3, z, y, x)")
-        native_threshold(o.threshold if o.threshold is not None else CC_THRESHOLD,
+        native_threshold(o.threshold if o.threshold is not None else DEFAULT_THRESHOLD,
                          np.dtype(data.dtype))  # uint8 or float only
         dataset = dataset_from_array(out, "affinities", data, voxel_size=voxel_size,
                                      chunks=o.chunks or DEFAULT_CHUNKS, overwrite=overwrite)

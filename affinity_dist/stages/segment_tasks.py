@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import DTypeLike, NDArray
 
 from ..errors import DataError
 from ..geometry import Box
@@ -27,7 +27,7 @@ from ..kernels.fragments import (
     unpack_planes,
 )
 from ..kernels.merge import FragmentStats, block_map, fragment_sizes, fragment_stats
-from ..storage import Volume, open_volume, read_table_slice
+from ..storage import Volume, create_work_array, open_volume, read_table_slice
 
 if TYPE_CHECKING:
     from .segment import SegmentPlan
@@ -42,33 +42,57 @@ def _cached(dataset: str, name: str, token: str) -> Volume:
     return open_volume(dataset, name, "r+")
 
 
-def _open(plan: SegmentPlan, name: str) -> Volume:
-    """Array ``name`` of the run, opened once per worker process and run (every open
-    parses the group's and the array's metadata: ~1 ms, 10+ times per block)."""
+def open_cached(plan: Any, name: str) -> Volume:
+    """Array ``name`` of a run's dataset (a plan with ``dataset`` and ``token``), opened
+    once per worker process and run (every open parses the group's and the array's
+    metadata: ~1 ms, 10+ times per block)."""
     return _cached(plan.dataset, name, plan.token)
 
 
-def _write_faces(plan: SegmentPlan, block_id: int, fragments: NDArray[np.uint64],
-                 affs: NDArray[Any]) -> list[NDArray[np.uint32]]:
+_open = open_cached
+
+
+def create_face_arrays(work: Any, block_shape: tuple[int, ...], num_blocks: int,
+                       aff_dtype: DTypeLike) -> None:
+    """The two face arrays of a run's work group: one row of boundary planes (uint32
+    local ids) and one of first-plane affinities per block."""
+    kinds: tuple[tuple[str, DTypeLike], ...] = (("labels", np.uint32), ("affs", aff_dtype))
+    for (kind, dtype), length in zip(kinds, face_row_lengths(block_shape), strict=True):
+        create_work_array(work, kind, shape=(num_blocks, length), dtype=dtype,
+                          chunks=(1, length))
+
+
+def write_faces(plan: Any, block_id: int, fragments: NDArray[np.uint64],
+                affs: NDArray[Any], work: str = WORK) -> list[NDArray[np.uint32]]:
     """Save a block's six boundary planes (local ids) and the affinities of its first
-    planes, one row per block in two small arrays: two writes per block, not nine.
-    Returns the boundary planes."""
+    planes in the face arrays of ``work``, one row per block: two writes per block, not
+    nine. Returns the boundary planes."""
     planes = boundary_planes(fragments)
     labels, aff_length = face_row_lengths(plan.grid.block_shape)
-    _open(plan, f"{WORK}/labels").array[block_id:block_id + 1] = pack_planes(planes, labels)
-    _open(plan, f"{WORK}/affs").array[block_id:block_id + 1] = pack_planes(
+    _open(plan, f"{work}/labels").array[block_id:block_id + 1] = pack_planes(planes, labels)
+    _open(plan, f"{work}/affs").array[block_id:block_id + 1] = pack_planes(
         [np.take(affs[axis], 0, axis=axis) for axis in range(3)], aff_length)
     return planes
 
 
-def _read_faces(plan: SegmentPlan, block_id: int, affinities: bool = False
-                ) -> list[NDArray[Any]]:
-    """A block's planes as written by :func:`_write_faces`: first and last plane of each
+def read_faces(plan: Any, block_id: int, affinities: bool = False, work: str = WORK
+               ) -> list[NDArray[Any]]:
+    """A block's planes as written by :func:`write_faces`: first and last plane of each
     axis (first0, last0, first1, ...), or the three affinity planes."""
     shapes = plane_shapes(plan.grid.write_box(block_id).shape)
     name, shapes = (("affs", shapes) if affinities else
                     ("labels", [s for s in shapes for _ in (0, 1)]))
-    return unpack_planes(np.asarray(_open(plan, f"{WORK}/{name}").array[block_id]), shapes)
+    return unpack_planes(np.asarray(_open(plan, f"{work}/{name}").array[block_id]), shapes)
+
+
+def read_affinities(plan: Any, block_id: int, box: Box) -> NDArray[Any]:
+    """The three nearest-neighbour affinity channels over ``box``, refusing NaN (block
+    ``block_id`` named)."""
+    affs = _open(plan, "affinities").read(box)[:3]
+    if affs.dtype.kind == "f" and np.isnan(affs).any():
+        raise DataError(f"affinities: block {block_id} at {plan.grid.write_box(block_id).start}"
+                        " holds NaN, expected values in [0, 1]")
+    return affs
 
 
 def _label(plan: SegmentPlan, block_id: int, tiled: bool = True
@@ -77,10 +101,7 @@ def _label(plan: SegmentPlan, block_id: int, tiled: bool = True
     tiled by the chunk shape where it divides the block (written chunk by chunk with no
     copy: a 256^3 uint64 block in 34 ms instead of 55)."""
     box = plan.grid.write_box(block_id)
-    affs = _open(plan, "affinities").read(box)[:3]
-    if affs.dtype.kind == "f" and np.isnan(affs).any():
-        raise DataError(f"affinities: block {block_id} at {box.start} holds NaN, "
-                        "expected values in [0, 1]")
+    affs = read_affinities(plan, block_id, box)
     fragments, n = label_block(affs, plan.threshold, block_id,
                                plan.chunks if tiled else None)
     return box, affs, fragments, n
@@ -95,7 +116,7 @@ class FragmentBlock:
         box, affs, fragments, n = _label(plan, block_id)
         if plan.keep_fragments:
             _open(plan, STAGED["fragments"]).write(box, fragments)
-        planes = _write_faces(plan, block_id, fragments, affs)
+        planes = write_faces(plan, block_id, fragments, affs)
         return fragment_stats(fragments, n, block_id, planes, plan.min_size)
 
 
@@ -109,12 +130,12 @@ class PairBlock:
         pairs = [np.zeros((2, 0), np.uint64)]
         if not any(index):
             return pairs[0]
-        labels, affs = _read_faces(plan, block_id), _read_faces(plan, block_id, True)
+        labels, affs = read_faces(plan, block_id), read_faces(plan, block_id, True)
         for axis in range(3):
             if index[axis] == 0:
                 continue
             below = grid.block_id(tuple(i - (a == axis) for a, i in enumerate(index)))
-            p = face_pairs(_read_faces(plan, below)[2 * axis + 1], labels[2 * axis],
+            p = face_pairs(read_faces(plan, below)[2 * axis + 1], labels[2 * axis],
                            affs[axis], plan.threshold)
             pairs.append(np.stack([global_ids(p[0], below), global_ids(p[1], block_id)]))
         return np.concatenate(pairs, axis=1)

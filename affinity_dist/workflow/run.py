@@ -109,7 +109,7 @@ def _segment(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[s
     entry: dict[str, Any] = {"voxels": math.prod(plan.grid.shape),
                              "blocks": plan.grid.num_blocks, "key": plan.state.key}
     if _skip_or_check(plan.dataset, tuple(plan.outputs), plan.state, overwrite,
-                      getattr(plan, "output_keys", None)):
+                      plan.output_keys):
         return {**entry, "skipped": plan.grid.num_blocks,
                 "segments": plan.state.summary().get("segments")}
     counts = BlockCounts()
