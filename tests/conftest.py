@@ -17,3 +17,8 @@ def fib25() -> Path:
 @pytest.fixture
 def gala() -> Path:
     return shared_file("gala_train.h5")
+
+
+@pytest.fixture
+def isbi() -> Path:
+    return shared_file("isbi2012_ssTEM.h5")

@@ -45,3 +45,50 @@ def test_balance_weights_equalise_classes() -> None:
         if pos and neg:
             assert abs(pos - neg) < 1e-4
         assert (weights[c][mask[c] == 0] == 0).all()
+
+
+def test_boundary_semantics_teaches_edges_into_label_0_as_different() -> None:
+    target, mask = affinity_targets(LABELS, background="boundary")
+    unknown_t, _ = affinity_targets(LABELS)
+    assert (target == unknown_t).all()  # the same positives: only the mask grows
+    # the membrane voxel (0, 1, 1): its -x and +x edges are known and 0
+    assert mask[2, 0, 1].tolist() == [0, 1, 1, 1]
+    assert target[2, 0, 1].tolist() == [0, 0, 0, 1]
+    # everything inside the crop is known, the crop's own border excepted
+    assert mask[2][:, :, 1:].all() and mask[1][:, 1:].all() and mask[0][1:].all()
+    # two label-0 voxels side by side are not "the same neuron"
+    zeros = np.zeros((1, 1, 3), np.uint64)
+    t, m = affinity_targets(zeros, background="boundary")
+    assert t.sum() == 0 and m[2].sum() == 2
+
+
+def test_labels_mask_leaves_out_every_edge_touching_an_unannotated_voxel() -> None:
+    annotated = np.ones(LABELS.shape, np.uint8)
+    annotated[1] = 0  # section z = 1 is not annotated
+    for background in ("unknown", "boundary"):
+        target, mask = affinity_targets(LABELS, background=background, mask=annotated)
+        assert not mask[:, 1].any()  # no edge of section 1, nor the -z edges into it
+        full_t, full_m = affinity_targets(LABELS, background=background)
+        assert (mask[1:, 0] == full_m[1:, 0]).all() and (target[:, 0] == full_t[:, 0]).all()
+        # poisoning the unannotated labels changes nothing
+        poisoned = LABELS.copy()
+        poisoned[1] = 7
+        t2, m2 = affinity_targets(poisoned, background=background, mask=annotated)
+        assert (t2 == target).all() and (m2 == mask).all()
+
+
+def test_negative_weight_scales_boundary_edges_after_balancing() -> None:
+    target, mask = affinity_targets(LABELS)
+    base = balance_weights(target, mask)
+    heavy = balance_weights(target, mask, negative=3.0)
+    neg = (target < 0.5) & (mask > 0)
+    assert np.allclose(heavy[neg], 3 * base[neg]) and np.allclose(heavy[~neg], base[~neg])
+
+
+def test_bad_background_is_refused() -> None:
+    import pytest
+
+    from affinity_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="background: got 'membrane'"):
+        affinity_targets(LABELS, background="membrane")  # type: ignore[arg-type]

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=2000)
     p.add_argument("--config", metavar="FILE", default=None,
                    help="training configuration, TOML or JSON (keys of TrainConfig)")
+    p.add_argument("--init", metavar="MODEL.pt", default=None,
+                   help="start from this checkpoint's weights (fine-tuning; same "
+                        "architecture as the config's model)")
 
     p = sub.add_parser("info", help="list the arrays of a dataset with their metadata")
     p.add_argument("dataset", metavar="X.zarr")

@@ -214,7 +214,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     model = train(args.data, args.out, iterations=args.iterations, config=config,
-                  progress=not args.quiet)
+                  progress=not args.quiet, init=args.init)
     print(model)
 
 

@@ -54,8 +54,11 @@ class UNetConfig:
         suits strongly anisotropic data at the top level.
     padding : "valid" (seamless blockwise prediction, the default) or "same".
     norm : "none", "batch", "group" or "instance".
-    offsets : affinity offsets; the first three must be the nearest neighbours.
+    offsets : affinity offsets; the first three must be the nearest neighbours (longer
+        ranges after them: auxiliary targets, Lee et al. 2017).
     in_channels : channels of the raw input (1 for EM).
+    lsds : 10 more output channels after the affinities, the local shape descriptors
+        (Sheridan et al. 2022), an auxiliary training target.
     """
 
     downsample_factors: tuple[Vec, ...] = ((1, 2, 2), (2, 2, 2))
@@ -66,6 +69,7 @@ class UNetConfig:
     norm: Literal["none", "batch", "group", "instance"] = "none"
     offsets: tuple[Vec, ...] = field(default=NEAREST_OFFSETS)
     in_channels: int = 1
+    lsds: bool = False
 
     def __post_init__(self) -> None:
         factors = tuple(_vec(f, "downsample_factors", 1) for f in self.downsample_factors)
@@ -80,6 +84,8 @@ class UNetConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad_value(name, value, "an integer >= 1")
+        if not isinstance(self.lsds, bool):
+            raise bad_value("lsds", self.lsds, "true or false")
         if self.padding not in ("valid", "same"):
             raise bad_value("padding", self.padding, "'valid' or 'same'")
         if self.norm not in ("none", "batch", "group", "instance"):
@@ -105,6 +111,11 @@ class UNetConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the head: one per offset, then 10 LSD channels if ``lsds``."""
+        return len(self.offsets) + (10 if self.lsds else 0)
 
     @property
     def levels(self) -> int:

@@ -111,7 +111,8 @@ def cached_model(path: str, device: torch.device, precision: Precision = "fp32")
 
 
 def forward(model: Any, tiles: NDArray[Any], device: torch.device,
-            precision: Precision = "bf16", *, as_uint8: bool = False) -> NDArray[Any]:
+            precision: Precision = "bf16", *, as_uint8: bool = False,
+            channels: int | None = None) -> NDArray[Any]:
     """Affinities of a batch of raw tiles ``(N, 1, z, y, x)``: float32 in [0, 1], or
     with ``as_uint8`` rounded to 0-255 (as :func:`affinity_dist.predict.to_uint8`).
 
@@ -122,7 +123,8 @@ def forward(model: Any, tiles: NDArray[Any], device: torch.device,
     ``precision`` "bf16" computes in bfloat16 (the shipped model was trained under bf16
     autocast; on this CPU 2-4x faster than fp32): with a model whose weights are bf16
     (:func:`cached_model`) directly, else under autocast. "fp32": full precision.
-    Inference mode: no autograd state is kept.
+    Inference mode: no autograd state is kept. ``channels``: only the first ones (the
+    nearest affinities of a model with auxiliary outputs).
     """
     x = torch.from_numpy(np.ascontiguousarray(tiles)).to(device, non_blocking=True)
     x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
@@ -133,7 +135,8 @@ def forward(model: Any, tiles: NDArray[Any], device: torch.device,
         x = x.to(torch.bfloat16)
     with (torch.inference_mode(),
           torch.autocast(device.type, dtype=torch.bfloat16, enabled=low and not bf16_weights)):
-        out = torch.sigmoid(model(x).float())
+        logits = model(x)
+        out = torch.sigmoid((logits if channels is None else logits[:, :channels]).float())
         if as_uint8:  # on the device: a quarter of the bytes to move and to write
             out = out.mul_(255).round_().to(torch.uint8)
     result: NDArray[Any] = out.contiguous().cpu().numpy()

@@ -39,7 +39,8 @@ def _center_crop(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
 
 
 class UNet3D(nn.Module):
-    """3D U-Net: input (N, C_in, Z, Y, X) -> affinity logits (N, len(offsets), z, y, x)."""
+    """3D U-Net: input (N, C_in, Z, Y, X) -> logits (N, out_channels, z, y, x): the
+    affinities of every offset first, then the LSDs if the config has them."""
 
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
@@ -56,7 +57,7 @@ class UNet3D(nn.Module):
         self.up = nn.ModuleList(
             _ConvPass(fmaps[level] + fmaps[level + 1], fmaps[level], config)
             for level in range(config.levels - 1))
-        self.head = nn.Conv3d(fmaps[0], len(config.offsets), 1)
+        self.head = nn.Conv3d(fmaps[0], config.out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits: torch.Tensor = self.head(self._level(x, 0))

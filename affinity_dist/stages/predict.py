@@ -106,6 +106,12 @@ class PredictPlan:
             "dtype": self.dtype, "precision": self.precision, "device": self.device})
 
     @property
+    def offsets(self) -> tuple[Vec, ...]:
+        """The offsets written: the nearest three (DESIGN.md). A model's long-range
+        affinities and LSDs are training targets, not outputs."""
+        return self.config.offsets[:3]
+
+    @property
     def tiling(self) -> Tiling:
         """The global tile grid: ``tile``, ``net_output`` and the model's context."""
         return Tiling(self.tile, self.net_output, self.config.context)
@@ -169,9 +175,10 @@ class _PredictBlock:
         model = cached_model(plan.model, device, plan.precision)
 
         def network(tiles: NDArray[Any]) -> NDArray[Any]:
-            return forward(model, tiles, device, plan.precision, as_uint8=plan.dtype == "uint8")
+            return forward(model, tiles, device, plan.precision, as_uint8=plan.dtype == "uint8",
+                           channels=len(plan.offsets))
 
-        block = predict_block(raw, box, tiling, network, channels=len(plan.config.offsets),
+        block = predict_block(raw, box, tiling, network, channels=len(plan.offsets),
                               dtype=plan.dtype, batch=plan.batch)
         open_volume(plan.dataset, STAGED, "r+").write(box, block.output)
         return BlockPrediction(box.size, read, block.network_voxels, block.model_seconds,
@@ -264,7 +271,7 @@ def _gpu_resources(client: Any | None) -> dict[str, float] | None:
 
 def _attributes(plan: PredictPlan, key: str) -> dict[str, Any]:
     """The affinities' attributes: offsets, model, tile, encoding and the run key."""
-    return {"offsets": [list(o) for o in plan.config.offsets], "model": plan.model,
+    return {"offsets": [list(o) for o in plan.offsets], "model": plan.model,
             "model_sha256": plan.model_sha256, "tile": list(plan.tile),
             "precision": plan.precision, "normalization": "uint8/255",
             "segment_defaults": json.loads(plan.segment_defaults),
@@ -279,7 +286,7 @@ def _usable(plan: PredictPlan, group: Any, key: str) -> bool:
 
 def _create_staging(plan: PredictPlan, group: Any, raw: Any, key: str) -> None:
     """1. The staging array the blocks write into, stamped with the run key."""
-    create_volume(group, STAGED, shape=raw.spatial_shape, channels=len(plan.config.offsets),
+    create_volume(group, STAGED, shape=raw.spatial_shape, channels=len(plan.offsets),
                   dtype=plan.dtype, voxel_size=raw.voxel_size, offset=raw.offset,
                   chunks=plan.chunks, attributes=_attributes(plan, key), overwrite=True,
                   register=False)

@@ -26,6 +26,7 @@ __all__ = ["Source", "detect_format", "open_source"]
 Format = Literal["hdf5", "tiff", "slices", "zarr", "n5"]
 RAW_KEYS = ("volumes/raw", "raw")
 LABEL_KEYS = ("volumes/labels/neuron_ids", "labels", "volumes/labels")
+MASK_KEYS = ("volumes/labels/mask", "labels_mask")
 SLICE_SUFFIXES = (".png", ".tif", ".tiff")
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -187,29 +188,31 @@ def _peek(path: Path) -> NDArray[Any]:
         return np.asarray(im)
 
 
-def open_source(src: str | os.PathLike[str], key: str | None, *, role: Literal["raw", "labels"],
+def open_source(src: str | os.PathLike[str], key: str | None, *,
+                role: Literal["raw", "labels", "mask"],
                 option: str) -> Source | None:
     """Describe the ``role`` array of ``src``.
 
     ``key`` names the array inside a container (HDF5, Zarr, N5); ``None`` tries the usual
-    names (CREMI ``volumes/raw``, ``volumes/labels/neuron_ids``; ``raw``, ``labels``).
-    Returns ``None`` for labels when the source has none and no key was given. TIFF
+    names (CREMI ``volumes/raw``, ``volumes/labels/neuron_ids``, ``volumes/labels/mask``;
+    ``raw``, ``labels``, ``labels_mask``). Returns ``None`` for labels or a mask when the
+    source has none and no key was given. TIFF
     stacks and slice folders hold raw only.
     """
     path = Path(src)
     fmt = detect_format(path)
     if fmt in ("tiff", "slices"):
-        if role == "labels":
+        if role != "raw":
             return None
         return _describe(fmt, path, None)
     present = _keys_present(fmt, path)
     if key is None:
         if fmt == "zarr" and present == [""]:  # SRC is an array itself
             return _describe(fmt, path, None) if role == "raw" else None
-        candidates = RAW_KEYS if role == "raw" else LABEL_KEYS
+        candidates = {"raw": RAW_KEYS, "labels": LABEL_KEYS, "mask": MASK_KEYS}[role]
         key = next((k for k in candidates if k in present), None)
         if key is None:
-            if role == "labels":
+            if role != "raw":
                 return None
             raise InputNotFoundError(f"{option}: no raw array found under the usual names "
                                      f"{list(RAW_KEYS)} in {str(path)!r}; expected one of "

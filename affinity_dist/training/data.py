@@ -5,6 +5,13 @@ volumes (raw + labels), restricted to the training region or to the held-out val
 region (a slab along one axis). Augmentations run on the input-sized crop; targets are
 computed there too and then centre-cropped to the network's *output* shape, so every
 output edge has its true neighbour. Raw is normalised as at inference: uint8 / 255.
+
+Each volume says what its label 0 means (``background``: "unknown" or "boundary", see
+:mod:`affinity_dist.kernels.targets`) and may carry a labels mask (1 = annotated). Through
+the augmentations the crop travels as one encoded label array, 0 = unknown (unannotated,
+or uncovered by a misaligned section) — for "boundary" volumes the ids are shifted by one,
+so membrane (1) stays apart from unknown — and is decoded before the targets are made:
+unannotated voxels never contribute.
 """
 
 from __future__ import annotations
@@ -18,10 +25,12 @@ from numpy.typing import NDArray
 
 from ..errors import ConfigError, DataError, bad_value
 from ..geometry import Box
-from ..kernels.targets import affinity_targets, balance_weights
+from ..kernels.lsd import local_shape_descriptors
+from ..kernels.targets import BACKGROUNDS, affinity_targets, balance_weights
 from ..storage.sources import Source, open_source
 
-__all__ = ["CropSampler", "Split", "check_split", "normalize_raw", "open_training_volume"]
+__all__ = ["CropSampler", "Split", "Targets", "check_split", "normalize_raw",
+           "open_training_volume"]
 
 
 def normalize_raw(raw: NDArray[Any]) -> NDArray[np.float32]:
@@ -43,7 +52,8 @@ class Split:
                ) -> list[tuple[int, int]]:
         """Intervals along ``axis`` available to ``part`` (training may be two pieces)."""
         n = shape[self.axis]
-        lo, hi = self.start, n if self.stop is None else min(self.stop, n)
+        lo = min(self.start, n)  # a slab beyond the volume leaves it all to training
+        hi = n if self.stop is None else min(self.stop, n)
         if part == "val":
             return [(lo, hi)] if hi > lo else []
         return [(a, b) for a, b in ((0, lo), (hi, n)) if b > a]
@@ -54,11 +64,27 @@ class TrainingVolume:
     raw: Source
     labels: Source
     voxel_size: tuple[float, float, float]
+    background: str = "unknown"  # what label 0 means: "unknown" or "boundary"
+    mask: Source | None = None  # labels mask, nonzero = annotated
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What a sample's target holds: affinities of ``offsets`` (BCE), then, with
+    ``lsd_sigma``, the 10 local shape descriptors (MSE)."""
+
+    offsets: tuple[tuple[int, int, int], ...]
+    lsd_sigma: float | None = None
+    lsd_downsample: int = 2
+    balance: bool = True
+    negative_weight: float = 1.0
 
 
 def open_training_volume(path: str, raw_key: str | None = None,
-                         labels_key: str | None = None) -> TrainingVolume:
-    """Raw and labels of a training source; both must exist and match in shape."""
+                         labels_key: str | None = None, *, mask_key: str | None = None,
+                         background: str = "unknown") -> TrainingVolume:
+    """Raw, labels and (when present or named) the labels mask of a training source; all
+    must exist and match in shape. ``mask_key`` "" means: no mask even if one is present."""
     raw = open_source(path, raw_key, role="raw", option="--data")
     labels = open_source(path, labels_key, role="labels", option="--data")
     if raw is None or labels is None:
@@ -68,9 +94,41 @@ def open_training_volume(path: str, raw_key: str | None = None,
                         "expected two 3D volumes of one shape")
     if labels.dtype.kind not in "ui":
         raise DataError(f"--data: got labels of dtype {labels.dtype}, expected integers")
+    if background not in BACKGROUNDS:
+        raise bad_value(f"volumes.{path}.background", background, "'unknown' or 'boundary'",
+                        ConfigError)
+    mask = None if mask_key == "" else open_source(path, mask_key, role="mask",
+                                                   option="--data")
+    if mask is not None and (mask.shape != labels.shape or mask.dtype.kind not in "uib"):
+        raise DataError(f"--data: got a labels mask {mask.shape} {mask.dtype} in {path!r}, "
+                        f"expected integers of the labels' shape {labels.shape}")
     voxel = raw.voxel_size if raw.voxel_size and len(raw.voxel_size) == 3 else (1, 1, 1)
     vz, vy, vx = (float(v) for v in voxel)
-    return TrainingVolume(raw, labels, (vz, vy, vx))
+    return TrainingVolume(raw, labels, (vz, vy, vx), background, mask)
+
+
+def encode_labels(volume: TrainingVolume, labels: NDArray[Any], mask: NDArray[Any] | None
+                  ) -> NDArray[np.uint64]:
+    """One label array for the augmentations: 0 = unknown; for "boundary" volumes ids + 1
+    (so membrane, 0, becomes 1)."""
+    out = labels.astype(np.uint64)
+    if volume.background == "boundary":
+        if out.size and int(out.max()) == np.iinfo(np.uint64).max:
+            raise DataError(f"--data: {volume.labels.path!r} holds id 2**64-1, expected "
+                            "ids below it in a volume whose label 0 is boundary")
+        out += np.uint64(1)
+    if mask is not None:
+        out[mask == 0] = 0
+    return out
+
+
+def decode_labels(volume: TrainingVolume, encoded: NDArray[np.uint64]
+                  ) -> tuple[NDArray[np.uint64], NDArray[np.bool_] | None]:
+    """The labels and the annotated mask (None: all annotated) of an encoded crop."""
+    if volume.background != "boundary":
+        return encoded, None
+    known = encoded != 0
+    return np.where(known, encoded - np.uint64(1), np.uint64(0)), known
 
 
 class CropSampler:
@@ -80,20 +138,20 @@ class CropSampler:
     ----------
     volumes : training volumes.
     input_shape, output_shape : the network's shapes (z, y, x).
-    offsets : affinity offsets of the targets.
+    targets : what to compute (affinity offsets, LSDs, weighting).
     split : the held-out validation slab.
     part : "train" or "val".
     augment : callable ``(raw, labels, voxel_size, rng) -> (raw, labels)`` or None.
     """
 
     def __init__(self, volumes: Sequence[TrainingVolume], input_shape: Sequence[int],
-                 output_shape: Sequence[int], *, offsets: Sequence[Sequence[int]],
+                 output_shape: Sequence[int], *, targets: Targets,
                  split: Split, part: Literal["train", "val"] = "train",
-                 augment: Any = None, balance: bool = True) -> None:
+                 augment: Any = None) -> None:
         self.volumes, self.split, self.part = list(volumes), split, part
         self.input_shape = tuple(int(s) for s in input_shape)
         self.output_shape = tuple(int(s) for s in output_shape)
-        self.offsets, self.augment, self.balance = offsets, augment, balance
+        self.targets, self.augment = targets, augment
         self.choices = [(v, iv) for v, vol in enumerate(self.volumes)
                         for iv in split.bounds(vol.raw.shape, part)
                         if iv[1] - iv[0] >= self.input_shape[split.axis]
@@ -121,14 +179,29 @@ class CropSampler:
         v, box = self.box(rng)
         vol = self.volumes[v]
         raw = normalize_raw(vol.raw.read(box))
-        labels = vol.labels.read(box).astype(np.uint64)
+        mask = None if vol.mask is None else vol.mask.read(box)
+        labels = encode_labels(vol, vol.labels.read(box), mask)
         if self.augment is not None:
             raw, labels = self.augment(raw, labels, vol.voxel_size, rng)
-        target, mask = affinity_targets(labels, self.offsets)
+        labels, known = decode_labels(vol, labels)
+        t = self.targets
+        target, weight = affinity_targets(labels, t.offsets, background=vol.background,  # type: ignore[arg-type]
+                                          mask=known)
         crop = tuple(slice((i - o) // 2, (i - o) // 2 + o) for i, o in
                      zip(self.input_shape, self.output_shape, strict=True))
-        target, mask = target[(slice(None), *crop)], mask[(slice(None), *crop)]
-        weight = balance_weights(target, mask) if self.balance else mask
+        target, weight = target[(slice(None), *crop)], weight[(slice(None), *crop)]
+        if t.balance:
+            weight = balance_weights(target, weight, negative=t.negative_weight)
+        elif t.negative_weight != 1:
+            weight = weight * np.where(target > 0.5, 1, t.negative_weight).astype(np.float32)
+        if t.lsd_sigma is not None:
+            if known is not None:
+                labels = np.where(known, labels, 0)  # unknown voxels have no shape
+            lsds, lsd_mask = local_shape_descriptors(labels, t.lsd_sigma, vol.voxel_size,
+                                                     region=crop,  # type: ignore[arg-type]
+                                                     downsample=t.lsd_downsample)
+            target = np.concatenate([target, lsds])
+            weight = np.concatenate([weight, lsd_mask])
         return raw[None].astype(np.float32), target, weight
 
     def stream(self, seed: int) -> Iterator[tuple[NDArray[np.float32], NDArray[np.float32],

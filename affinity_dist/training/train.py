@@ -20,8 +20,9 @@ from typing import Any, Literal
 
 from ..errors import ConfigError, bad_value
 from ..kernels.augment import AugmentConfig, augment
+from ..kernels.targets import BACKGROUNDS
 from ..nn.config import UNetConfig
-from .data import CropSampler, Split, check_split, open_training_volume
+from .data import CropSampler, Split, Targets, check_split, open_training_volume
 
 __all__ = ["TrainConfig", "load_config", "train"]
 
@@ -45,6 +46,14 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = False
     num_workers: int = 1
+    # what label 0 means per volume, and which labels mask to use: {file name: {background:
+    # "unknown" | "boundary", mask: key | ""}}; volumes not named here: "unknown", and the
+    # mask found under the usual names (volumes/labels/mask), if any
+    volumes: dict[str, dict[str, str]] = field(default_factory=dict)
+    negative_weight: float = 1.0  # scales "different neuron" edges after balancing
+    lsd_sigma: float = 80.0  # the LSDs' Gaussian scale, nm (with model.lsds)
+    lsd_downsample: int = 2
+    lsd_weight: float = 1.0  # the LSD (MSE) loss beside the affinity (BCE) loss
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "checkpoint_every", "validation_batches"):
@@ -58,6 +67,17 @@ class TrainConfig:
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) \
                 or self.num_workers < 0:
             raise bad_value("num_workers", self.num_workers, "an integer >= 0")
+        for name in ("negative_weight", "lsd_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e6:
+                raise bad_value(name, v, "a number > 0")
+        if isinstance(self.lsd_sigma, bool) or not isinstance(self.lsd_sigma, int | float) \
+                or not self.lsd_sigma > 0:
+            raise bad_value("lsd_sigma", self.lsd_sigma, "a number > 0 (nm)")
+        if isinstance(self.lsd_downsample, bool) or not isinstance(self.lsd_downsample, int) \
+                or self.lsd_downsample < 1:
+            raise bad_value("lsd_downsample", self.lsd_downsample, "an integer >= 1")
+        check_volumes(self.volumes)
         _ = self.input_shape  # validates that output_shape fits the model
 
     @property
@@ -101,6 +121,36 @@ class TrainConfig:
         out = asdict(self)
         out["model"] = self.model.to_dict()
         return out
+
+
+VOLUME_KEYS = ("background", "mask", "raw", "labels")
+
+
+def check_volumes(volumes: Any) -> None:
+    """Refuse a ``volumes`` table that is not {name: {background, mask, raw, labels}}."""
+    if not isinstance(volumes, dict):
+        raise bad_value("volumes", volumes, "a table {file name: {background, mask}}")
+    for name, spec in volumes.items():
+        if not isinstance(spec, dict) or set(spec) - set(VOLUME_KEYS) or not all(
+                isinstance(v, str) for v in spec.values()):
+            raise bad_value(f"volumes.{name}", spec, f"a table of strings with keys "
+                            f"{list(VOLUME_KEYS)}")
+        if spec.get("background", "unknown") not in BACKGROUNDS:
+            raise bad_value(f"volumes.{name}.background", spec["background"],
+                            "'unknown' or 'boundary'")
+
+
+def volume_spec(config: TrainConfig, path: str) -> dict[str, str]:
+    """The ``volumes`` entry of ``path``: by its full path, else by its file name."""
+    for key in (str(path), Path(path).name):
+        if key in config.volumes:
+            return config.volumes[key]
+    return {}
+
+
+def targets_of(config: TrainConfig) -> Targets:
+    return Targets(config.model.offsets, config.lsd_sigma if config.model.lsds else None,
+                   config.lsd_downsample, config.balance, float(config.negative_weight))
 
 
 @dataclass(frozen=True)
@@ -167,8 +217,12 @@ def _plot(csv_path: Path, png: Path) -> None:
 
 
 def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int = 2000,
-          config: TrainConfig | None = None, progress: bool = True) -> Path:
-    """Train (or resume training) into run directory ``out``; returns ``out/model.pt``."""
+          config: TrainConfig | None = None, progress: bool = True,
+          init: str | os.PathLike[str] | None = None) -> Path:
+    """Train (or resume training) into run directory ``out``; returns ``out/model.pt``.
+
+    ``init``: a checkpoint to start from (fine-tuning; ignored when ``out`` holds a run to
+    resume): its architecture must be the config's; shared outputs keep their weights."""
     import torch
 
     from .trainer import Trainer
@@ -178,17 +232,31 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
         raise bad_value("--iterations", iterations, "an integer >= 1")
     if not data:
         raise ConfigError("--data: got nothing, expected at least one volume with labels")
-    volumes = [open_training_volume(str(d)) for d in data]
-    sampler = CropSampler(volumes, config.input_shape, config.output_shape,
-                          offsets=config.model.offsets, split=config.validation, part="train",
-                          augment=_Augment(config.augment),
-                          balance=config.balance)
-    val = CropSampler(volumes, config.input_shape, config.output_shape,
-                      offsets=config.model.offsets, split=config.validation, part="val",
-                      balance=config.balance)
+    if init is not None and not Path(init).is_file():
+        from ..errors import InputNotFoundError
+
+        raise InputNotFoundError(f"--init: got {str(init)!r}, expected a checkpoint file")
+    names = {str(d) for d in data} | {Path(d).name for d in data}
+    stray = sorted(set(config.volumes) - names)
+    if stray:
+        raise bad_value("volumes", stray[0], f"the path or file name of a --data volume "
+                        f"({sorted(Path(d).name for d in data)})")
+    volumes = []
+    for d in data:
+        spec = volume_spec(config, str(d))
+        volumes.append(open_training_volume(
+            str(d), spec.get("raw"), spec.get("labels"), mask_key=spec.get("mask"),
+            background=spec.get("background", "unknown")))
+    targets = targets_of(config)
+    sampler = CropSampler(volumes, config.input_shape, config.output_shape, targets=targets,
+                          split=config.validation, part="train",
+                          augment=_Augment(config.augment))
+    val = CropSampler(volumes, config.input_shape, config.output_shape, targets=targets,
+                      split=config.validation, part="val")
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
-    resolved = {"data": [str(Path(d).absolute()) for d in data], **config.to_dict()}
+    resolved = {"data": [str(Path(d).absolute()) for d in data], **config.to_dict(),
+                "init": None if init is None else str(Path(init).absolute())}
     saved = run / "config.json"
     if (run / "checkpoint.pt").exists() and saved.exists():
         before = json.loads(saved.read_text())
@@ -198,7 +266,8 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
                               "--out)")
     saved.write_text(json.dumps(resolved, indent=2, default=list))
     trainer = Trainer(config, sampler, val, run, device=torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu"))
+        "cuda" if torch.cuda.is_available() else "cpu"),
+        init=None if init is None else str(init))
     start = time.perf_counter()
     trainer.run(iterations, progress=progress)
     log.info("trained to iteration %d in %.0f s", iterations, time.perf_counter() - start)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from ..nn.checkpoint import FORMAT, _save, save_model
+from ..nn.checkpoint import FORMAT, _save, initialise_from, save_model
 from ..nn.config import build_model
 from .data import CropSampler
 from .train import TrainConfig, _plot
@@ -38,7 +38,7 @@ class _Stream(IterableDataset[tuple[Any, Any, Any]]):
 
 class Trainer:
     def __init__(self, config: TrainConfig, sampler: CropSampler, val: CropSampler,
-                 run: Path, device: torch.device) -> None:
+                 run: Path, *, device: torch.device, init: str | None = None) -> None:
         self.config, self.sampler, self.val, self.run_dir, self.device = (
             config, sampler, val, run, device)
         torch.manual_seed(config.seed)
@@ -52,9 +52,27 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer_state"])
             self.iteration = int(state["iteration"])
             log.info("resuming %s at iteration %d", run, self.iteration)
+        elif init is not None:
+            copied = initialise_from(self.model, config.model, init)
+            log.info("starting from the weights of %s (%d of %d head channels)", init,
+                     copied, config.model.out_channels)
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
-              ) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+              channels: int | None = None) -> torch.Tensor:
+        """The affinity loss (BCE or MSE, weighted) of the offsets' channels (or of the
+        first ``channels``), plus ``lsd_weight`` x the masked MSE of the LSD channels."""
+        n = len(self.config.model.offsets)
+        affinity = self._affinity_loss(logits[:, :channels or n], target[:, :channels or n],
+                                       weight[:, :channels or n])
+        if channels is not None or not self.config.model.lsds:
+            return affinity
+        lsd_w = weight[:, n:]
+        lsd = (((torch.sigmoid(logits[:, n:]) - target[:, n:]) ** 2) * lsd_w).sum() \
+            / lsd_w.sum().clamp(min=1.0)
+        return affinity + self.config.lsd_weight * lsd
+
+    def _affinity_loss(self, logits: torch.Tensor, target: torch.Tensor,
+                       weight: torch.Tensor) -> torch.Tensor:
         if self.config.loss == "bce":
             raw = torch.nn.functional.binary_cross_entropy_with_logits(
                 logits, target, reduction="none")
@@ -69,7 +87,8 @@ class Trainer:
 
     def validate(self) -> tuple[float, float, float]:
         """Mean loss and affinity F1 of the "same neuron" edges and of the boundary edges
-        (threshold 0.5, masked edges excluded) on fixed validation crops."""
+        (threshold 0.5, masked edges excluded) on fixed validation crops — of the nearest
+        three affinities only, so that models with other auxiliary targets compare."""
         self.model.eval()
         losses, tp, fp, fn, tn = [], 0, 0, 0, 0
         rng = np.random.default_rng(12345)
@@ -79,8 +98,8 @@ class Trainer:
                                        for a in self.val.sample(rng))
                 with self._autocast():
                     logits = self.model(raw)
-                logits = logits.float()
-                losses.append(float(self._loss(logits, target, weight)))
+                logits, target, weight = logits.float()[:, :3], target[:, :3], weight[:, :3]
+                losses.append(float(self._loss(logits, target, weight, channels=3)))
                 pred, known, truth = logits > 0, weight > 0, target > 0.5
                 tp += int((pred & truth & known).sum())
                 fp += int((pred & ~truth & known).sum())

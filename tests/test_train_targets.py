@@ -1,0 +1,172 @@
+"""Training targets per volume: label-0 semantics, labels masks through the augmentations,
+auxiliary long-range affinities and LSDs, fine-tuning from a checkpoint (--init)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from affinity_dist.errors import ConfigError
+from affinity_dist.kernels.augment import AugmentConfig
+from affinity_dist.nn.checkpoint import load_checkpoint
+from affinity_dist.training.data import CropSampler, Split, Targets, open_training_volume
+from affinity_dist.training.train import TrainConfig, _Augment, train
+
+from .helpers import run_cli
+
+NEAREST = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
+LONG = (*NEAREST, (-2, 0, 0), (0, -4, 0), (0, 0, -4))
+SMALL = {"model": {"num_fmaps": 4, "fmap_inc_factor": 2},
+         "validation": {"axis": 2, "start": 140}, "checkpoint_every": 5,
+         "validation_batches": 2, "num_workers": 0, "learning_rate": 0.003}
+
+
+def _sampler(volume: object, *, targets: Targets, augment: bool = False,
+             inp: tuple[int, int, int] = (12, 40, 40), out: tuple[int, int, int] = (4, 24, 24)
+             ) -> CropSampler:
+    aug = _Augment(AugmentConfig(misalign_prob=0.5)) if augment else None
+    return CropSampler([volume], inp, out, targets=targets,  # type: ignore[list-item]
+                       split=Split(axis=2, start=480), augment=aug)
+
+
+def _poisoned_copy(isbi: Path, tmp_path: Path) -> Path:
+    """ISBI with garbage ids in every unannotated voxel (sections 10-29)."""
+    path = tmp_path / "poisoned.h5"
+    with h5py.File(isbi, "r") as src, h5py.File(path, "w") as dst:
+        for key in ("volumes/raw", "volumes/labels/neuron_ids", "volumes/labels/mask"):
+            dst[key] = src[key][:]
+            dst[key].attrs.update(src[key].attrs)  # the voxel size decides the LSDs
+        labels = dst["volumes/labels/neuron_ids"]
+        mask = dst["volumes/labels/mask"][:]
+        rng = np.random.default_rng(0)
+        poison = labels[:]
+        poison[mask == 0] = rng.integers(1, 5, int((mask == 0).sum()))
+        labels[...] = poison
+    return path
+
+
+def test_isbi_mask_is_found_and_unannotated_sections_never_contribute(
+        isbi: Path, tmp_path: Path) -> None:
+    clean = open_training_volume(str(isbi), background="boundary")
+    poisoned = open_training_volume(str(_poisoned_copy(isbi, tmp_path)), background="boundary")
+    assert clean.mask is not None and clean.mask.key == "volumes/labels/mask"
+    targets = Targets(LONG, lsd_sigma=16.0, lsd_downsample=1)
+    for augment in (False, True):
+        a = _sampler(clean, targets=targets, augment=augment)
+        b = _sampler(poisoned, targets=targets, augment=augment)
+        rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+        for _ in range(6):
+            raw1, t1, w1 = a.sample(rng_a)
+            raw2, t2, w2 = b.sample(rng_b)
+            assert (raw1 == raw2).all() and (w1 == w2).all() and (t1 * w1 == t2 * w2).all()
+            assert t1.shape == w1.shape == (6 + 10, 4, 24, 24)
+    # without augmentation: output sections in 10-29 weigh nothing
+    plain = _sampler(clean, targets=Targets(NEAREST))
+    sampled = 0
+    for seed in range(40):
+        r = np.random.default_rng(seed)
+        _, box = plain.box(np.random.default_rng(seed))
+        _, _, weight = plain.sample(r)
+        z0 = box.start[0] + 4  # the output's first section
+        for k in range(4):
+            if z0 + k >= 10:
+                assert not weight[:, k].any()
+                sampled += 1
+            elif z0 + k >= 1:  # annotated and not at the crop's -z border: -z edges known
+                assert weight[1:, k].any()
+    assert sampled > 0
+
+
+def test_boundary_volumes_teach_membrane_edges_unknown_volumes_mask_them(gala: Path) -> None:
+    targets = Targets(NEAREST, balance=False)
+    boundary = _sampler(open_training_volume(str(gala), background="boundary"),
+                        targets=targets, inp=(12, 40, 40))
+    unknown = _sampler(open_training_volume(str(gala)), targets=targets, inp=(12, 40, 40))
+    with h5py.File(gala) as f:
+        labels = f["volumes/labels/neuron_ids"][:]
+    for seed in range(5):
+        _, box = boundary.box(np.random.default_rng(seed))
+        _, tb, wb = boundary.sample(np.random.default_rng(seed))
+        _, tu, wu = unknown.sample(np.random.default_rng(seed))
+        crop = labels[box.slices][4:8, 8:32, 8:32]
+        assert wb.all()  # every output edge has its neighbour in the input crop
+        zero = crop == 0
+        assert not wu[:, zero].any() and (tb[:, zero] == 0).all()
+        assert (tb * wu == tu * wu).all()  # where both know the edge, they agree
+        assert wb.sum() > wu.sum()
+
+
+def test_init_fine_tunes_from_a_checkpoint_and_keeps_the_shared_head(
+        tmp_path: Path, gala: Path) -> None:
+    base = train([str(gala)], tmp_path / "base", iterations=5,
+                 config=TrainConfig.from_dict(SMALL), progress=False)
+    aux = {**SMALL, "model": {**SMALL["model"], "offsets": [list(o) for o in LONG],
+                              "lsds": True}}
+    config = TrainConfig.from_dict(aux)
+    from affinity_dist.nn.checkpoint import initialise_from
+    from affinity_dist.nn.config import build_model
+
+    model = build_model(config.model)
+    assert initialise_from(model, config.model, base) == 3
+    source, _, _ = load_checkpoint(base)
+    mine, theirs = model.state_dict(), source.state_dict()
+    assert torch.equal(mine["head.weight"][:3], theirs["head.weight"])
+    assert all(torch.equal(mine[k], v) for k, v in theirs.items() if not k.startswith("head"))
+    run = tmp_path / "fine"
+    path = train([str(gala)], run, iterations=5, config=config, progress=False, init=base)
+    _, loaded, _ = load_checkpoint(path)
+    assert loaded.lsds and loaded.out_channels == 6 + 10
+    first = float(next(iter((run / "loss.csv").read_text().splitlines()[1:])).split(",")[2])
+    base_first = float((tmp_path / "base" / "loss.csv").read_text().splitlines()[-1]
+                       .split(",")[2])
+    assert abs(first - base_first) < 1e-4  # validation: the nearest three, the same weights
+    # another architecture is refused in one line
+    other = TrainConfig.from_dict({**SMALL, "model": {"num_fmaps": 5, "fmap_inc_factor": 2}})
+    with pytest.raises(ConfigError, match=r"--init: got .* num_fmaps 4, expected the "
+                                          r"training config's 5"):
+        train([str(gala)], tmp_path / "other", iterations=1, config=other, progress=False,
+              init=base)
+
+
+def test_predict_writes_the_nearest_affinities_of_a_model_with_auxiliary_outputs(
+        tmp_path: Path, gala: Path) -> None:
+    config = TrainConfig.from_dict({**SMALL, "model": {
+        **SMALL["model"], "offsets": [list(o) for o in LONG], "lsds": True}})
+    model = train([str(gala)], tmp_path / "run", iterations=1, config=config, progress=False)
+    data = tmp_path / "d.zarr"
+    assert run_cli("ingest", gala, data).returncode == 0
+    result = run_cli("predict", "--input", data, "--model", model)
+    assert result.returncode == 0, result.stderr
+    import zarr
+
+    aff = zarr.open_group(str(data), mode="r")["affinities"]
+    assert aff.shape[0] == 3 and aff.attrs["offsets"] == [list(o) for o in NEAREST]
+
+
+def test_bad_volume_tables_are_refused_in_one_line(tmp_path: Path, gala: Path) -> None:
+    cases = {
+        "volumes = 3\n": "volumes: got 3",
+        '[volumes."gala_train.h5"]\nbackground = "membrane"\n':
+            "volumes.gala_train.h5.background: got 'membrane'",
+        '[volumes."gala_train.h5"]\ncolour = "red"\n': "volumes.gala_train.h5: got",
+        '[volumes."other.h5"]\nbackground = "boundary"\n': "volumes: got 'other.h5'",
+        '[volumes."gala_train.h5"]\nmask = "nope"\n': "--data: got 'nope'",
+        "negative_weight = 0\n": "negative_weight: got 0",
+        "lsd_sigma = -1\n": "lsd_sigma: got -1",
+    }
+    for text, message in cases.items():
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(text)
+        result = run_cli("train", "--data", gala, "--out", tmp_path / "run", "--config", cfg,
+                         "--iterations", "1")
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and message in lines[0], (
+            text, result.stderr)
+    result = run_cli("train", "--data", gala, "--out", tmp_path / "run", "--init",
+                     tmp_path / "none.pt")
+    assert result.returncode == 2 and "--init: got" in result.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
