@@ -309,6 +309,9 @@ class IngestOptions(StageOptions):
     labels_key: str | None = _opt(None, _name, "str", "--labels-key", "labels array inside "
                                   "SRC (default: volumes/labels/neuron_ids, then labels; none "
                                   "if absent)", optional=True)
+    mask_key: str | None = _opt(None, _name, "str", "--mask-key", "labels mask inside SRC, "
+                                "1 = annotated (default: volumes/labels/mask, then "
+                                "labels_mask; none if absent)", optional=True)
     voxel_size: Vec3f | None = _opt(None, _vector, "vector", "--voxel-size", "nm per voxel "
                                     "(default: from SRC's resolution attribute)", optional=True)
     rescale: bool = _opt(False, _flag, "bool", "--rescale", "map a non-uint8 raw's "

@@ -1,47 +1,64 @@
-"""Training benchmark: iterations/s and output voxels/s on this machine, fp32 vs bf16.
+"""Training benchmark: iterations/s of the candidate configurations, fp32 vs bf16, and the
+cost of their training samples (augmentations + targets), measured in the same run.
 
-One optimizer step = forward + weighted BCE + backward + AdamW on a batch of random input
-of the configuration's input shape (data loading excluded: it runs in DataLoader workers).
-Median of --repeats timed steps after --warmup steps, for each candidate configuration and
-for fp32 and bf16 autocast (CPU; CUDA when present) measured in the same run.
+One optimizer step = forward + the trainer's loss (weighted BCE on every affinity channel,
+masked MSE on the LSDs) + backward + AdamW on one sample of the configuration's input
+shape; median of --repeats timed steps after --warmup steps, fp32 and bf16 autocast (CPU;
+CUDA when present). The sample time is the median of drawing one augmented fib25 crop and
+computing its targets (what a DataLoader worker does per step), when ../shared is present.
+The auxiliary heads must not slow a step by more than ~20 % against the shipped recipe.
 
-    .venv/bin/python benchmarks/bench_train.py [--repeats 10] [--threads 2]
+    .venv/bin/python benchmarks/bench_train.py [--repeats 10] [--threads 2] [--no-bf16]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
-from affinity_dist.nn.config import UNetConfig, build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED_DATA
 
+from affinity_dist.training.train import TrainConfig, _Augment, targets_of
+from affinity_dist.training.trainer import Trainer
+
+SHIPPED = {"num_fmaps": 8, "fmap_inc_factor": 3, "downsample_factors": [[2, 2, 2], [2, 2, 2]]}
+LONG = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3],
+        [-9, 0, 0], [0, -9, 0], [0, 0, -9]]
 CANDIDATES = {
-    "small 4x2, (1,2,2)(2,2,2)": (UNetConfig(num_fmaps=4, fmap_inc_factor=2), (8, 32, 32)),
-    "medium 8x3, (1,2,2)(2,2,2)": (UNetConfig(num_fmaps=8, fmap_inc_factor=3), (8, 32, 32)),
-    "default 12x3, (1,2,2)(2,2,2)": (UNetConfig(), (8, 32, 32)),
-    "3 downsamplings 8x2, (2,2,2)^3": (
-        UNetConfig(num_fmaps=8, fmap_inc_factor=2,
-                   downsample_factors=((2, 2, 2), (2, 2, 2), (2, 2, 2))), (8, 16, 16)),
+    "shipped 8x3 (2,2,2)^2": SHIPPED,
+    "+ long-range (3, 9)": {**SHIPPED, "offsets": LONG},
+    "+ LSDs": {**SHIPPED, "lsds": True},
+    "+ long-range + LSDs": {**SHIPPED, "offsets": LONG, "lsds": True},
+    "wider 16x3": {**SHIPPED, "num_fmaps": 16},
 }
 
 
-def step_time(config: UNetConfig, output: tuple[int, int, int], *, bf16: bool, device: str,
-              warmup: int, repeats: int) -> float:
+def step_time(config: TrainConfig, *, bf16: bool, device: str, warmup: int, repeats: int
+              ) -> float:
     torch.manual_seed(0)
-    model = build_model(config).to(device)
+    trainer = Trainer.__new__(Trainer)  # the trainer's own loss, without a run directory
+    trainer.config = config
+    from affinity_dist.nn.config import build_model
+
+    model = build_model(config.model).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    inp = tuple(o + c for o, c in zip(output, config.context, strict=True))
-    x = torch.rand(1, 1, *inp, device=device)
-    target = (torch.rand(1, len(config.offsets), *output, device=device) > 0.5).float()
+    x = torch.rand(1, 1, *config.input_shape, device=device)
+    shape = (1, config.model.out_channels, *config.output_shape)
+    target = torch.rand(*shape, device=device).round()
+    weight = torch.ones(*shape, device=device)
     times = []
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+        loss = trainer._loss(logits.float(), target, weight)
         opt.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
@@ -52,28 +69,53 @@ def step_time(config: UNetConfig, output: tuple[int, int, int], *, bf16: bool, d
     return statistics.median(times)
 
 
+def sample_time(config: TrainConfig, repeats: int) -> float | None:
+    """Median seconds of one augmented fib25 training sample with its targets."""
+    from affinity_dist.training.data import CropSampler, open_training_volume
+
+    path = SHARED_DATA / "fib25_sample2.h5"
+    if not path.is_file():
+        return None
+    sampler = CropSampler([open_training_volume(str(path))], config.input_shape,
+                          config.output_shape, targets=targets_of(config),
+                          split=config.validation, augment=_Augment(config.augment))
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        sampler.sample(rng)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-bf16", action="store_true", help="fp32 only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"# torch {torch.__version__}, {device}, {args.threads} threads, median of "
-          f"{args.repeats} steps")
-    print(f"{'configuration':<32} {'params':>8} {'input':>14} {'output':>12} {'dtype':>5} "
-          f"{'it/s':>7} {'kvox/s':>8}")
-    for name, (config, output) in CANDIDATES.items():
-        params = sum(p.numel() for p in build_model(config).parameters())
-        inp = tuple(o + c for o, c in zip(output, config.context, strict=True))
-        for bf16 in (False, True):
-            sec = step_time(config, output, bf16=bf16, device=device, warmup=args.warmup,
-                            repeats=args.repeats)
-            vox = output[0] * output[1] * output[2]
-            print(f"{name:<32} {params:>8} {'x'.join(map(str, inp)):>14} "
-                  f"{'x'.join(map(str, output)):>12} {'bf16' if bf16 else 'fp32':>5} "
-                  f"{1 / sec:>7.2f} {vox / sec / 1e3:>8.1f}", flush=True)
+          f"{args.repeats} steps; input 64^3 -> output 24^3")
+    print(f"{'configuration':<26}{'params':>9}{'channels':>9}{'dtype':>6}{'it/s':>7}"
+          f"{'vs shipped':>11}{'sample ms':>10}")
+    base: dict[bool, float] = {}
+    for name, model in CANDIDATES.items():
+        config = TrainConfig.from_dict({"model": model, "output_shape": [24, 24, 24]})
+        from affinity_dist.nn.config import build_model
+
+        params = sum(p.numel() for p in build_model(config.model).parameters())
+        sample = sample_time(config, args.repeats)
+        for bf16 in (False,) if args.no_bf16 else (False, True):
+            rate = 1 / step_time(config, bf16=bf16, device=device, warmup=args.warmup,
+                                 repeats=args.repeats)
+            base.setdefault(bf16, rate)
+            ms = "-" if sample is None else f"{sample * 1e3:.0f}"
+            print(f"{name:<26}{params:>9}{config.model.out_channels:>9}"
+                  f"{'bf16' if bf16 else 'fp32':>6}{rate:>7.2f}{rate / base[bf16]:>10.2f}x"
+                  f"{ms:>10}", flush=True)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,21 @@ def test_ingest_real_cremi_hdf5_voxel_for_voxel(name: str, tmp_path: Path) -> No
     _assert_ome(dst, {"raw", "labels"}, [10.0, 10.0, 10.0])
 
 
+def test_ingest_copies_the_labels_mask_and_training_reads_it(isbi: Path, tmp_path: Path
+                                                              ) -> None:
+    dst = ingest(isbi, tmp_path / "isbi.zarr", chunks=(15, 256, 256), progress=False)
+    with h5py.File(isbi, "r") as f:
+        mask = f["volumes/labels/mask"][...]
+    got = open_volume(dst, "labels_mask")
+    assert got.dtype == np.uint8 and got.voxel_size == (50.0, 4.0, 4.0)
+    np.testing.assert_array_equal(got.array[...], mask)
+    from affinity_dist.training.data import open_training_volume
+
+    volume = open_training_volume(str(dst), background="boundary")
+    assert volume.mask is not None and volume.mask.key == "labels_mask"
+    assert open_training_volume(str(dst), mask_key="").mask is None
+
+
 def test_ingest_cli_on_a_local_cluster(gala: Path, tmp_path: Path) -> None:
     """The CLI default: a LocalCluster of worker processes; progress on stderr."""
     dst = tmp_path / "gala.zarr"

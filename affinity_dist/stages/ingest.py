@@ -1,4 +1,5 @@
-"""Ingest: any source volume -> a dataset group with ``raw`` (uint8) and ``labels`` (uint64).
+"""Ingest: any source volume -> a dataset group with ``raw`` (uint8), ``labels`` (uint64) and
+``labels_mask`` (uint8, 1 = annotated) when the source has them.
 
 The driver reads as the algorithm:
 
@@ -84,6 +85,7 @@ class _CopyBlock:
     grid: BlockGrid
     dst: str
     value_range: tuple[float, float] | None
+    mask: Source | None = None
 
     def __call__(self, block_id: int) -> int:
         box = self.grid.write_box(block_id)
@@ -97,6 +99,9 @@ class _CopyBlock:
                 raise DataError(f"labels: block {block_id} holds negative ids, "
                                 "expected non-negative integers")
             open_volume(self.dst, "labels", "r+").write(box, labels.astype(np.uint64))
+        if self.mask is not None:  # 1 = annotated (DESIGN.md: labels_mask)
+            annotated = (self.mask.read(box) != 0).astype(np.uint8)
+            open_volume(self.dst, "labels_mask", "r+").write(box, annotated)
         return box.size
 
 
@@ -129,6 +134,7 @@ class IngestPlan:
     chunks: tuple[int, int, int]
     rescale: bool
     overwrite: bool
+    mask: Source | None = None  # the labels mask, with labels only
 
     @property
     def grid(self) -> BlockGrid:
@@ -146,6 +152,12 @@ def prepare_ingest(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         raise DataError(f"SRC: got {str(src)!r}, expected a raw volume")
     labels = open_source(src, o.labels_key, role="labels", option="--labels-key")
     _validate(raw, labels, o.rescale)
+    mask = None
+    if labels is not None:
+        mask = open_source(src, o.mask_key, role="mask", option="--mask-key")
+        if mask is not None and (mask.shape != raw.shape or mask.dtype.kind not in "uib"):
+            raise DataError(f"--mask-key: got a labels mask {mask.shape} {mask.dtype}, "
+                            f"expected integers of the raw shape {raw.shape}")
     if o.voxel_size is not None:
         vz, vy, vx = o.voxel_size
     elif raw.voxel_size is not None:
@@ -159,7 +171,7 @@ def prepare_ingest(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     if o.voxel_size is None and raw.voxel_size is None:
         log.warning("no voxel size in %s and none given: assuming 1 nm (pass --voxel-size)", src)
     return IngestPlan(raw, labels, str(dst), (vz, vy, vx), (oz, oy, ox), o.chunks,
-                      o.rescale, overwrite)
+                      o.rescale, overwrite, mask)
 
 
 def run_ingest(plan: IngestPlan, *, client: Any | None = None,
@@ -178,10 +190,14 @@ def run_ingest(plan: IngestPlan, *, client: Any | None = None,
         create_volume(group, "raw", dtype=np.uint8, **common)
         if labels is not None:
             create_volume(group, "labels", dtype=np.uint64, **common)
+        if plan.mask is not None:
+            create_volume(group, "labels_mask", dtype=np.uint8, **common)
         group.attrs["affinity_dist"] = {"ingested_from": str(Path(raw.path).absolute()),
                                         "raw_key": raw.key,
-                                        "labels_key": labels.key if labels else None}
-        run_blocks(_CopyBlock(raw, labels, grid, group_path(group), value_range), list(grid),
+                                        "labels_key": labels.key if labels else None,
+                                        "mask_key": plan.mask.key if plan.mask else None}
+        run_blocks(_CopyBlock(raw, labels, grid, group_path(group), value_range, plan.mask),
+                   list(grid),
                    client=client, stage="ingest", scheduler=scheduler, progress=progress)
     return Path(plan.dst)
 
