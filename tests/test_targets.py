@@ -92,3 +92,19 @@ def test_bad_background_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="background: got 'membrane'"):
         affinity_targets(LABELS, background="membrane")  # type: ignore[arg-type]
+
+
+def test_grow_boundary_thickens_interfaces_only() -> None:
+    from affinity_dist.kernels.targets import grow_boundary
+
+    labels = np.zeros((1, 1, 12), np.uint64)
+    labels[0, 0, :5], labels[0, 0, 5:9] = 1, 2  # 1 1 1 1 1 2 2 2 2 0 0 0
+    assert grow_boundary(labels, 0).tolist() == labels.tolist()
+    assert grow_boundary(labels, 1)[0, 0].tolist() == [1, 1, 1, 1, 0, 0, 2, 2, 2, 0, 0, 0]
+    assert grow_boundary(labels, 2)[0, 0].tolist() == [1, 1, 1, 0, 0, 0, 0, 2, 2, 0, 0, 0]
+    # in 3D the band follows the interface surface, on both sides
+    cube = np.ones((6, 6, 6), np.uint64)
+    cube[:, :, 3:] = 2
+    grown = grow_boundary(cube, 1)
+    assert (grown[:, :, 2:4] == 0).all() and (grown[:, :, :2] == 1).all()
+    assert (grown[:, :, 4:] == 2).all()

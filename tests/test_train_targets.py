@@ -170,3 +170,22 @@ def test_bad_volume_tables_are_refused_in_one_line(tmp_path: Path, gala: Path) -
                      tmp_path / "none.pt")
     assert result.returncode == 2 and "--init: got" in result.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_grow_boundary_teaches_the_interface_band_and_keeps_unknown_masked(
+        fib25: Path) -> None:
+    volume = open_training_volume(str(fib25))
+    plain = _sampler(volume, targets=Targets(NEAREST, balance=False), inp=(12, 40, 40))
+    grown = _sampler(volume, targets=Targets(NEAREST, balance=False, grow_boundary=1),
+                     inp=(12, 40, 40))
+    with h5py.File(fib25) as f:
+        labels = f["volumes/labels/neuron_ids"]
+        for seed in range(4):
+            _, box = plain.box(np.random.default_rng(seed))
+            _, tp, wp = plain.sample(np.random.default_rng(seed))
+            _, tg, wg = grown.sample(np.random.default_rng(seed))
+            crop = labels[box.slices][4:8, 8:32, 8:32]
+            assert not wg[:, crop == 0].any()  # fib25's few 0 voxels stay unknown
+            assert (tg <= tp).all()  # growing only removes "same neuron" edges
+            assert tg.sum() < tp.sum() or (tp == tp.flat[0]).all()
+            assert (wg >= wp).all()

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from ..errors import bad_value
 from ..geometry import NEAREST_OFFSETS
 
-__all__ = ["BACKGROUNDS", "affinity_targets", "balance_weights"]
+__all__ = ["BACKGROUNDS", "affinity_targets", "balance_weights", "grow_boundary"]
 
 Background = Literal["unknown", "boundary"]
 BACKGROUNDS = ("unknown", "boundary")
@@ -82,6 +82,40 @@ def affinity_targets(labels: NDArray[np.integer[Any]],
         target[c][here] = (a == b) & (a != 0) & known
         known_all[c][here] = known
     return target, known_all
+
+
+def grow_boundary(labels: NDArray[np.integer[Any]], steps: int) -> NDArray[np.integer[Any]]:
+    """Thicken the boundaries between neurons: every voxel within ``steps`` voxels (6-
+    connected, inside its own segment) of a voxel of *another nonzero* id becomes 0.
+
+    Where ground truth draws the interface between two neurons as a surface inside the
+    dark membrane, the network cannot tell which membrane voxel is on which side; with the
+    membrane band taught as boundary (label 0, ``background="boundary"``) the targets match
+    what the image shows (gunpowder's GrowBoundary). Label 0 itself does not grow.
+
+    >>> grow_boundary(np.array([[[1, 1, 1, 2, 2, 0, 0]]]), 1)[0, 0].tolist()
+    [1, 1, 0, 0, 2, 0, 0]
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise bad_value("grow_boundary", steps, "an integer >= 0")
+    out = labels.copy()
+    if steps == 0:
+        return out
+    band = np.zeros(labels.shape, bool)
+    for axis in range(labels.ndim):
+        lo = [slice(None)] * labels.ndim
+        hi = [slice(None)] * labels.ndim
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        a, b = labels[tuple(lo)], labels[tuple(hi)]
+        differ = (a != b) & (a != 0) & (b != 0)
+        band[tuple(lo)] |= differ
+        band[tuple(hi)] |= differ
+    if steps > 1:
+        from scipy.ndimage import binary_dilation
+
+        band = binary_dilation(band, iterations=steps - 1, mask=labels != 0)
+    out[band] = 0
+    return out
 
 
 def balance_weights(target: NDArray[np.float32], mask: NDArray[np.float32],

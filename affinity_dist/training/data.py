@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from ..errors import ConfigError, DataError, bad_value
 from ..geometry import Box
 from ..kernels.lsd import local_shape_descriptors
-from ..kernels.targets import BACKGROUNDS, affinity_targets, balance_weights
+from ..kernels.targets import BACKGROUNDS, affinity_targets, balance_weights, grow_boundary
 from ..storage.sources import Source, open_source
 
 __all__ = ["CropSampler", "Split", "Targets", "check_split", "normalize_raw",
@@ -78,6 +78,7 @@ class Targets:
     lsd_downsample: int = 2
     balance: bool = True
     negative_weight: float = 1.0
+    grow_boundary: int = 0  # thicken neuron interfaces into taught boundary (voxels)
 
 
 def open_training_volume(path: str, raw_key: str | None = None,
@@ -185,7 +186,12 @@ class CropSampler:
             raw, labels = self.augment(raw, labels, vol.voxel_size, rng)
         labels, known = decode_labels(vol, labels)
         t = self.targets
-        target, weight = affinity_targets(labels, t.offsets, background=vol.background,  # type: ignore[arg-type]
+        background, edges = vol.background, labels
+        if t.grow_boundary:  # the band becomes boundary; an unknown 0 stays unknown
+            if background == "unknown":
+                known = labels != 0 if known is None else known & (labels != 0)
+            edges, background = grow_boundary(labels, t.grow_boundary), "boundary"
+        target, weight = affinity_targets(edges, t.offsets, background=background,  # type: ignore[arg-type]
                                           mask=known)
         crop = tuple(slice((i - o) // 2, (i - o) // 2 + o) for i, o in
                      zip(self.input_shape, self.output_shape, strict=True))

@@ -51,6 +51,7 @@ class TrainConfig:
     # mask found under the usual names (volumes/labels/mask), if any
     volumes: dict[str, dict[str, str]] = field(default_factory=dict)
     negative_weight: float = 1.0  # scales "different neuron" edges after balancing
+    grow_boundary: int = 0  # voxels of each neuron next to another taught as boundary
     lsd_sigma: float = 80.0  # the LSDs' Gaussian scale, nm (with model.lsds)
     lsd_downsample: int = 2
     lsd_weight: float = 1.0  # the LSD (MSE) loss beside the affinity (BCE) loss
@@ -77,6 +78,9 @@ class TrainConfig:
         if isinstance(self.lsd_downsample, bool) or not isinstance(self.lsd_downsample, int) \
                 or self.lsd_downsample < 1:
             raise bad_value("lsd_downsample", self.lsd_downsample, "an integer >= 1")
+        if isinstance(self.grow_boundary, bool) or not isinstance(self.grow_boundary, int) \
+                or not 0 <= self.grow_boundary <= 16:
+            raise bad_value("grow_boundary", self.grow_boundary, "an integer in 0-16")
         check_volumes(self.volumes)
         _ = self.input_shape  # validates that output_shape fits the model
 
@@ -150,7 +154,8 @@ def volume_spec(config: TrainConfig, path: str) -> dict[str, str]:
 
 def targets_of(config: TrainConfig) -> Targets:
     return Targets(config.model.offsets, config.lsd_sigma if config.model.lsds else None,
-                   config.lsd_downsample, config.balance, float(config.negative_weight))
+                   config.lsd_downsample, config.balance, float(config.negative_weight),
+                   config.grow_boundary)
 
 
 @dataclass(frozen=True)
