@@ -186,11 +186,11 @@ class CropSampler:
             raw, labels = self.augment(raw, labels, vol.voxel_size, rng)
         labels, known = decode_labels(vol, labels)
         t = self.targets
-        background, edges = vol.background, labels
+        background, edges = vol.background, np.asarray(labels)
         if t.grow_boundary:  # the band becomes boundary; an unknown 0 stays unknown
             if background == "unknown":
                 known = labels != 0 if known is None else known & (labels != 0)
-            edges, background = grow_boundary(labels, t.grow_boundary), "boundary"
+            edges, background = np.asarray(grow_boundary(labels, t.grow_boundary)), "boundary"
         target, weight = affinity_targets(edges, t.offsets, background=background,  # type: ignore[arg-type]
                                           mask=known)
         crop = tuple(slice((i - o) // 2, (i - o) // 2 + o) for i, o in
