@@ -96,3 +96,34 @@ def test_downsampled_lsds_stay_close_and_bad_parameters_are_refused() -> None:
         local_shape_descriptors(labels, 0.0)
     with pytest.raises(ConfigError, match="lsd_downsample"):
         local_shape_descriptors(labels, 1.0, downsample=0)
+
+
+def test_analytic_shapes_sphere_and_rod() -> None:
+    z, y, x = np.indices((31, 31, 31)) - 15
+    sphere = ((z**2 + y**2 + x**2) <= 10**2).astype(np.uint64)
+    lsds, _ = local_shape_descriptors(sphere, 3.0)
+    centre = lsds[:, 15, 15, 15]
+    assert np.allclose(centre[0:3], 0.5, atol=1e-4)  # zero mean offset
+    assert np.allclose(centre[3:6], centre[3], atol=1e-3)  # isotropic covariance
+    assert np.allclose(centre[6:9], 0.5, atol=1e-3)  # no correlation
+    assert centre[9] > 0.99  # the ball lies inside the sphere
+    # off centre, near the surface along +x: the segment's mass lies towards -x
+    assert lsds[2, 15, 15, 24] < 0.45 and abs(lsds[1, 15, 15, 24] - 0.5) < 1e-3
+    # a thin rod along y: variance along y large, across small
+    rod = np.zeros((21, 41, 21), np.uint64)
+    rod[9:12, :, 9:12] = 1
+    r, _ = local_shape_descriptors(rod, 3.0)
+    at = r[:, 10, 20, 10]
+    assert at[4] > 3 * at[3] and at[4] > 3 * at[5]
+    assert abs(at[3] - at[5]) < 1e-3  # symmetric across the rod
+
+
+def test_lsds_of_blocks_equal_the_whole_crop() -> None:
+    labels = _blobs((16, 18, 20), 4)
+    whole, _ = local_shape_descriptors(labels, 1.5)
+    for zs in ((0, 7), (7, 16)):
+        for ys in ((0, 9), (9, 18)):
+            region = (slice(*zs), slice(*ys), slice(3, 17))
+            block, _ = local_shape_descriptors(labels, 1.5, region=region)
+            # float32 moments: the blocks' bounding boxes differ, so do their roundings
+            assert np.abs(block - whole[(slice(None), *region)]).max() < 1e-4

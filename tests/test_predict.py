@@ -97,6 +97,27 @@ def test_blockwise_equals_whole_volume_prediction(tmp_path: Path) -> None:
     assert results["whole", "float32"].std() > 0.01
 
 
+def test_a_model_with_auxiliary_outputs_writes_its_nearest_three_seamlessly(
+        tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    config = replace(TINY, offsets=(*TINY.offsets, (-2, 0, 0), (0, 0, -3)), lsds=True)
+    model = tiny_model(tmp_path / "aux.pt", config)
+    results = {}
+    for name, block in (("whole", SHAPE), ("a", (16, 16, 24))):
+        data = raw_dataset(tmp_path / f"{name}.zarr")
+        predict(data, model=model, block=block, tile=(8, 12, 12), precision="fp32",
+                dtype="float32", progress=False)
+        results[name] = read_affinities(data)
+        assert open_volume(data, "affinities").attrs["offsets"] == [list(o) for o in
+                                                                     TINY.offsets]
+    raw = open_volume(tmp_path / "whole.zarr", "raw").read(Box((0, 0, 0), SHAPE))
+    oracle = whole_volume_oracle(model, raw)  # all 3 + 2 + 10 channels
+    assert oracle.shape[0] == 15 and results["whole"].shape == (3, *SHAPE)
+    for affs in results.values():
+        assert np.abs(affs - oracle[:3]).max() <= 1e-5
+
+
 def test_default_tiles_follow_the_block_within_float_rounding(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "tiny.pt")
     outs = []
