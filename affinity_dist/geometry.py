@@ -29,9 +29,8 @@ from numpy.typing import NDArray
 
 from .errors import ConfigError, bad_value
 
-__all__ = ["DEFAULT_BLOCK", "NEAREST_OFFSETS", "BlockGrid", "Box", "ReductionTree", "Tiling",
-           "as_shape",
-           "as_vector", "default_block", "default_tile", "reflect_indices"]
+__all__ = ["DEFAULT_BLOCK", "NEAREST_OFFSETS", "BlockGrid", "Box", "ReductionTree", "as_shape",
+           "as_vector", "default_block", "reflect_indices"]
 
 
 def as_shape(value: Sequence[int], name: str, *, ndim: int | None = None,
@@ -328,93 +327,3 @@ class ReductionTree:
         ranges = [range(int(i) * f, min((int(i) + 1) * f, n))
                   for i, f, n in zip(index, self.fanout, below, strict=True)]
         return [int(np.ravel_multi_index(c, below)) for c in itertools.product(*ranges)]
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """The global grid of network tiles that predict runs on (any ndim, usually z, y, x).
-
-    Output voxel ``p`` belongs to the tile starting at ``p // tile * tile``. A tile is
-    computed by one network pass of input ``net_output + context`` voxels giving
-    ``net_output`` (>= ``tile``) output voxels, of which the first ``tile`` are kept. The
-    input of output voxel ``p`` starts ``left = context // 2`` voxels before it (the
-    training crop's convention). Tiles depend only on the volume, never on the blocks.
-
-    >>> t = Tiling((4, 4), (6, 4), (2, 3))
-    >>> t.left, t.input_shape, t.origins(Box((3, 0), (5, 4)))
-    ((1, 1), (8, 7), [(0, 0), (4, 0)])
-    >>> t.input_box(Box((3, 0), (5, 4)))
-    Box(start=(-1, -1), stop=(11, 6))
-    """
-
-    tile: tuple[int, ...]
-    net_output: tuple[int, ...]
-    context: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "tile", as_shape(self.tile, "tile"))
-        ndim = len(self.tile)
-        object.__setattr__(self, "net_output", as_shape(self.net_output, "net_output",
-                                                         ndim=ndim))
-        object.__setattr__(self, "context", as_shape(self.context, "context", ndim=ndim,
-                                                      minimum=0))
-        if any(n < t for n, t in zip(self.net_output, self.tile, strict=True)):
-            raise bad_value("net_output", self.net_output, f"at least the tile {self.tile}")
-
-    @property
-    def left(self) -> tuple[int, ...]:
-        """Input voxels before an output voxel: the training crop's convention."""
-        return tuple(c // 2 for c in self.context)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """The network's input per tile: ``net_output + context``."""
-        return tuple(n + c for n, c in zip(self.net_output, self.context, strict=True))
-
-    def tile_starts(self, box: Box) -> list[range]:
-        """Per axis, the starts of the global tiles that cover ``box``."""
-        return [range(b0 // s * s, b1, s)
-                for b0, b1, s in zip(box.start, box.stop, self.tile, strict=True)]
-
-    def origins(self, box: Box) -> list[tuple[int, ...]]:
-        """The first output voxel of every tile covering ``box``, in C order."""
-        return list(itertools.product(*self.tile_starts(box)))
-
-    def input_box(self, box: Box) -> Box:
-        """The (unclipped) input window of all tiles covering ``box``."""
-        starts = self.tile_starts(box)
-        lo = tuple(r[0] - left for r, left in zip(starts, self.left, strict=True))
-        hi = tuple(r[-1] + i - left for r, i, left in
-                   zip(starts, self.input_shape, self.left, strict=True))
-        return Box(lo, hi)
-
-    def input_of(self, origin: Sequence[int], window: Box) -> tuple[slice, ...]:
-        """Slices that cut the input of the tile at ``origin`` out of an array covering
-        the input window ``window`` (see :meth:`input_box`)."""
-        return tuple(slice(o - left - w, o - left - w + i) for o, left, w, i in
-                     zip(origin, self.left, window.start, self.input_shape, strict=True))
-
-    def kept(self, origin: Sequence[int], box: Box) -> tuple[tuple[slice, ...],
-                                                             tuple[slice, ...]]:
-        """Where the tile at ``origin`` lands in ``box``: slices into an array covering
-        ``box`` and into the tile's network output (its kept part inside ``box``)."""
-        start = tuple(origin)
-        keep = box.intersect(Box(start, tuple(o + t for o, t in
-                                              zip(start, self.tile, strict=True))))
-        output = Box(start, tuple(o + n for o, n in zip(start, self.net_output, strict=True)))
-        return keep.relative_to(box), keep.relative_to(output)
-
-
-def default_tile(step: int, block: int, n: int, cap: int) -> int:
-    """One axis of the default tile: the largest multiple of ``step`` up to ``cap`` (and no
-    larger than the block or the volume of ``n`` voxels needs) that divides the block, so
-    no tile straddles two blocks; else the largest such multiple.
-
-    >>> default_tile(4, 96, 200, 64), default_tile(4, 100, 200, 64), default_tile(4, 64, 10, 64)
-    (48, 20, 12)
-    """
-    limit = max(step, min(cap, block, -(-n // step) * step) // step * step)
-    if block >= n:
-        return limit
-    dividing = [t for t in range(limit, 0, -step) if block % t == 0]
-    return dividing[0] if dividing else limit

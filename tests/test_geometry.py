@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from affinity_dist.errors import ConfigError
-from affinity_dist.geometry import BlockGrid, Box, Tiling, as_shape, as_vector, default_tile
+from affinity_dist.geometry import BlockGrid, Box, as_shape, as_vector
+from affinity_dist.kernels.tiles import Tiling, default_tile
 
 
 @st.composite

@@ -13,8 +13,8 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from affinity_dist.errors import ConfigError
-from affinity_dist.geometry import BlockGrid, Box, Tiling, reflect_indices
-from affinity_dist.kernels.tiles import predict_block
+from affinity_dist.geometry import BlockGrid, Box, reflect_indices
+from affinity_dist.kernels.tiles import Tiling, predict_block
 
 SHAPE = (13, 17, 11)
 #: odd and even context: input voxels before / after an output voxel (1, 1) (1, 2) (2, 2)

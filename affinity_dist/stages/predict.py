@@ -34,8 +34,8 @@ from ..errors import (
     DestinationExistsError,
     InputNotFoundError,
 )
-from ..geometry import BlockGrid, Tiling, default_block, default_tile
-from ..kernels.tiles import predict_block
+from ..geometry import BlockGrid, default_block
+from ..kernels.tiles import Tiling, default_tile, predict_block
 from ..nn.config import UNetConfig
 from ..options import PredictOptions
 from ..runtime.scheduling import BlockCounts, LocalScheduler
