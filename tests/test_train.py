@@ -95,3 +95,12 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, gala: Path) -> None:
     ckpt.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="weights-only torch checkpoint"):
         load_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "models").rglob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_recorded_training_config_loads(path: Path) -> None:
+    from affinity_dist.training.train import load_config
+
+    config = load_config(path)
+    assert config.output_shape == (24, 24, 24) and config.validation.start == 186
