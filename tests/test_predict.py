@@ -192,13 +192,16 @@ def test_array_input_and_metadata(tmp_path: Path) -> None:
     assert sorted(list_arrays(out)) == ["affinities", "raw"]
 
 
-def test_long_range_offsets_are_written_after_the_nearest(tmp_path: Path) -> None:
+def test_long_range_offsets_are_training_targets_predict_writes_the_nearest(
+        tmp_path: Path) -> None:
     config = UNetConfig(downsample_factors=((2, 2, 2),), num_fmaps=2,
                         offsets=((-1, 0, 0), (0, -1, 0), (0, 0, -1), (-3, 0, 0), (0, -5, 0)))
     model = tiny_model(tmp_path / "lr.pt", config)
     data = raw_dataset(tmp_path / "lr.zarr")
     predict(data, model=model, progress=False)
-    assert open_volume(data, "affinities").shape == (5, *SHAPE)
+    affinities = open_volume(data, "affinities")
+    assert affinities.shape == (3, *SHAPE)
+    assert affinities.attrs["offsets"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
 
 
 def test_model_is_cached_per_process(tmp_path: Path) -> None:
