@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED_DATA
 
 from affinity_dist.training.train import TrainConfig, _Augment, targets_of
-from affinity_dist.training.trainer import Trainer
+from affinity_dist.training.trainer import training_loss
 
 SHIPPED = {"num_fmaps": 8, "fmap_inc_factor": 3, "downsample_factors": [[2, 2, 2], [2, 2, 2]]}
 LONG = [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3],
@@ -43,8 +43,6 @@ CANDIDATES = {
 def step_time(config: TrainConfig, *, bf16: bool, device: str, warmup: int, repeats: int
               ) -> float:
     torch.manual_seed(0)
-    trainer = Trainer.__new__(Trainer)  # the trainer's own loss, without a run directory
-    trainer.config = config
     from affinity_dist.nn.config import build_model
 
     model = build_model(config.model).to(device)
@@ -58,7 +56,7 @@ def step_time(config: TrainConfig, *, bf16: bool, device: str, warmup: int, repe
         t0 = time.perf_counter()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
-        loss = trainer._loss(logits.float(), target, weight)
+        loss = training_loss(config, logits.float(), target, weight)
         opt.zero_grad()
         loss.backward()  # type: ignore[no-untyped-call]
         opt.step()

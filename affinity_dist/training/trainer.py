@@ -23,6 +23,31 @@ log = logging.getLogger(__name__)
 COLUMNS = ["iteration", "train_loss", "val_loss", "val_f1", "val_boundary_f1", "seconds"]
 
 
+def affinity_loss(config: TrainConfig, logits: torch.Tensor, target: torch.Tensor,
+                  weight: torch.Tensor) -> torch.Tensor:
+    """The weighted BCE (or MSE) of affinity channels."""
+    if config.loss == "bce":
+        raw = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, target, reduction="none")
+    else:
+        raw = (torch.sigmoid(logits) - target) ** 2
+    return (raw * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def training_loss(config: TrainConfig, logits: torch.Tensor, target: torch.Tensor,
+                  weight: torch.Tensor) -> torch.Tensor:
+    """The affinity loss of every offset's channel, plus ``lsd_weight`` x the masked MSE
+    of the LSD channels when the model has them."""
+    n = len(config.model.offsets)
+    affinity = affinity_loss(config, logits[:, :n], target[:, :n], weight[:, :n])
+    if not config.model.lsds:
+        return affinity
+    lsd_w = weight[:, n:]
+    lsd = (((torch.sigmoid(logits[:, n:]) - target[:, n:]) ** 2) * lsd_w).sum() \
+        / lsd_w.sum().clamp(min=1.0)
+    return affinity + config.lsd_weight * lsd
+
+
 class _Stream(IterableDataset[tuple[Any, Any, Any]]):
     """Endless samples; each DataLoader worker draws from its own seeded stream."""
 
@@ -57,28 +82,9 @@ class Trainer:
             log.info("starting from the weights of %s (%d of %d head channels)", init,
                      copied, config.model.out_channels)
 
-    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-              channels: int | None = None) -> torch.Tensor:
-        """The affinity loss (BCE or MSE, weighted) of the offsets' channels (or of the
-        first ``channels``), plus ``lsd_weight`` x the masked MSE of the LSD channels."""
-        n = len(self.config.model.offsets)
-        affinity = self._affinity_loss(logits[:, :channels or n], target[:, :channels or n],
-                                       weight[:, :channels or n])
-        if channels is not None or not self.config.model.lsds:
-            return affinity
-        lsd_w = weight[:, n:]
-        lsd = (((torch.sigmoid(logits[:, n:]) - target[:, n:]) ** 2) * lsd_w).sum() \
-            / lsd_w.sum().clamp(min=1.0)
-        return affinity + self.config.lsd_weight * lsd
-
-    def _affinity_loss(self, logits: torch.Tensor, target: torch.Tensor,
-                       weight: torch.Tensor) -> torch.Tensor:
-        if self.config.loss == "bce":
-            raw = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, target, reduction="none")
-        else:
-            raw = (torch.sigmoid(logits) - target) ** 2
-        return (raw * weight).sum() / weight.sum().clamp(min=1.0)
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+              ) -> torch.Tensor:
+        return training_loss(self.config, logits, target, weight)
 
     def _autocast(self) -> Any:
         if self.device.type == "cuda":
@@ -99,7 +105,7 @@ class Trainer:
                 with self._autocast():
                     logits = self.model(raw)
                 logits, target, weight = logits.float()[:, :3], target[:, :3], weight[:, :3]
-                losses.append(float(self._loss(logits, target, weight, channels=3)))
+                losses.append(float(affinity_loss(self.config, logits, target, weight)))
                 pred, known, truth = logits > 0, weight > 0, target > 0.5
                 tp += int((pred & truth & known).sum())
                 fp += int((pred & ~truth & known).sum())
