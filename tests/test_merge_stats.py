@@ -3,8 +3,6 @@ them, against a whole-volume oracle (scipy's csgraph over label pieces)."""
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,6 +21,7 @@ from affinity_dist.kernels.merge import (
     fragment_stats,
     merge_blocks,
 )
+from affinity_dist.runtime.markers import Marker, decode_marker, encode_marker
 
 
 def planes(local: np.ndarray) -> list[np.ndarray]:
@@ -62,7 +61,10 @@ def test_without_min_size_only_the_count_is_kept() -> None:
 def test_stats_survive_the_run_state_storage() -> None:
     local = np.arange(8, dtype=np.uint32).reshape(2, 2, 2)
     stats = fragment_stats(local, 7, 3, planes(local), min_size=2)
-    back = pickle.loads(pickle.dumps(stats, protocol=5))
+    import affinity_dist.stages.segment_tasks  # noqa: F401  (registers FragmentStats)
+
+    marker = Marker("fragments", 3, "key", [], stats)
+    back = decode_marker(encode_marker(marker)).result
     assert isinstance(back, FragmentStats)
     assert back.num_fragments == 7 and back.num_small == stats.num_small
     np.testing.assert_array_equal(back.boundary_ids, stats.boundary_ids)

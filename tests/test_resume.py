@@ -132,13 +132,13 @@ def test_sigkill_mid_predict_then_rerun_is_bit_identical(tmp_path: Path) -> None
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            if done.is_dir() and len(list(done.glob("*.pkl"))) >= 4:
+            if done.is_dir() and len(list(done.glob("*.npz"))) >= 4:
                 break
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its Dask workers
         proc.wait()
-    recorded = len(list(done.glob("*.pkl")))
+    recorded = len(list(done.glob("*.npz")))
     assert 4 <= recorded < 27, "the run was not killed mid-predict"
     assert "affinities" not in list_arrays(tmp_path / "a.zarr")  # never looks finished
     resumed = run_cli("-q", "run", killed)

@@ -6,15 +6,19 @@ the options that change the result (threshold, block, tile, ...) and the stage's
 version. The state lives beside the arrays, in ``<dataset>/_run_state/<stage>/``::
 
     key.json                 the key and the configuration it hashes (written first)
-    done/<pass>/<block>.pkl  one file per finished block, written after the block's data,
-                             holding the block's (small) result for the driver
-    complete.json            written last, after a coverage check: every block is done
+    done/<pass>/<block>.npz  one marker per finished block, written after the block's
+                             data: its (small) result for the driver, and the files it
+                             wrote with their sizes and CRC-32 (:mod:`.markers`: data,
+                             never pickle)
+    complete.json            written last, after a coverage check: every block has a
+                             marker whose files are on disk with the recorded sizes
 
 A rerun with the same key finds ``complete.json`` and skips the stage (0 blocks); after
-an interruption it computes only the blocks without a file; a different key (new model,
-threshold, ...) starts the stage afresh. Nothing is inferred from which chunk files
-happen to exist. Marker files are written atomically (temporary name, then rename), so a
-block killed halfway has no marker and is computed again.
+an interruption it computes only the blocks without a marker that verifies: a marker of
+another key, step or block, or whose files are missing or changed (read back and their
+CRC-32 compared), is not trusted and its block is computed again. Nothing is inferred
+from which chunk files happen to exist. Markers are written atomically (temporary name,
+then rename), so a block killed halfway has no marker and is computed again.
 """
 
 from __future__ import annotations
@@ -24,16 +28,18 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import AffinityDistError, BlockFailedError
 from ..storage import write_atomic, write_json
+from ..storage.journal import chunk_files, digests, journal, mismatch
+from .markers import Marker, MarkerError, decode_marker, encode_marker
 from .scheduling import BlockCounts, run_blocks
 
 __all__ = ["STATE_DIR", "StageState", "array_key", "digest", "recording", "run_recorded"]
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 
 STATE_DIR = "_run_state"
 T = TypeVar("T")
+#: A task's outputs for a block: (array name in the dataset, selection) pairs.
+Outputs = Callable[[int], Sequence[tuple[str, tuple[slice, ...]]]]
 R = TypeVar("R")
 
 
@@ -67,14 +75,20 @@ def array_key(dataset: str | os.PathLike[str], name: str) -> str:
 
 @dataclass(frozen=True)
 class _Recorded:
-    """Run ``fn(block)`` on a worker, then record the block as done with its result."""
+    """Run ``fn(block)`` on a worker, then record the block as done: its result and the
+    files it wrote (sizes and CRC-32, read back after the writes)."""
 
     fn: Callable[[Any], Any]
     folder: str
+    dataset: str
+    step: str
+    key: str
 
     def __call__(self, block: int) -> Any:
-        result = self.fn(block)
-        write_atomic(Path(self.folder) / f"{block}.pkl", pickle.dumps(result, protocol=5))
+        with journal() as written:
+            result = self.fn(block)
+        marker = Marker(self.step, block, self.key, digests(written, self.dataset), result)
+        write_atomic(Path(self.folder) / f"{block}.npz", encode_marker(marker))
         return result
 
 
@@ -124,27 +138,71 @@ class StageState:
         with contextlib.suppress(OSError):  # and the state folder, when it held only this
             Path(self.root).parent.rmdir()
 
+    @property
+    def dataset(self) -> Path:
+        return Path(self.root).parent.parent
+
     def folder(self, step: str) -> Path:
         path = Path(self.root) / "done" / step
         path.mkdir(parents=True, exist_ok=True)
         return path
 
     def done(self, step: str) -> set[int]:
-        """Blocks of ``step`` recorded as done."""
-        return {int(p.name[:-4]) for p in self.folder(step).iterdir()
-                if p.name.endswith(".pkl") and not p.name.startswith(".")}
+        """Blocks of ``step`` with a marker file (not yet verified: :meth:`verified`)."""
+        return {int(p.stem) for p in self.folder(step).iterdir()
+                if p.suffix == ".npz" and p.stem.isdigit()}
 
-    def results(self, step: str, blocks: Iterable[int]) -> dict[int, Any]:
-        """The recorded results of ``blocks`` of ``step``."""
-        folder = self.folder(step)
-        return {b: pickle.loads((folder / f"{b}.pkl").read_bytes()) for b in blocks}
+    def _check(self, step: str, block: int, content: bool, outputs: Outputs | None
+               ) -> tuple[Any, str | None]:
+        path = self.folder(step) / f"{block}.npz"
+        try:
+            marker = decode_marker(path.read_bytes())
+        except (OSError, MarkerError) as err:
+            return None, str(err)
+        if (marker.step, marker.block, marker.key) != (step, block, self.key):
+            return None, (f"it is the marker of {marker.step} block {marker.block} under key "
+                          f"{marker.key}")
+        if outputs is not None:
+            expected: set[str] = set()
+            for name, selection in outputs(block):
+                expected |= chunk_files(self.dataset, name, selection)
+            absent = sorted(expected - {entry[0] for entry in marker.files})
+            if absent:
+                return None, f"it does not list {absent[0]}, which the block writes"
+        return marker.result, mismatch(marker.files, self.dataset, content=content)
 
-    def check_coverage(self, step: str, blocks: Sequence[int]) -> None:
-        """Refuse to go on while any block of ``step`` has no record."""
-        missing = sorted(set(blocks) - self.done(step))
+    def verified(self, step: str, blocks: Iterable[int], *, content: bool = True,
+                 outputs: Outputs | None = None) -> dict[int, Any]:
+        """The results of the blocks of ``step`` whose markers verify against the disk:
+        every file they list is there (with ``content``, read back and its CRC-32
+        compared; else its size), and they list every chunk the block must write
+        (``outputs(block)``: ``(array, selection)`` pairs). A marker that does not verify
+        is removed and its block left out (logged)."""
+        wanted = sorted(self.done(step) & set(blocks))
+        with ThreadPoolExecutor(max_workers=8) as pool:  # zlib.crc32 releases the GIL
+            checks = list(pool.map(lambda b: self._check(step, b, content, outputs), wanted))
+        good, bad = {}, []
+        for block, (result, problem) in zip(wanted, checks, strict=True):
+            if problem is None:
+                good[block] = result
+            else:
+                bad.append((block, problem))
+                (self.folder(step) / f"{block}.npz").unlink(missing_ok=True)
+        if bad:
+            log.warning("%s: %d done markers not trusted, their blocks are computed again "
+                        "(first: block %d: %s)", step, len(bad), *bad[0])
+        return good
+
+    def check_coverage(self, step: str, blocks: Sequence[int], outputs: Outputs | None = None
+                       ) -> None:
+        """Refuse to go on while any block of ``step`` has no marker that lists what it
+        must write, with those files on disk at the recorded sizes."""
+        missing = sorted(set(blocks) - set(self.verified(step, blocks, content=False,
+                                                         outputs=outputs)))
         if missing:
-            raise BlockFailedError(f"{step}: {len(missing)} blocks have no done record (first: "
-                                   f"block {missing[0]}); the stage is not complete")
+            raise BlockFailedError(f"{step}: {len(missing)} blocks have no verified done "
+                                   f"record (first: block {missing[0]}); the stage is not "
+                                   "complete")
 
     def finish(self, summary: Mapping[str, Any]) -> None:
         """Mark the stage complete (after its outputs are in place) and drop the per-block
@@ -170,25 +228,30 @@ def recording(state: StageState, stage: str, partial: Callable[[], None]) -> Ite
         if isinstance(err, AffinityDistError) and err.exit_code == 2:
             partial()
             state.discard()
-        else:
-            log.error("%s: stopped; the finished blocks are recorded in %s, a rerun with the "
-                      "same options computes only the others", stage, state.root)
+        else:  # one line for the user: the error's own, which says so
+            hint = "finished blocks are kept: a rerun with the same options resumes"
+            if isinstance(err, AffinityDistError) and hint not in str(err):
+                err.args = (f"{err}; {hint}",)
+            log.info("%s: stopped; the finished blocks are recorded in %s", stage, state.root)
         raise
 
 
 def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: Sequence[int],
                  counts: BlockCounts, *, previous: bool = True, **run: Any) -> list[R]:
-    """Run ``fn`` on the blocks of ``step`` that have no done record, record each after its
-    data, and return every block's result in order (recorded ones read back; with
-    ``previous`` False only the results computed now)."""
-    done = state.done(step) & set(blocks)
+    """Run ``fn`` on the blocks of ``step`` that have no verified done record, record each
+    after its data, and return every block's result in order (recorded ones read back;
+    with ``previous`` False only the results computed now). A task object with an
+    ``outputs(block)`` method (``(array, selection)`` pairs) has its markers checked to
+    cover those chunks: a marker that claims a block without its data is not trusted."""
+    outputs = getattr(fn, "outputs", None)
+    done = state.verified(step, blocks, outputs=outputs)
     todo = [b for b in blocks if b not in done]
     counts.skipped += len(done)
-    computed = run_blocks(_Recorded(fn, str(state.folder(step))), todo, stage=step,
-                          counts=counts, **run)
-    state.check_coverage(step, blocks)
+    recorded = _Recorded(fn, str(state.folder(step)), str(state.dataset), step, state.key)
+    computed = run_blocks(recorded, todo, stage=step, counts=counts, **run)
+    state.check_coverage(step, blocks, outputs)
     if not previous:
         return computed
     results: dict[int, Any] = dict(zip(todo, computed, strict=True))
-    results.update(state.results(step, done))
+    results.update(done)
     return [results[b] for b in blocks]

@@ -28,8 +28,8 @@ from ..kernels.graph import (
 from ..kernels.merge import fragment_sizes
 from ..kernels.watershed import watershed_block
 from ..storage import read_record, write_record
+from .segment_tasks import face_outputs, read_affinities, read_faces, write_faces
 from .segment_tasks import open_cached as _open
-from .segment_tasks import read_affinities, read_faces, write_faces
 
 if TYPE_CHECKING:
     from .agglomerate import AgglomeratePlan
@@ -84,6 +84,10 @@ class FragmentBlock:
                      {"u": u, "v": v, "sums": sums, "counts": counts,
                       "sizes": fragment_sizes(block, n + 1)[1:]})
         return n
+
+    def outputs(self, block_id: int) -> list[tuple[str, tuple[slice, ...]]]:
+        box = self.plan.grid.write_box(block_id)
+        return [(STAGED["fragments"], box.slices), *face_outputs(block_id, WORK)]
 
 
 def _faces(plan: AgglomeratePlan, block_id: int, affinities: bool = False
@@ -267,3 +271,6 @@ class RelabelBlock:
             box, apply_mapping(fragments, mapping, tile=plan.chunks, in_place=True))
         # a segment is counted by the block of its smallest fragment, which is its id
         return int(np.count_nonzero(labels == queries))
+
+    def outputs(self, block_id: int) -> list[tuple[str, tuple[slice, ...]]]:
+        return [(STAGED["segmentation"], self.plan.grid.write_box(block_id).slices)]

@@ -38,6 +38,7 @@ from ..geometry import BlockGrid, default_block
 from ..kernels.tiles import Tiling, default_tile, predict_block
 from ..nn.config import UNetConfig
 from ..options import PredictOptions
+from ..runtime.markers import register_result
 from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key, recording, run_recorded
 from ..storage import (
@@ -150,6 +151,7 @@ class PredictStats:
         return self.voxels / max(self.seconds, 1e-9)
 
 
+@register_result
 class BlockPrediction(NamedTuple):
     """What one block task did (its recorded result)."""
 
@@ -183,6 +185,10 @@ class _PredictBlock:
         open_volume(plan.dataset, STAGED, "r+").write(box, block.output)
         return BlockPrediction(box.size, read, block.network_voxels, block.model_seconds,
                                time.perf_counter() - start)
+
+    def outputs(self, block_id: int) -> list[tuple[str, tuple[slice, ...]]]:
+        """What the block writes: its box of the staged affinities (all channels)."""
+        return [(STAGED, (slice(None), *self.plan.grid.write_box(block_id).slices))]
 
 
 def _sha256(path: Path) -> str:

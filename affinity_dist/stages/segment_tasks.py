@@ -27,6 +27,7 @@ from ..kernels.fragments import (
     unpack_planes,
 )
 from ..kernels.merge import FragmentStats, block_map, fragment_sizes, fragment_stats
+from ..runtime.markers import register_result
 from ..storage import Volume, create_work_array, open_volume, read_table_slice
 
 if TYPE_CHECKING:
@@ -69,10 +70,16 @@ def write_faces(plan: Any, block_id: int, fragments: NDArray[np.uint64],
     nine. Returns the boundary planes."""
     planes = boundary_planes(fragments)
     labels, aff_length = face_row_lengths(plan.grid.block_shape)
-    _open(plan, f"{work}/labels").array[block_id:block_id + 1] = pack_planes(planes, labels)
-    _open(plan, f"{work}/affs").array[block_id:block_id + 1] = pack_planes(
-        [np.take(affs[axis], 0, axis=axis) for axis in range(3)], aff_length)
+    _open(plan, f"{work}/labels").write_rows(block_id, pack_planes(planes, labels))
+    _open(plan, f"{work}/affs").write_rows(block_id, pack_planes(
+        [np.take(affs[axis], 0, axis=axis) for axis in range(3)], aff_length))
     return planes
+
+
+def face_outputs(block_id: int, work: str = WORK) -> list[tuple[str, tuple[slice, ...]]]:
+    """The rows :func:`write_faces` writes, as ``(array, selection)`` pairs."""
+    return [(f"{work}/{kind}", (slice(block_id, block_id + 1), slice(None)))
+            for kind in ("labels", "affs")]
 
 
 def read_faces(plan: Any, block_id: int, affinities: bool = False, work: str = WORK
@@ -107,6 +114,9 @@ def _label(plan: SegmentPlan, block_id: int, tiled: bool = True
     return box, affs, fragments, n
 
 
+register_result(FragmentStats)  # a fragments task's result, recorded in its done marker
+
+
 @dataclass(frozen=True)
 class FragmentBlock:
     plan: SegmentPlan
@@ -118,6 +128,11 @@ class FragmentBlock:
             _open(plan, STAGED["fragments"]).write(box, fragments)
         planes = write_faces(plan, block_id, fragments, affs)
         return fragment_stats(fragments, n, block_id, planes, plan.min_size)
+
+    def outputs(self, block_id: int) -> list[tuple[str, tuple[slice, ...]]]:
+        box = self.plan.grid.write_box(block_id)
+        kept = [(STAGED["fragments"], box.slices)] if self.plan.keep_fragments else []
+        return kept + face_outputs(block_id)
 
 
 @dataclass(frozen=True)
@@ -177,3 +192,6 @@ class RelabelBlock:
         _open(plan, STAGED["segmentation"]).write(
             box, apply_mapping(fragments, mapping, tile=plan.chunks, in_place=True))
         return box.size
+
+    def outputs(self, block_id: int) -> list[tuple[str, tuple[slice, ...]]]:
+        return [(STAGED["segmentation"], self.plan.grid.write_box(block_id).slices)]

@@ -24,6 +24,8 @@ from numpy.typing import DTypeLike, NDArray
 from ..errors import ConfigError, DataError, InputNotFoundError
 from ..geometry import Box, as_shape, as_vector, reflect_indices
 from .codecs import Codec, compressors, default_codec
+from .integrity import decode_error, require_chunks
+from .journal import note_chunks
 from .metadata import (
     SPATIAL_AXES,
     array_attributes,
@@ -96,8 +98,12 @@ class Volume:
 
     def read(self, box: Box) -> NDArray[Any]:
         """Read the spatial ``box`` (all channels of a channel-first array)."""
-        lead = (slice(None),) * (len(self.shape) - len(box.start))
-        return np.asarray(self.array[lead + box.slices])
+        selection = (slice(None),) * (len(self.shape) - len(box.start)) + box.slices
+        require_chunks(self.array, self.name, selection)  # never a missing chunk as zeros
+        try:
+            return np.asarray(self.array[selection])
+        except Exception as err:  # a chunk that does not decode: named
+            raise decode_error(self.array, self.name, selection, err) from None
 
     def read_mirrored(self, window: Box) -> tuple[NDArray[Any], int]:
         """``window`` (spatial, may leave the volume), mirrored at the volume border (all
@@ -141,14 +147,22 @@ class Volume:
                                 f"to cover {box.shape}")
             for index in np.ndindex(*grid):
                 start = tuple(s + i * t for s, i, t in zip(box.start, index, tile, strict=True))
-                self.array[Box(start, tuple(s + t for s, t in zip(start, tile, strict=True))
-                               ).slices] = data[index]
+                tile_box = Box(start, tuple(s + t for s, t in zip(start, tile, strict=True)))
+                self.array[tile_box.slices] = data[index]
+            note_chunks(self.array, box.slices)
             return
         lead = (slice(None),) * (len(self.shape) - len(box.start))
         if data.shape[-len(box.start):] != box.shape:
             raise DataError(f"write to {self.name}: got data of shape {data.shape}, "
                             f"expected spatial shape {box.shape}")
         self.array[lead + box.slices] = data
+        note_chunks(self.array, lead + box.slices)
+
+    def write_rows(self, start: int, data: NDArray[Any]) -> None:
+        """Write rows ``start, start + 1, ...`` of a 2-D work array (e.g. face planes)."""
+        rows = (slice(start, start + data.shape[0]), slice(None))
+        self.array[rows] = data
+        note_chunks(self.array, rows)
 
 
 def open_dataset(path: str | os.PathLike[str], mode: Literal["r", "r+"] = "r") -> zarr.Group:

@@ -20,6 +20,8 @@ from numpy.typing import NDArray
 
 from ..errors import DataError
 from .codecs import compressors
+from .integrity import decode_error, require_chunks
+from .journal import note_chunks, note_file
 
 __all__ = ["read_record", "write_record"]
 
@@ -44,9 +46,11 @@ def write_record(dataset: str | os.PathLike[str], name: str,
                               chunks=(max(1, flat.size),), dtype=np.uint64, fill_value=0,
                               compressors=compressors("zstd1", np.dtype(np.uint64)),
                               attributes={"record": spec},
-                              overwrite=True)
+                              config={"write_empty_chunks": True}, overwrite=True)
+    note_file(Path(dataset) / name / "zarr.json")
     if flat.size:
         array[:] = flat
+        note_chunks(array, (slice(None),))
 
 
 def read_record(dataset: str | os.PathLike[str], name: str) -> dict[str, NDArray[Any]]:
@@ -63,7 +67,13 @@ def read_record(dataset: str | os.PathLike[str], name: str) -> dict[str, NDArray
     if not ok or sum(s[2] for s in spec) != array.shape[0]:
         raise DataError(f"record {str(path)!r}: fields {spec!r} do not match its "
                         f"{array.shape[0]} values")
-    flat = np.asarray(array[:]) if array.shape[0] else np.zeros(0, np.uint64)
+    flat = np.zeros(0, np.uint64)
+    if array.shape[0]:
+        require_chunks(array, f"record {name}", (slice(None),))
+        try:
+            flat = np.asarray(array[:])
+        except Exception as err:  # a chunk that does not decode: named
+            raise decode_error(array, f"record {name}", (slice(None),), err) from None
     out: dict[str, NDArray[Any]] = {}
     start = 0
     for key, kind, length in spec:

@@ -1,0 +1,107 @@
+"""Chunks that must be there and must decode: damage named by array and chunk key.
+
+The project writes every chunk of every array it makes (``write_empty_chunks``), and
+each chunk carries a CRC-32C after its compressor (:func:`.codecs.compressors`). So a
+chunk file that is missing, truncated or altered is damage, never data: Zarr would read
+a missing chunk as the fill value and may decode altered zstd bytes without error. Reads
+through :class:`~.arrays.Volume` check presence and name the first bad chunk;
+:func:`verify_chunks` checks every chunk of an array (the ``verify`` command).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+__all__ = ["CorruptChunkError", "chunk_coords", "chunk_counts", "chunk_path", "decode_error",
+           "require_chunks", "verify_chunks"]
+
+
+class CorruptChunkError(DataError):
+    """A chunk of an array is missing or does not decode: the dataset is damaged. Found
+    mid-run it stops the stage with exit 1 (its finished blocks stay recorded)."""
+
+    exit_code = 1
+
+
+def chunk_counts(array: Any) -> tuple[int, ...]:
+    """Chunks (shards, for a sharded array) per axis."""
+    grid = array.metadata.chunk_grid.chunk_shape
+    return tuple(-(-n // c) for n, c in zip(array.shape, grid, strict=True))
+
+
+def chunk_coords(array: Any, selection: Sequence[slice]) -> Iterator[tuple[int, ...]]:
+    """The grid coordinates of the chunks (shards, for a sharded array) that
+    ``selection`` (one slice per axis) touches."""
+    grid = array.metadata.chunk_grid.chunk_shape
+    ranges = []
+    for s, n, c in zip(selection, array.shape, grid, strict=True):
+        start, stop, _ = s.indices(n)
+        ranges.append(range(start // c, -(-stop // c)) if stop > start else range(0))
+    return itertools.product(*ranges)
+
+
+def chunk_path(array: Any, coords: tuple[int, ...]) -> Path | None:
+    """The file of a chunk of an array on a local store (None for other stores)."""
+    root = getattr(array.store, "root", None)
+    if root is None:
+        return None
+    path: Path = Path(root) / str(array.path) / str(array.metadata.encode_chunk_key(coords))
+    return path
+
+
+def _slices(array: Any, coords: tuple[int, ...]) -> tuple[slice, ...]:
+    grid = array.metadata.chunk_grid.chunk_shape
+    return tuple(slice(i * c, min((i + 1) * c, n))
+                 for i, c, n in zip(coords, grid, array.shape, strict=True))
+
+
+def _damage(name: str, array: Any, coords: tuple[int, ...], what: str) -> CorruptChunkError:
+    key = array.metadata.encode_chunk_key(coords)
+    return CorruptChunkError(f"{name}: chunk {key} {what} ({chunk_path(array, coords)}); the "
+                             "dataset is damaged: affinity-dist verify lists every bad chunk")
+
+
+def require_chunks(array: Any, name: str, selection: Sequence[slice]) -> None:
+    """Refuse to read ``selection`` while a chunk file under it is missing."""
+    if getattr(array.store, "root", None) is None:
+        return
+    for coords in chunk_coords(array, selection):
+        path = chunk_path(array, coords)
+        if path is not None and not path.is_file():
+            raise _damage(name, array, coords, "is missing")
+
+
+def decode_error(array: Any, name: str, selection: Sequence[slice], error: Exception
+                 ) -> Exception:
+    """The error to raise for a read of ``selection`` that failed with ``error``: the
+    first chunk under it that does not decode, named; ``error`` itself if every chunk
+    decodes on its own (the failure was elsewhere)."""
+    for coords in chunk_coords(array, selection):
+        try:
+            array[_slices(array, coords)]
+        except Exception as err:  # any decoder error is damage
+            return _damage(name, array, coords, f"does not decode ({type(err).__name__}: "
+                                                f"{err})")
+    return error
+
+
+def verify_chunks(array: Any, name: str, coords: Sequence[tuple[int, ...]]) -> list[str]:
+    """One line per bad chunk among ``coords`` of ``array``: missing, or not decoding
+    (checksum, compressor or size)."""
+    bad = []
+    for c in coords:
+        path = chunk_path(array, c)
+        if path is not None and not path.is_file():
+            bad.append(str(_damage(name, array, c, "is missing")).split(" (")[0])
+            continue
+        try:
+            array[_slices(array, c)]
+        except Exception as err:
+            bad.append(f"{name}: chunk {array.metadata.encode_chunk_key(c)} does not decode "
+                       f"({type(err).__name__}: {err})")
+    return bad
