@@ -14,6 +14,7 @@ __all__ = [
     "AffinityDistError",
     "BlockFailedError",
     "ConfigError",
+    "DatasetBusyError",
     "DataError",
     "DestinationExistsError",
     "InputNotFoundError",
@@ -47,6 +48,12 @@ class InputNotFoundError(AffinityDistError, FileNotFoundError):
 
 class DestinationExistsError(AffinityDistError, FileExistsError):
     """An output exists already and overwriting was not requested."""
+
+    exit_code = 2
+
+
+class DatasetBusyError(AffinityDistError, BlockingIOError):
+    """Another run holds the writer lease of the stage's outputs in this dataset."""
 
     exit_code = 2
 

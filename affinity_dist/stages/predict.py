@@ -38,6 +38,7 @@ from ..geometry import BlockGrid, default_block
 from ..kernels.tiles import Tiling, default_tile, predict_block
 from ..nn.config import UNetConfig
 from ..options import PredictOptions
+from ..runtime.locks import check_free, leased
 from ..runtime.markers import register_result
 from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key, recording, run_recorded
@@ -220,6 +221,7 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     from ..nn.checkpoint import load_checkpoint
 
     o = PredictOptions.of(options, **kwargs)
+    check_free(dataset, "predict")  # a live run holds the outputs: refuse before any work
     raw = open_volume(dataset, "raw")
     if len(raw.shape) != 3:
         raise DataError(f"raw: got a {len(raw.shape)}D array of shape {raw.shape}, expected "
@@ -320,6 +322,7 @@ def _stats(done: list[BlockPrediction], seconds: float, counts: BlockCounts) -> 
     return stats
 
 
+@leased("predict")
 def run_predict(plan: PredictPlan, *, client: Any | None = None,
                 scheduler: LocalScheduler = "threads", progress: bool = True) -> PredictStats:
     """Execute a validated plan; see :func:`predict`.

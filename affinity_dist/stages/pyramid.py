@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from ..errors import DataError, DestinationExistsError
 from ..geometry import BlockGrid, Box
 from ..options import PyramidOptions
+from ..runtime.locks import check_free, leased
 from ..runtime.scheduling import LocalScheduler, run_blocks
 from ..storage import (
     create_volume,
@@ -119,6 +120,7 @@ def prepare_pyramid(dataset: str | os.PathLike[str], options: PyramidOptions | N
     """Validate a pyramid run without writing anything: the arrays exist, and their levels
     do not (unless ``overwrite``)."""
     o = PyramidOptions.of(options, **kwargs)
+    check_free(dataset, "pyramid")  # a live run holds the outputs: refuse before any work
     group = open_dataset(dataset)
     present = [n for n in ("raw", "labels", "segmentation", "fragments", "affinities")
                if n in group]
@@ -135,6 +137,7 @@ def prepare_pyramid(dataset: str | os.PathLike[str], options: PyramidOptions | N
     return PyramidPlan(str(dataset), tuple(names), o.levels, o.block, o.chunks)
 
 
+@leased("pyramid")
 def run_pyramid(plan: PyramidPlan, *, client: Any | None = None,
                 scheduler: LocalScheduler = "threads", progress: bool = True
                 ) -> dict[str, list[str]]:

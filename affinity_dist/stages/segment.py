@@ -39,6 +39,7 @@ from ..geometry import BlockGrid, default_block
 from ..kernels.fragments import native_threshold
 from ..kernels.merge import FragmentStats, LookupTable, block_starts, merge_blocks
 from ..options import SegmentOptions
+from ..runtime.locks import check_free, leased
 from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key, recording, run_recorded
 from ..storage import (
@@ -130,6 +131,7 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
     :class:`SegmentPlan` (``method`` "cc") or an
     :class:`~affinity_dist.stages.agglomerate.AgglomeratePlan`."""
     o = SegmentOptions.of(options, **kwargs)
+    check_free(dataset, "segment")  # a live run holds the outputs: refuse before any work
     affs = open_volume(dataset, "affinities")
     threshold = default_threshold(affs.attrs, o.method) if o.threshold is None else o.threshold
     if len(affs.shape) != 4:
@@ -233,6 +235,7 @@ def _publish(plan: SegmentPlan, group: Any, state: StageState, table: LookupTabl
     delete_node(group, WORK)
 
 
+@leased("segment")
 def run_segment(plan: Any, *, client: Any | None = None,
                 scheduler: LocalScheduler = "threads", progress: bool = True,
                 counts: BlockCounts | None = None) -> Any:
