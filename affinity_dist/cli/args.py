@@ -34,14 +34,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _cluster_options(p: argparse.ArgumentParser) -> None:
+def _cluster_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
     p.add_argument("--scheduler", metavar="ADDR", default="local",
                    help="'local' (default: a LocalCluster of worker processes on 127.0.0.1), "
                         "a scheduler address such as tcp://host:8786, or 'threads' / "
                         "'synchronous' to run in this process")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes of the local cluster (default: CPU count, max 8)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="list the arrays of a dataset with their metadata")
     p.add_argument("dataset", metavar="X.zarr")
+    p = sub.add_parser("verify", help="check that every chunk of every array of a dataset "
+                       "is present and decodes (checksums); list the bad ones")
+    p.add_argument("dataset", metavar="X.zarr")
+    _cluster_options(p, overwrite=False)
     _view_parser(sub)
     return parser
 

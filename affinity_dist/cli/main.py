@@ -193,6 +193,22 @@ def _cmd_info(args: argparse.Namespace) -> None:
               f" on disk ({ratio:.1f}x)")
 
 
+def _cmd_verify(args: argparse.Namespace) -> None:
+    from ..runtime.cluster import cluster
+    from ..stages.verify import DamageFoundError, verify
+
+    run = _run(args)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        report = verify(args.dataset, client=client, **run)
+    for line in report.bad:
+        print(line)
+    summary = (f"{args.dataset}: {report.chunks} chunks of {report.arrays} arrays checked, "
+               f"{len(report.bad)} bad")
+    if report.bad:
+        raise DamageFoundError(summary)
+    print(summary)
+
+
 def _cmd_view(args: argparse.Namespace) -> None:
     if args.webknossos:
         from ..viewers.webknossos import write_webknossos_metadata
@@ -221,7 +237,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predict,
             "segment": _cmd_segment, "evaluate": _cmd_evaluate, "pyramid": _cmd_pyramid,
             "tune": _cmd_tune,
-            "run": _cmd_run, "train": _cmd_train, "info": _cmd_info, "view": _cmd_view}
+            "run": _cmd_run, "train": _cmd_train, "info": _cmd_info, "verify": _cmd_verify,
+            "view": _cmd_view}
 
 
 def _bad(argument: str, value: Any, expected: str) -> AffinityDistError:

@@ -70,12 +70,15 @@ class _Guarded:
 
     def __call__(self, index: int, item: Any) -> tuple[int, Any]:
         from ..storage import match_codec_threads
+        from ..storage.integrity import CorruptChunkError
 
         keep_freed_memory()
         match_codec_threads()
         for attempt in range(self.retries + 1):
             try:
                 return attempt, self.fn(item)
+            except CorruptChunkError as err:  # damage: retrying cannot help; name the block
+                raise BlockFailedError(f"{self.stage}: {_where(item, index)}: {err}") from None
             except AffinityDistError:
                 raise
             except Exception as err:

@@ -35,8 +35,15 @@ def default_codec(dtype: DTypeLike) -> Codec:
     return "zstd1"
 
 
-def compressors(name: Codec, dtype: np.dtype[Any]) -> list[Any]:
-    """The Zarr v3 compressors of codec ``name`` for arrays of ``dtype``."""
+def compressors(name: Codec, dtype: np.dtype[Any], checksum: bool = True) -> list[Any]:
+    """The Zarr v3 bytes-to-bytes codecs of compressor ``name`` for arrays of ``dtype``,
+    followed (with ``checksum``) by a CRC-32C of the compressed chunk: damage to a chunk
+    file is then an error when it is read, never silently different data."""
+    crc = [zarr.codecs.Crc32cCodec()] if checksum else []
+    return _compressor(name, dtype) + crc
+
+
+def _compressor(name: Codec, dtype: np.dtype[Any]) -> list[Any]:
     shuffle = (zarr.codecs.BloscShuffle.bitshuffle if dtype.itemsize == 1
                else zarr.codecs.BloscShuffle.shuffle)
     if name == "blosc-lz4":

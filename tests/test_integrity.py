@@ -1,0 +1,110 @@
+"""Damaged chunks are errors, never data (integrity issue).
+
+Every array the project writes carries a CRC-32C per chunk and has every chunk written:
+a chunk with bytes flipped in the middle, a truncated chunk and a deleted chunk, in
+``raw``, ``affinities`` and ``segmentation``, stop predict / segment / evaluate with a
+non-zero exit and one line naming the chunk key; ``verify`` lists exactly the damaged
+chunks. Arrays written without checksums still read.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from affinity_dist.geometry import Box
+from affinity_dist.options import PredictOptions, SegmentOptions
+from affinity_dist.stages.predict import predict
+from affinity_dist.stages.sample import sample
+from affinity_dist.stages.segment import segment
+from affinity_dist.stages.verify import verify
+from affinity_dist.storage import open_volume
+from affinity_dist.storage.codecs import compressors
+from affinity_dist.storage.integrity import CorruptChunkError
+
+from .helpers import run_cli, tiny_model
+
+SHAPE, CHUNKS = (24, 40, 40), (8, 16, 16)
+#: the array damaged, the command that reads it, and the chunk hit
+CASES = {"raw": (["predict", "--overwrite", "--block", "8", "16", "16"], "c/1/1/1"),
+         "affinities": (["segment", "--overwrite", "--method", "cc", "--block", "8", "16", "16"],
+                        "c/0/2/0/1"),
+         "segmentation": (["evaluate", "--block", "8", "16", "16"], "c/0/1/2")}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset with raw, affinities and segmentation, all written by the project."""
+    root = tmp_path_factory.mktemp("integrity")
+    model = tiny_model(root / "tiny.pt")
+    path = root / "d.zarr"
+    sample(path, shape=SHAPE, seed=1, chunks=CHUNKS, progress=False)
+    predict(path, PredictOptions(model=str(model), block=CHUNKS), scheduler="synchronous",
+            progress=False)
+    segment(path, SegmentOptions(block=CHUNKS), scheduler="synchronous", progress=False)
+    return path
+
+
+def _damage(chunk: Path, how: str) -> None:
+    data = chunk.read_bytes()
+    if how == "flipped":
+        middle = len(data) // 2
+        chunk.write_bytes(data[:middle] + bytes([data[middle] ^ 0x55]) + data[middle + 1:])
+    elif how == "truncated":
+        chunk.write_bytes(data[:len(data) // 2])
+    else:
+        chunk.unlink()
+
+
+@pytest.mark.parametrize("how", ["flipped", "truncated", "deleted"])
+@pytest.mark.parametrize("array", list(CASES))
+def test_a_damaged_chunk_stops_the_stage_naming_it(finished: Path, tmp_path: Path,
+                                                    array: str, how: str) -> None:
+    path = tmp_path / "d.zarr"
+    shutil.copytree(finished, path)
+    command, key = CASES[array]
+    _damage(path / array / key, how)
+    extra = ["--model", str(finished.parent / "tiny.pt")] if array == "raw" else []
+    result = run_cli("-q", command[0], "--input", path, *command[1:], *extra,
+                     "--scheduler", "synchronous")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result.stderr
+    assert len(lines) == 1, result.stderr
+    assert f"{array}: chunk {key}" in lines[0], lines[0]
+    assert ("is missing" if how == "deleted" else "does not decode") in lines[0]
+
+
+def test_verify_lists_exactly_the_damaged_chunks(finished: Path, tmp_path: Path) -> None:
+    path = tmp_path / "d.zarr"
+    shutil.copytree(finished, path)
+    clean = verify(path, scheduler="synchronous", progress=False)
+    assert clean.bad == [] and clean.arrays >= 4 and clean.chunks > 50
+    for (array, (_, key)), how in zip(CASES.items(), ["flipped", "truncated", "deleted"],
+                                      strict=True):
+        _damage(path / array / key, how)
+    result = run_cli("-q", "verify", path, "--scheduler", "synchronous")
+    assert result.returncode == 1, result.stderr
+    found = sorted(line.split(" (")[0].split(" is ")[0].split(" does ")[0]
+                   for line in result.stdout.strip().splitlines())
+    assert found == sorted(f"{a}: chunk {k}" for a, (_, k) in CASES.items())
+    assert f"{clean.chunks} chunks of {clean.arrays} arrays checked, 3 bad" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_arrays_without_checksums_still_read_but_not_a_missing_chunk(tmp_path: Path) -> None:
+    import zarr
+
+    group = zarr.open_group(str(tmp_path / "old.zarr"), mode="w")
+    data = np.arange(8 * 8 * 8, dtype=np.uint16).reshape(8, 8, 8)
+    old = group.create_array("old", shape=data.shape, chunks=(4, 4, 4), dtype=data.dtype,
+                             compressors=compressors("zstd1", data.dtype, checksum=False))
+    old[:] = data
+    volume = open_volume(tmp_path / "old.zarr", "old")
+    np.testing.assert_array_equal(volume.read(Box((0, 0, 0), (8, 8, 8))), data)
+    assert verify(tmp_path / "old.zarr", scheduler="synchronous", progress=False).bad == []
+    (tmp_path / "old.zarr" / "old" / "c" / "1" / "0" / "1").unlink()
+    with pytest.raises(CorruptChunkError, match="old: chunk c/1/0/1 is missing"):
+        volume.read(Box((0, 0, 0), (8, 8, 8)))
