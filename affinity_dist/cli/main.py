@@ -256,6 +256,14 @@ def _quiet_dask() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+def _os_error(err: OSError) -> str:
+    """One line for an error of the operating system (or of a file's format, as h5py
+    reports a truncated HDF5 file): what failed, on which path."""
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    what = err.strerror or str(err) or type(err).__name__
+    return f"{what}: {where}" if where and where not in what else what.replace("\n", " ")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -268,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AffinityDistError as err:
         print(f"{PROG} {args.command}: error: {err}".replace("\n", " "), file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # permission, read-only, not a directory, disk full, truncated
+        print(f"{PROG} {args.command}: error: {_os_error(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -4,6 +4,7 @@ the worker layout of a local cluster (one worker per GPU for inference)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from ..errors import ConfigError
 from .scheduling import Scheduler
 
 __all__ = ["cluster", "local_gpus"]
+
+log = logging.getLogger(__name__)
 
 
 def local_gpus() -> int:
@@ -50,7 +53,12 @@ def cluster(scheduler: Scheduler | None = None, *, n_workers: int | None = None,
 
     if scheduler in (None, "local"):
         count = local_gpus() if gpus == "auto" else gpus
-        workers = n_workers or count or max(1, min(os.cpu_count() or 1, 8))
+        cores = os.cpu_count() or 1
+        workers = n_workers or count or max(1, min(cores, 8))
+        if workers > max(cores, count):  # each worker is a process of its own
+            log.warning("--workers %d is above the %d cores of this machine: using %d",
+                        workers, cores, max(cores, count))
+            workers = max(cores, count)
         with (LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                            processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
                            memory_limit=memory_limit,

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from dask.base import compute
 from dask.callbacks import Callback
@@ -59,16 +59,37 @@ def _where(item: Any, index: int) -> str:
     return f"block {item!r}" if isinstance(item, int) else f"task {index} ({item!r})"
 
 
+DRAIN_TIMEOUT = 600.0  # seconds a failed stage waits for its running tasks to stop
+
+
+class _Failed(NamedTuple):
+    """A block's error, returned by a worker instead of raised (see :class:`_Guarded`)."""
+
+    error: AffinityDistError
+
+
 class _Guarded:
     """Call ``fn(item)``, retrying unexpected errors up to ``retries`` times; then turn
     the error into a BlockFailedError naming the block. Errors of affinity_dist's own
     (bad data: NaN, ...) are deterministic and not retried. Returns (retries used, result).
     """
 
-    def __init__(self, fn: Callable[[Any], Any], stage: str, retries: int = RETRIES) -> None:
-        self.fn, self.stage, self.retries = fn, stage, retries
+    def __init__(self, fn: Callable[[Any], Any], stage: str, retries: int = RETRIES,
+                 capture: bool = False) -> None:
+        self.fn, self.stage, self.retries, self.capture = fn, stage, retries, capture
 
     def __call__(self, index: int, item: Any) -> tuple[int, Any]:
+        """With ``capture`` (on a cluster) the block's own error is returned as a
+        :class:`_Failed` result, for the client to raise: a worker would otherwise log it
+        with its traceback ("Compute Failed"), many lines per failed block."""
+        if not self.capture:
+            return self._call(index, item)
+        try:
+            return self._call(index, item)
+        except AffinityDistError as err:
+            return 0, _Failed(err)
+
+    def _call(self, index: int, item: Any) -> tuple[int, Any]:
         from ..storage import match_codec_threads
         from ..storage.integrity import CorruptChunkError
 
@@ -185,6 +206,7 @@ def run_blocks(
         from distributed import as_completed
 
         keys = [f"{stage}-{token}-{i}" for i in range(len(items))]
+        guarded = _Guarded(fn, stage, retries, capture=True)
         futures: list[Any] = client.map(guarded, range(len(items)), items, key=keys,
                                         pure=False, resources=resources)
         index = {key: i for i, key in enumerate(keys)}
@@ -197,14 +219,39 @@ def run_blocks(
                 # fetch now and drop the future: the worker frees the result at once
                 # instead of holding every block's result until the stage ends
                 pairs[i] = future.result()
+                if isinstance(pairs[i][1], _Failed):
+                    raise pairs[i][1].error
                 futures[i] = None
                 del future
                 bar.update(1)
             if release:
                 client.run(release_freed_memory)  # a stage's buffers go back to the OS
             return _unpack(pairs, counts)
-        finally:
+        except BaseException:
             client.cancel([f for f in futures if f is not None and not f.done()])
+            _drain(client, f"{stage}-{token}-")
+            raise
+
+
+def _running(prefix: str, dask_worker: Any) -> int:
+    """Tasks of a stage still executing in a worker (cancelled ones run to their end)."""
+    return sum(1 for ts in dask_worker.state.executing if str(ts.key).startswith(prefix))
+
+
+def _drain(client: Any, prefix: str, timeout: float = DRAIN_TIMEOUT) -> None:
+    """After a failure, wait until no task of the stage still runs: its partial outputs
+    are only removed once nothing writes them any more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            busy = sum(client.run(_running, prefix).values())
+        except Exception:  # workers gone (the cluster is shutting down): nothing runs
+            return
+        if not busy:
+            return
+        log.info("waiting for %d running tasks to stop", busy)
+        time.sleep(0.1)
+    log.warning("%d tasks of %s still running after %.0f s", busy, prefix, timeout)
 
 
 def _unpack(pairs: list[tuple[int, R]], counts: BlockCounts) -> list[R]:

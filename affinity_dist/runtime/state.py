@@ -126,15 +126,25 @@ class StageState:
         root = Path(self.root)
         if keep and self._read("key.json").get("key") == self.key and not self.complete:
             return True
-        if root.exists():
+        if (root / "complete.json").exists():  # the finished run whose outputs stand:
+            shutil.rmtree(self._previous, ignore_errors=True)  # kept until this one finishes
+            root.rename(self._previous)
+        elif root.exists():
             shutil.rmtree(root)
         root.mkdir(parents=True)
         write_json(root / "key.json", {"key": self.key, "config": self.config})
         return False
 
+    @property
+    def _previous(self) -> Path:
+        return Path(f"{self.root}.previous")
+
     def discard(self) -> None:
-        """Forget this stage's records (a run stopped by bad input: nothing to resume)."""
+        """Forget this stage's records (a run stopped by bad input: nothing to resume); the
+        record of the finished run it was to replace is put back, as its outputs are."""
         shutil.rmtree(self.root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self._previous.rename(self.root)
         with contextlib.suppress(OSError):  # and the state folder, when it held only this
             Path(self.root).parent.rmdir()
 
@@ -211,6 +221,7 @@ class StageState:
         write_json(root / "complete.json", {
             "key": self.key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary})
         shutil.rmtree(root / "done", ignore_errors=True)
+        shutil.rmtree(self._previous, ignore_errors=True)
 
     def summary(self) -> dict[str, Any]:
         """What the completing run recorded (blocks, ...)."""

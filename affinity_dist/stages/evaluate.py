@@ -36,6 +36,7 @@ from ..kernels.metrics import (
     merge_contingency,
     scores,
 )
+from ..kernels.values import require_labels
 from ..options import EvaluateOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
 from ..storage import check_chunk_alignment, open_volume, write_json
@@ -106,10 +107,13 @@ class _ContingencyBlock:
         plan = self.plan
         box = plan.grid.write_box(block_id)
         seg = open_volume(plan.dataset, plan.segmentation).read(box)
-        if not plan.boundary_tolerance:
-            return contingency(seg, open_volume(plan.truth, plan.labels).read(box))
-        read, _ = plan.grid.read_box(block_id, plan.truth_halo)
+        require_labels(plan.segmentation, seg, f"block {block_id}", box.start)
+        read = plan.grid.read_box(block_id, plan.truth_halo)[0] if plan.boundary_tolerance \
+            else box
         gt = open_volume(plan.truth, plan.labels).read(read)
+        require_labels(plan.labels, gt, f"block {block_id}", read.start)
+        if not plan.boundary_tolerance:
+            return contingency(seg, gt)
         inner = box.relative_to(read)
         masked = border_mask(gt, plan.boundary_tolerance, plan.voxel_size)[inner]
         gt = gt[inner].copy()

@@ -29,7 +29,14 @@ from ..errors import DataError
 from ..geometry import BlockGrid, as_vector
 from ..options import IngestOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
-from ..storage import check_destination, create_volume, group_path, open_volume, staged_dataset
+from ..storage import (
+    check_destination,
+    create_volume,
+    group_path,
+    open_volume,
+    require_space,
+    staged_dataset,
+)
 from ..storage.sources import Source, open_source
 
 __all__ = ["IngestPlan", "ingest", "prepare_ingest", "rescale_to_uint8", "run_ingest"]
@@ -168,6 +175,8 @@ def prepare_ingest(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     oz, oy, ox = (raw.offset if raw.offset is not None and len(raw.offset) == 3
                   else (0.0, 0.0, 0.0))
     check_destination(dst, overwrite=overwrite)
+    per_voxel = (1 if o.rescale else raw.dtype.itemsize) + (0.1 if labels is not None else 0)
+    require_space(dst, math.prod(raw.shape) * per_voxel, f"SRC {str(src)!r}")
     if o.voxel_size is None and raw.voxel_size is None:
         log.warning("no voxel size in %s and none given: assuming 1 nm (pass --voxel-size)", src)
     return IngestPlan(raw, labels, str(dst), (vz, vy, vx), (oz, oy, ox), o.chunks,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -34,8 +35,9 @@ from ..errors import (
     DestinationExistsError,
     InputNotFoundError,
 )
-from ..geometry import BlockGrid, default_block
+from ..geometry import BlockGrid, default_block, reflect_indices
 from ..kernels.tiles import Tiling, default_tile, predict_block
+from ..kernels.values import require_finite
 from ..nn.config import UNetConfig
 from ..options import PredictOptions
 from ..runtime.locks import check_free, leased
@@ -51,6 +53,7 @@ from ..storage import (
     open_dataset,
     open_volume,
     rename_volume,
+    require_space,
 )
 
 __all__ = ["BlockPrediction", "PredictPlan", "PredictStats", "default_model", "predict",
@@ -173,7 +176,11 @@ class _PredictBlock:
         start = time.perf_counter()
         plan, tiling = self.plan, self.plan.tiling
         box = plan.grid.write_box(block_id)
-        raw, read = open_volume(plan.dataset, "raw").read_mirrored(tiling.input_box(box))
+        window = tiling.input_box(box)
+        raw, read = open_volume(plan.dataset, "raw").read_mirrored(window)
+        require_finite("raw", raw, f"block {block_id}", index=[  # NaN would zero a tile
+            reflect_indices(a, b, n) for a, b, n in
+            zip(window.start, window.stop, plan.grid.shape, strict=True)])
         device = resolve_device(plan.device)
         model = cached_model(plan.model, device, plan.precision)
 
@@ -262,6 +269,8 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     if "affinities" in open_dataset(dataset) and not overwrite:
         raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
                                      "'affinities'; expected none (or pass --overwrite)")
+    if o.dtype == "float32":  # 12 bytes a voxel; zstd leaves float affinities ~1.2x
+        require_space(dataset, math.prod(shape) * 12 / 1.2, "--float")
     z, y, x = tile
     return PredictPlan(str(dataset), str(path.absolute()), _sha256(path), config,
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),

@@ -8,6 +8,7 @@ parallel on any Dask cluster.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,14 @@ from ..geometry import BlockGrid
 from ..kernels.synthetic import SampleSpec, generate_region
 from ..options import SampleOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
-from ..storage import check_destination, create_volume, group_path, open_volume, staged_dataset
+from ..storage import (
+    check_destination,
+    create_volume,
+    group_path,
+    open_volume,
+    require_space,
+    staged_dataset,
+)
 
 __all__ = ["SamplePlan", "prepare_sample", "run_sample", "sample"]
 
@@ -53,6 +61,8 @@ def prepare_sample(dst: str | os.PathLike[str], options: SampleOptions | None = 
     """Validate a :func:`sample` request without writing anything."""
     o = SampleOptions.of(options, **kwargs)
     check_destination(dst, overwrite=overwrite)
+    # raw uint8 noise stores ~1:1, the uint64 labels at >= 80x (bench_storage)
+    require_space(dst, math.prod(o.shape) * 1.1, f"--shape {list(o.shape)}")
     spec = SampleSpec(shape=o.shape, seed=o.seed, voxel_size=o.voxel_size)
     return SamplePlan(spec, str(dst), o.chunks, overwrite)
 

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import DataError
 from ..geometry import Box
 from ..kernels.fragments import (
     LOCAL_MASK,
@@ -27,6 +26,7 @@ from ..kernels.fragments import (
     unpack_planes,
 )
 from ..kernels.merge import FragmentStats, block_map, fragment_sizes, fragment_stats
+from ..kernels.values import require_unit_range
 from ..runtime.markers import register_result
 from ..storage import Volume, create_work_array, open_volume, read_table_slice
 
@@ -93,12 +93,10 @@ def read_faces(plan: Any, block_id: int, affinities: bool = False, work: str = W
 
 
 def read_affinities(plan: Any, block_id: int, box: Box) -> NDArray[Any]:
-    """The three nearest-neighbour affinity channels over ``box``, refusing NaN (block
-    ``block_id`` named)."""
+    """The three nearest-neighbour affinity channels over ``box``, refusing NaN, infinity
+    and values outside [0, 1] (the block and the first bad voxel named)."""
     affs = _open(plan, "affinities").read(box)[:3]
-    if affs.dtype.kind == "f" and np.isnan(affs).any():
-        raise DataError(f"affinities: block {block_id} at {plan.grid.write_box(block_id).start}"
-                        " holds NaN, expected values in [0, 1]")
+    require_unit_range("affinities", affs, f"block {block_id}", box.start)
     return affs
 
 

@@ -7,6 +7,7 @@ Imports :mod:`.metadata` and :mod:`.codecs`, never :mod:`.datasets`.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -178,11 +179,30 @@ def open_dataset(path: str | os.PathLike[str], mode: Literal["r", "r+"] = "r") -
 def open_volume(path: str | os.PathLike[str], name: str, mode: Literal["r", "r+"] = "r") -> Volume:
     """Open array ``name`` of the dataset at ``path``."""
     group = open_dataset(path, mode)
-    array = group.get(name)
+    try:
+        array = group.get(name)
+    except (ValueError, KeyError, TypeError) as err:
+        raise metadata_error(path, err) from None
     if not isinstance(array, zarr.Array):
         raise InputNotFoundError(f"array: got {name!r} in {str(path)!r}, expected an existing "
                                  f"array (present: {list_arrays(path, top_level=True)})")
     return Volume(_fast_writes(array), name)
+
+
+def metadata_error(path: str | os.PathLike[str], err: Exception) -> DataError:
+    """The error for a dataset whose listing failed on broken metadata, naming the first
+    ``zarr.json`` under ``path`` that is not a JSON object."""
+    where = "the metadata of a member"
+    for meta in sorted(Path(path).rglob("zarr.json")):
+        try:
+            ok = isinstance(json.loads(meta.read_text()), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            where = str(meta)
+            break
+    return DataError(f"dataset {str(path)!r}: {where} is not valid Zarr metadata "
+                     f"({type(err).__name__}: {err})")
 
 
 @contextlib.contextmanager
@@ -203,8 +223,11 @@ def list_arrays(path: str | os.PathLike[str], *, top_level: bool = False) -> lis
         raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
     if isinstance(node, zarr.Array):
         return [""]
-    with quiet_listing():
-        members = node.members(max_depth=0 if top_level else None)
+    try:
+        with quiet_listing():
+            members = node.members(max_depth=0 if top_level else None)
+    except (ValueError, KeyError, TypeError) as err:  # a member's zarr.json is broken
+        raise metadata_error(path, err) from None
     return sorted(name for name, member in members if isinstance(member, zarr.Array))
 
 

@@ -35,11 +35,17 @@ def default_codec(dtype: DTypeLike) -> Codec:
     return "zstd1"
 
 
-def compressors(name: Codec, dtype: np.dtype[Any], checksum: bool = True) -> list[Any]:
+#: Checksums on the arrays this process creates (benchmarks turn it off to measure the
+#: cost; arrays keep what they were created with).
+CHECKSUMS = True
+
+
+def compressors(name: Codec, dtype: np.dtype[Any], checksum: bool | None = None) -> list[Any]:
     """The Zarr v3 bytes-to-bytes codecs of compressor ``name`` for arrays of ``dtype``,
-    followed (with ``checksum``) by a CRC-32C of the compressed chunk: damage to a chunk
-    file is then an error when it is read, never silently different data."""
-    crc = [zarr.codecs.Crc32cCodec()] if checksum else []
+    followed (with ``checksum``, default :data:`CHECKSUMS`) by a CRC-32C of the compressed
+    chunk: damage to a chunk file is then an error when it is read, never silently
+    different data."""
+    crc = [zarr.codecs.Crc32cCodec()] if (CHECKSUMS if checksum is None else checksum) else []
     return _compressor(name, dtype) + crc
 
 

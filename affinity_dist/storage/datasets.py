@@ -7,9 +7,11 @@ import it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -26,7 +28,14 @@ from ..errors import (
     InputNotFoundError,
     bad_value,
 )
-from .arrays import Volume, create_volume, group_path, open_dataset, quiet_listing
+from .arrays import (
+    Volume,
+    create_volume,
+    group_path,
+    metadata_error,
+    open_dataset,
+    quiet_listing,
+)
 from .codecs import compressors
 
 __all__ = [
@@ -37,6 +46,7 @@ __all__ = [
     "open_external",
     "read_table",
     "read_table_slice",
+    "require_space",
     "staged_dataset",
     "write_atomic",
     "write_json",
@@ -78,6 +88,43 @@ def check_destination(dst: str | os.PathLike[str], *, overwrite: bool = False) -
     return target
 
 
+def _remove_dead_staging(target: Path) -> None:
+    """Remove the staging directories that killed runs on this host left beside
+    ``target`` (their pid is gone); those of live runs or other hosts stay."""
+    host = socket.gethostname().replace("-", "_")
+    for path in target.parent.glob(f".{glob.escape(target.name)}.staging-*"):
+        parts = path.name.rsplit(".staging-", 1)[1].split("-")
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            log.warning("removing %s, left by a killed run", path)
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # a live process of another user
+            continue
+
+
+def require_space(dst: str | os.PathLike[str], nbytes: float, what: str) -> None:
+    """Refuse a write of about ``nbytes`` where the file system of ``dst`` (or of its
+    nearest existing parent) has less free space."""
+    place = Path(dst).absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    free = shutil.disk_usage(place).free
+    if nbytes > free:
+        raise DataError(f"{what}: needs about {_size(nbytes)}, but {place} has "
+                        f"{_size(free)} free")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
 @contextlib.contextmanager
 def staged_dataset(dst: str | os.PathLike[str], *, overwrite: bool = False
                    ) -> Iterator[zarr.Group]:
@@ -90,7 +137,9 @@ def staged_dataset(dst: str | os.PathLike[str], *, overwrite: bool = False
     """
     target = check_destination(dst, overwrite=overwrite)
     parent = target.parent
-    staging = parent / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
+    _remove_dead_staging(target)
+    host = socket.gethostname().replace("-", "_")
+    staging = parent / f".{target.name}.staging-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
     except OSError as err:
@@ -116,8 +165,11 @@ def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per array of a dataset: name, shape, dtype, chunks, voxel size, bytes."""
     group = open_dataset(path)
     rows = []
-    with quiet_listing():
-        arrays = sorted(group.arrays())
+    try:
+        with quiet_listing():
+            arrays = sorted(group.arrays())
+    except (ValueError, KeyError, TypeError) as err:  # a member's zarr.json is broken
+        raise metadata_error(path, err) from None
     for name, array in arrays:
         stored = sum(p.stat().st_size for p in (Path(path) / name).rglob("*") if p.is_file())
         vol = Volume(array, name)

@@ -27,6 +27,7 @@ from ..errors import ConfigError, DataError, bad_value
 from ..geometry import Box
 from ..kernels.lsd import local_shape_descriptors
 from ..kernels.targets import BACKGROUNDS, affinity_targets, balance_weights, grow_boundary
+from ..kernels.values import require_finite, require_labels
 from ..storage.sources import Source, open_source
 
 __all__ = ["CropSampler", "Split", "Targets", "check_split", "normalize_raw",
@@ -95,6 +96,10 @@ def open_training_volume(path: str, raw_key: str | None = None,
                         "expected two 3D volumes of one shape")
     if labels.dtype.kind not in "ui":
         raise DataError(f"--data: got labels of dtype {labels.dtype}, expected integers")
+    if raw.dtype != np.uint8 and raw.dtype.kind != "f":
+        raise DataError(f"--data: got raw of dtype {raw.dtype} in {path!r}, expected uint8 "
+                        "(trained as /255, like predict) or float (ingest with --rescale "
+                        "maps other types onto 0-255)")
     if background not in BACKGROUNDS:
         raise bad_value(f"volumes.{path}.background", background, "'unknown' or 'boundary'",
                         ConfigError)
@@ -179,9 +184,13 @@ class CropSampler:
         """One sample: raw (1, *input), target (C, *output), weight (C, *output)."""
         v, box = self.box(rng)
         vol = self.volumes[v]
-        raw = normalize_raw(vol.raw.read(box))
+        intensities = vol.raw.read(box)
+        require_finite(f"--data {vol.raw.path}", intensities, "crop", box.start)
+        raw = normalize_raw(intensities)
         mask = None if vol.mask is None else vol.mask.read(box)
-        labels = encode_labels(vol, vol.labels.read(box), mask)
+        labels = vol.labels.read(box)
+        require_labels(f"--data {vol.labels.path}", labels, "crop", box.start)
+        labels = encode_labels(vol, labels, mask)
         if self.augment is not None:
             raw, labels = self.augment(raw, labels, vol.voxel_size, rng)
         labels, known = decode_labels(vol, labels)

@@ -12,13 +12,14 @@ import csv
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ConfigError, bad_value
+from ..errors import AffinityDistError, ConfigError, bad_value
 from ..kernels.augment import AugmentConfig, augment
 from ..kernels.targets import BACKGROUNDS
 from ..nn.config import UNetConfig
@@ -228,10 +229,6 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
 
     ``init``: a checkpoint to start from (fine-tuning; ignored when ``out`` holds a run to
     resume): its architecture must be the config's; shared outputs keep their weights."""
-    import torch
-
-    from .trainer import Trainer
-
     config = config or TrainConfig()
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         raise bad_value("--iterations", iterations, "an integer >= 1")
@@ -259,6 +256,23 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
     val = CropSampler(volumes, config.input_shape, config.output_shape, targets=targets,
                       split=config.validation, part="val")
     run = Path(out)
+    fresh = not run.exists()
+    try:
+        return _train_into(run, data, config, (sampler, val), iterations=iterations,
+                           init=init, progress=progress)
+    except AffinityDistError as err:  # bad data in a crop: a new run directory goes again
+        if fresh and err.exit_code == 2 and not (run / "checkpoint.pt").exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def _train_into(run: Path, data: Sequence[str], config: TrainConfig,
+                samplers: tuple[CropSampler, CropSampler], *, iterations: int,
+                init: str | os.PathLike[str] | None, progress: bool) -> Path:
+    import torch
+
+    from .trainer import Trainer
+
     run.mkdir(parents=True, exist_ok=True)
     resolved = {"data": [str(Path(d).absolute()) for d in data], **config.to_dict(),
                 "init": None if init is None else str(Path(init).absolute())}
@@ -270,7 +284,7 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
                               "configuration; expected the same config to resume (or a new "
                               "--out)")
     saved.write_text(json.dumps(resolved, indent=2, default=list))
-    trainer = Trainer(config, sampler, val, run, device=torch.device(
+    trainer = Trainer(config, *samplers, run, device=torch.device(
         "cuda" if torch.cuda.is_available() else "cpu"),
         init=None if init is None else str(init))
     start = time.perf_counter()
