@@ -201,13 +201,41 @@ def on_running_cluster(path: Path, workers: int, repeats: int, keep_fragments: b
         return times[0], float(np.median(times[1:])), max(peaks)
 
 
+def checksum_cost(ids: np.ndarray, workers: int, repeats: int) -> None:
+    """The same segment run on arrays with and without a CRC-32C per chunk (the
+    affinities read and every array written), twice each, alternating."""
+    from affinity_dist.storage import codecs
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_segment_crc_"))
+    n, medians = 512**3, {True: [], False: []}
+    try:
+        for flag in (True, False, True, False):
+            codecs.CHECKSUMS = flag
+            path = tmp / f"affs{int(flag)}.zarr"
+            if not path.exists():
+                make_affinities(path, 512, ids)
+            medians[flag].append(on_running_cluster(path, workers, repeats, False)[1])
+    finally:
+        codecs.CHECKSUMS = True
+        shutil.rmtree(tmp, ignore_errors=True)
+    with_crc, without = (float(np.median(medians[f])) for f in (True, False))
+    print(f"{'segment 512^3, CRC-32C on every array':<40} {n / with_crc / 1e6:>9.1f}")
+    print(f"{'segment 512^3, no checksums':<40} {n / without / 1e6:>9.1f}   cost of the "
+          f"checksums: {100 * (with_crc / without - 1):+.1f} % of the time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--large", action="store_true", help="also 1024^3")
     parser.add_argument("--no-dask-image", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checksum-cost", action="store_true",
+                        help="only: segment 512^3 with and without CRC-32C on every array")
     args = parser.parse_args()
+    if args.checksum_cost:
+        checksum_cost(source_ids(), args.workers, args.repeats)
+        return
     sizes = [512, 1024] if args.large else [512]
     ids = source_ids()
     print(f"# threshold {THRESHOLD}, 128^3 chunks, 256^3 blocks, {args.workers} workers")

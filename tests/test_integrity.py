@@ -108,3 +108,57 @@ def test_arrays_without_checksums_still_read_but_not_a_missing_chunk(tmp_path: P
     (tmp_path / "old.zarr" / "old" / "c" / "1" / "0" / "1").unlink()
     with pytest.raises(CorruptChunkError, match="old: chunk c/1/0/1 is missing"):
         volume.read(Box((0, 0, 0), (8, 8, 8)))
+
+
+def test_nan_affinities_on_a_cluster_leave_nothing_and_a_fixed_rerun_works(
+        tmp_path: Path) -> None:
+    """The documented bad-data path on a real LocalCluster (blocks in flight when one
+    finds NaN): exit 2, the dashboard link and one error line, no partial output, and
+    the rerun after fixing the data succeeds."""
+    import zarr
+
+    path = tmp_path / "d.zarr"
+    sample(path, shape=(48, 64, 64), seed=2, chunks=(16, 16, 16), progress=False)
+    labels = open_volume(path, "labels").read(Box((0, 0, 0), (48, 64, 64)))
+    affs = np.stack([(labels == np.roll(labels, 1, axis=a)).astype(np.float32)
+                     for a in range(3)])
+    affs[2, 40, 50, 60] = np.nan
+    group = zarr.open_group(str(path), mode="r+")
+    from affinity_dist.storage import create_volume
+
+    volume = create_volume(group, "affinities", shape=labels.shape, channels=3,
+                           dtype=np.float32, chunks=(16, 16, 16))
+    volume.write(Box((0, 0, 0), labels.shape), affs)
+    before = sorted(p.name for p in path.iterdir())
+    for method in ("agglomerate", "cc"):
+        result = run_cli("-q", "segment", "--input", path, "--method", method, "--block",
+                         "16", "16", "16", "--workers", "2")
+        lines = [line for line in result.stderr.strip().splitlines()
+                 if not line.startswith("dask dashboard:")]
+        assert result.returncode == 2, result.stderr
+        assert len(lines) == 1 and "voxel (40, 50, 60) holds nan" in lines[0], result.stderr
+        assert sorted(p.name for p in path.iterdir()) == before, method
+    affs[2, 40, 50, 60] = 0.5
+    volume.write(Box((0, 0, 0), labels.shape), affs)
+    fixed = run_cli("-q", "segment", "--input", path, "--block", "16", "16", "16",
+                    "--workers", "2")
+    assert fixed.returncode == 0, fixed.stderr
+
+
+def test_a_killed_runs_staging_directory_is_removed_by_the_next(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    host = socket.gethostname().replace("-", "_")
+    dead = tmp_path / f".n.zarr.staging-{host}-{proc.pid}-0123abcd"
+    live = tmp_path / f".n.zarr.staging-{host}-{os.getpid()}-4567cdef"
+    for leftover in (dead, live):
+        (leftover / "raw").mkdir(parents=True)
+    result = run_cli("-q", "sample", tmp_path / "n.zarr", "--shape", "8", "8", "8",
+                     "--scheduler", "synchronous")
+    assert result.returncode == 0, result.stderr
+    assert not dead.exists() and live.exists()  # a live run's staging is never touched

@@ -185,7 +185,7 @@ def test_bad_inputs_exit_2_with_one_line_and_nothing_written(tmp_path: Path, met
 
     case("two channels", good[:2], [], "affinities: got 2 channels, expected at least 3")
     case("3D array", good[0], [], "expected 4D (c, z, y, x)", channels=False)
-    case("NaN", nan, ["--block", "8", "8", "8"], "holds NaN")
+    case("NaN", nan, ["--block", "8", "8", "8"], "holds nan, expected values in [0, 1]")
     case("threshold high", good, ["--threshold", "1.5"], "--threshold: got 1.5")
     case("threshold negative", good, ["--threshold", "-0.1"], "expected a number in [0, 1]")
     case("block zero", good, ["--block", "0", "8", "8"], "--block: got [0, 8, 8]")

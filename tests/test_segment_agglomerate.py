@@ -109,7 +109,7 @@ def test_nan_affinities_exit_2_and_leave_nothing(tmp_path: Path) -> None:
     affs = smooth_affinities(SHAPE, seed=3, dtype=np.float32)
     affs[1, 9, 10, 11] = np.nan
     path = write_affinities(tmp_path / "a.zarr", affs, (4, 4, 4))
-    with pytest.raises(DataError, match="holds NaN"):
+    with pytest.raises(DataError, match="holds nan"):
         segment(path, block=(8, 8, 8), progress=False)
     assert sorted(p.name for p in path.iterdir()) == ["affinities", "zarr.json"]
 
