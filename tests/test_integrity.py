@@ -162,3 +162,34 @@ def test_a_killed_runs_staging_directory_is_removed_by_the_next(tmp_path: Path) 
                      "--scheduler", "synchronous")
     assert result.returncode == 0, result.stderr
     assert not dead.exists() and live.exists()  # a live run's staging is never touched
+
+
+def test_ctrl_c_to_the_process_group_prints_one_line(tmp_path: Path) -> None:
+    """SIGINT reaches the command and its LocalCluster workers (a terminal's Ctrl-C):
+    exit 130, the dashboard link and one line, no worker tracebacks; a rerun resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "d.zarr"
+    sample(path, shape=(64, 96, 96), seed=1, chunks=(16, 32, 32), progress=False)
+    model = tiny_model(tmp_path / "tiny.pt")
+    command = [sys.executable, "-m", "affinity_dist", "-q", "predict", "--input", str(path),
+               "--model", str(model), "--block", "16", "32", "32", "--workers", "2"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    done = path / "_run_state" / "predict" / "done" / "predict"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            done.is_dir() and any(done.iterdir())):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    stderr = proc.communicate(timeout=300)[1]
+    lines = [line for line in stderr.strip().splitlines()
+             if not line.startswith("dask dashboard:")]
+    assert proc.returncode == 130, stderr
+    assert lines == ["affinity-dist predict: interrupted"], stderr
+    again = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -30,6 +32,22 @@ def local_gpus() -> int:
     except ImportError:
         return 0
     return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Start worker processes with SIGINT ignored (inherited; Python then installs no
+    KeyboardInterrupt handler): Ctrl-C reaches the whole process group, and only the
+    client should stop (one line), closing its workers, instead of every worker printing
+    a traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
@@ -59,11 +77,12 @@ def cluster(scheduler: Scheduler | None = None, *, n_workers: int | None = None,
             log.warning("--workers %d is above the %d cores of this machine: using %d",
                         workers, cores, max(cores, count))
             workers = max(cores, count)
-        with (LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                           processes=True, host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                           memory_limit=memory_limit,
-                           resources={"GPU": 1} if count else None) as local,
-              Client(local) as client):
+        with _workers_ignore_sigint():
+            local = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
+                                 processes=True, host="127.0.0.1",
+                                 dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
+                                 resources={"GPU": 1} if count else None)
+        with local, Client(local) as client:
             print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
             yield client
         return
