@@ -193,3 +193,15 @@ def test_ctrl_c_to_the_process_group_prints_one_line(tmp_path: Path) -> None:
     assert lines == ["affinity-dist predict: interrupted"], stderr
     again = subprocess.run(command, capture_output=True, text=True, check=False)
     assert again.returncode == 0, again.stderr
+
+
+def test_workers_above_the_cores_are_capped_with_a_warning(tmp_path: Path) -> None:
+    import os
+
+    cores = os.cpu_count() or 1
+    result = run_cli("-q", "sample", tmp_path / "s.zarr", "--shape", "16", "16", "16",
+                     "--workers", str(cores + 22))
+    assert result.returncode == 0, result.stderr
+    assert f"--workers {cores + 22} is above the {cores} cores of this machine: using " \
+           f"{cores}" in result.stderr
+    assert "Traceback" not in result.stderr
