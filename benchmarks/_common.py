@@ -40,6 +40,18 @@ def fib25(name: str = "volumes/raw") -> np.ndarray | None:
         return np.asarray(f[name])
 
 
+def fib25_with_truth(argparser: Any) -> tuple[Any, np.ndarray, np.ndarray]:
+    """An evaluation's ``--precision`` option, its parsed arguments, fib25's raw and its
+    neuron ids (uint64), or exit with one line where ../shared/data is absent."""
+    argparser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                           help="predict's precision (auto: bf16 where native, else fp32)")
+    args = argparser.parse_args()
+    raw, labels = fib25("volumes/raw"), fib25("volumes/labels/neuron_ids")
+    if raw is None or labels is None:
+        raise SystemExit(f"{SHARED_DATA} not found: this evaluation needs ../shared/data")
+    return args, raw, labels.astype(np.uint64)
+
+
 def tile_to(data: np.ndarray, size: int) -> np.ndarray:
     """Mirror-tile ``data`` (z, y, x) to ``size``^3 so real texture fills a large volume."""
     reps = [-(-size // n) for n in data.shape]

@@ -20,10 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, fib25
+from _common import fib25_with_truth
 from bench_agglomerate import AGGLOMERATE, CC, SPLIT, by_agglomerate, by_cc, sweep
 
 import affinity_dist as ad
@@ -51,13 +49,7 @@ def main() -> None:
     parser.add_argument("--method", choices=("agglomerate", "cc"), default="agglomerate")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None,
                         help="candidates (default: bench_agglomerate's for the method)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="predict's precision (auto: bf16 where native, else fp32)")
-    args = parser.parse_args()
-    raw, labels = fib25("volumes/raw"), fib25("volumes/labels/neuron_ids")
-    if raw is None or labels is None:
-        raise SystemExit(f"{SHARED_DATA} not found: this evaluation needs ../shared/data")
-    truth = labels.astype(np.uint64)
+    args, raw, truth = fib25_with_truth(parser)
     if args.method == "cc":
         fn, choices = by_cc, ([(t, m) for t in args.thresholds for m in (0, 1000)]
                               if args.thresholds else CC)

@@ -43,7 +43,7 @@ from typing import NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, fib25
+from _common import fib25_with_truth
 from bench_agglomerate import AGGLOMERATE, SPLIT, by_agglomerate, sweep
 
 import affinity_dist as ad
@@ -121,15 +121,9 @@ def main() -> None:
                         help="settings to score: none (the plain model), flips (8), "
                         "flips+yx (16); default flips")
     parser.add_argument("--model", default=None, help="checkpoint (default: the shipped one)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="predict's precision (auto: bf16 where native, else fp32)")
-    args = parser.parse_args()
-    raw, labels = fib25("volumes/raw"), fib25("volumes/labels/neuron_ids")
-    if raw is None or labels is None:
-        raise SystemExit(f"{SHARED_DATA} not found: this evaluation needs ../shared/data")
+    args, raw, truth = fib25_with_truth(parser)
     # distinct sizes so that a confusion of axes cannot pass
-    print(f"untransform verified on {verify(labels[100:148, 90:146, 80:144])} transforms")
-    truth = labels.astype(np.uint64)
+    print(f"untransform verified on {verify(truth[100:148, 90:146, 80:144])} transforms")
     wanted = sorted({SETTINGS[s] for s in args.transforms})
     names = {n: s for s, n in SETTINGS.items()}
     print(f"# fib25_sample2 {raw.shape}, segment (agglomerate): threshold chosen on z < {SPLIT},"
