@@ -153,6 +153,8 @@ def test_sigkill_mid_predict_then_rerun_is_bit_identical(tmp_path: Path) -> None
 
 
 def test_block_that_keeps_failing_stops_the_run(run_dir: Path) -> None:
+    """(A block failing on an unexpected error is retried first: tests/test_scheduling.py,
+    test_transient_errors_are_retried.)"""
     chunk = run_dir / "s.zarr" / "raw" / "c" / "1" / "1" / "1"
     assert chunk.is_file()
     chunk.write_bytes(b"not a chunk")  # every read of this chunk fails
@@ -160,7 +162,10 @@ def test_block_that_keeps_failing_stops_the_run(run_dir: Path) -> None:
     result = run_cli("-q", "run", wf)
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert "predict: block" in last and "failed after 3 attempts" in last, result.stderr
+    # damage, not a passing fault: not retried, the block and the chunk named
+    assert "predict: block" in last and "raw: chunk c/1/1/1 does not decode" in last, \
+        result.stderr
+    assert "a rerun with the same options resumes" in last
     state = StageState.of(run_dir / "s.zarr", "predict", {})
     assert not (Path(state.root) / "complete.json").exists()
     assert "affinities" not in list_arrays(run_dir / "s.zarr")
