@@ -53,6 +53,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1200,800"):
         options.add_argument(flag)
     chrome = webdriver.Chrome(options=options, service=Service(driver))
+    chrome.set_script_timeout(120)  # a busy renderer on a loaded machine is slow, not wrong
     try:
         yield chrome
     finally:
@@ -62,9 +63,14 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 def wait_for(predicate: Any, what: str, limit: float = 300.0) -> Any:
     """Poll ``predicate`` until it returns something truthy (a hang guard, not a timing
     assertion: the limit is far beyond what the work needs on a loaded machine)."""
+    from selenium.common.exceptions import TimeoutException
+
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except TimeoutException:  # the page's script did not answer in time: ask again
+            value = None
         if value:
             return value
         time.sleep(0.5)
