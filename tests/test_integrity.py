@@ -205,3 +205,31 @@ def test_workers_above_the_cores_are_capped_with_a_warning(tmp_path: Path) -> No
     assert f"--workers {cores + 22} is above the {cores} cores of this machine: using " \
            f"{cores}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tables_and_work_rows_refuse_missing_chunks_too(tmp_path: Path) -> None:
+    """Not only volumes: the lookup table's arrays (zeros included, every chunk written)
+    and the face rows of the work arrays."""
+    from dataclasses import dataclass as table
+
+    import zarr
+
+    from affinity_dist.storage import create_work_array, read_table_slice, write_table
+
+    @table
+    class Lookup:
+        counts: np.ndarray
+
+    group = zarr.open_group(str(tmp_path / "t.zarr"), mode="w")
+    write_table(group, "lookup", Lookup(np.zeros(5, np.int64)), {})
+    np.testing.assert_array_equal(read_table_slice(tmp_path / "t.zarr", "lookup", "counts"),
+                                  np.zeros(5))
+    (tmp_path / "t.zarr" / "lookup" / "counts" / "c" / "0").unlink()
+    with pytest.raises(CorruptChunkError, match="lookup/counts: chunk c/0 is missing"):
+        read_table_slice(tmp_path / "t.zarr", "lookup", "counts")
+    create_work_array(group, "rows", shape=(3, 4), dtype=np.uint32, chunks=(1, 4))
+    rows = open_volume(tmp_path / "t.zarr", "rows", "r+")
+    rows.write_rows(0, np.zeros((1, 4), np.uint32))
+    np.testing.assert_array_equal(rows.read_rows(0, 1), np.zeros((1, 4)))
+    with pytest.raises(CorruptChunkError, match="rows: chunk c/1/0 is missing"):
+        rows.read_rows(1, 2)  # a row no task wrote

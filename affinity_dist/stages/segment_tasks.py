@@ -89,7 +89,8 @@ def read_faces(plan: Any, block_id: int, affinities: bool = False, work: str = W
     shapes = plane_shapes(plan.grid.write_box(block_id).shape)
     name, shapes = (("affs", shapes) if affinities else
                     ("labels", [s for s in shapes for _ in (0, 1)]))
-    return unpack_planes(np.asarray(_open(plan, f"{work}/{name}").array[block_id]), shapes)
+    row = _open(plan, f"{work}/{name}").read_rows(block_id, block_id + 1)[0]
+    return unpack_planes(row, shapes)
 
 
 def read_affinities(plan: Any, block_id: int, box: Box) -> NDArray[Any]:

@@ -25,7 +25,7 @@ from numpy.typing import DTypeLike, NDArray
 from ..errors import ConfigError, DataError, InputNotFoundError
 from ..geometry import Box, as_shape, as_vector, reflect_indices
 from .codecs import Codec, compressors, default_codec
-from .integrity import decode_error, require_chunks
+from .integrity import read_checked
 from .journal import note_chunks
 from .metadata import (
     SPATIAL_AXES,
@@ -100,11 +100,14 @@ class Volume:
     def read(self, box: Box) -> NDArray[Any]:
         """Read the spatial ``box`` (all channels of a channel-first array)."""
         selection = (slice(None),) * (len(self.shape) - len(box.start)) + box.slices
-        require_chunks(self.array, self.name, selection)  # never a missing chunk as zeros
-        try:
-            return np.asarray(self.array[selection])
-        except Exception as err:  # a chunk that does not decode: named
-            raise decode_error(self.array, self.name, selection, err) from None
+        out: NDArray[Any] = read_checked(self.array, self.name, selection)
+        return out
+
+    def read_rows(self, start: int, stop: int) -> NDArray[Any]:
+        """Rows ``start:stop`` of a 2-D work array (e.g. face planes)."""
+        out: NDArray[Any] = read_checked(self.array, self.name,
+                                         (slice(start, stop), slice(None)))
+        return out
 
     def read_mirrored(self, window: Box) -> tuple[NDArray[Any], int]:
         """``window`` (spatial, may leave the volume), mirrored at the volume border (all

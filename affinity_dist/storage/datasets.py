@@ -37,6 +37,7 @@ from .arrays import (
     quiet_listing,
 )
 from .codecs import compressors
+from .integrity import read_checked
 
 __all__ = [
     "check_destination",
@@ -191,8 +192,9 @@ def write_table(group: zarr.Group, name: str, table: Any, attrs: dict[str, Any],
     for key, value in fields.items():
         if isinstance(value, np.ndarray):
             chunk = max(1, min(len(value), 2**18))
-            sub.create_array(key, data=value, chunks=(chunk,),
-                             compressors=compressors("zstd1", value.dtype))
+            sub.create_array(key, data=value, chunks=(chunk,),  # every chunk, zeros too
+                             compressors=compressors("zstd1", value.dtype),
+                             config={"write_empty_chunks": True})
         else:
             scalars[key] = value
     sub.attrs.update({**scalars, **attrs})
@@ -205,7 +207,8 @@ def read_table(path: str | os.PathLike[str], name: str = "lookup") -> dict[str, 
         raise InputNotFoundError(f"lookup table: got {name!r} in {str(path)!r}, expected a "
                                  "table written by segment")
     out: dict[str, Any] = dict(group.attrs)
-    out.update({key: np.asarray(arr[...]) for key, arr in group.arrays()})
+    out.update({key: read_checked(arr, f"{name}/{key}", (slice(None),) * arr.ndim)
+                for key, arr in group.arrays()})
     return out
 
 
@@ -213,7 +216,7 @@ def read_table_slice(path: str | os.PathLike[str], name: str, key: str,
                      start: int | None = None, stop: int | None = None) -> np.ndarray:
     """``[start:stop]`` of one array of a stored table (a block's part of the lookup)."""
     array = zarr.open_array(store=str(Path(path) / name / key), mode="r")
-    out: np.ndarray = np.asarray(array[start:stop])
+    out: np.ndarray = read_checked(array, f"{name}/{key}", (slice(start, stop),))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import DataError
 
 __all__ = ["CorruptChunkError", "chunk_coords", "chunk_counts", "chunk_path", "decode_error",
-           "require_chunks", "verify_chunks"]
+           "read_checked", "require_chunks", "verify_chunks"]
 
 
 class CorruptChunkError(DataError):
@@ -88,6 +88,18 @@ def decode_error(array: Any, name: str, selection: Sequence[slice], error: Excep
             return _damage(name, array, coords, f"does not decode ({type(err).__name__}: "
                                                 f"{err})")
     return error
+
+
+def read_checked(array: Any, name: str, selection: tuple[slice, ...]) -> Any:
+    """``array[selection]`` as numpy, refusing a missing chunk and naming one that does
+    not decode (every read of the project's arrays goes through here)."""
+    import numpy as np
+
+    require_chunks(array, name, selection)  # never a missing chunk as zeros
+    try:
+        return np.asarray(array[selection])
+    except Exception as err:  # a chunk that does not decode: named
+        raise decode_error(array, name, selection, err) from None
 
 
 def verify_chunks(array: Any, name: str, coords: Sequence[tuple[int, ...]]) -> list[str]:

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from ..errors import DataError
 from .codecs import compressors
-from .integrity import decode_error, require_chunks
+from .integrity import read_checked
 from .journal import note_chunks, note_file
 
 __all__ = ["read_record", "write_record"]
@@ -69,11 +69,7 @@ def read_record(dataset: str | os.PathLike[str], name: str) -> dict[str, NDArray
                         f"{array.shape[0]} values")
     flat = np.zeros(0, np.uint64)
     if array.shape[0]:
-        require_chunks(array, f"record {name}", (slice(None),))
-        try:
-            flat = np.asarray(array[:])
-        except Exception as err:  # a chunk that does not decode: named
-            raise decode_error(array, f"record {name}", (slice(None),), err) from None
+        flat = read_checked(array, f"record {name}", (slice(None),))
     out: dict[str, NDArray[Any]] = {}
     start = 0
     for key, kind, length in spec:
