@@ -227,9 +227,10 @@ def run_blocks(
             if release:
                 client.run(release_freed_memory)  # a stage's buffers go back to the OS
             return _unpack(pairs, counts)
-        except BaseException:
+        except BaseException as err:
             client.cancel([f for f in futures if f is not None and not f.done()])
-            _drain(client, f"{stage}-{token}-")
+            if isinstance(err, AffinityDistError) and err.exit_code == 2:
+                _drain(client, f"{stage}-{token}-")  # its partial outputs are removed next
             raise
 
 
