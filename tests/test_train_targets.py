@@ -189,3 +189,51 @@ def test_grow_boundary_teaches_the_interface_band_and_keeps_unknown_masked(
             assert (tg <= tp).all()  # growing only removes "same neuron" edges
             assert tg.sum() < tp.sum() or (tp == tp.flat[0]).all()
             assert (wg >= wp).all()
+
+
+def test_a_volume_thinner_than_the_input_crop_is_trained_on(gala: Path) -> None:
+    """gala (50 sections) under the shipped crop (input 64^3, output 24^3): it used to be
+    left out of training silently. Its output crop now lies inside the volume; the context
+    beyond is mirrored raw with unknown labels, so edges reaching outside are masked."""
+    from affinity_dist.geometry import reflect_indices
+
+    volume = open_training_volume(str(gala), background="boundary")
+    sampler = CropSampler([volume], (64, 64, 64), (24, 24, 24),
+                          targets=Targets(NEAREST, balance=False),
+                          split=Split(axis=0, start=186))
+    with h5py.File(gala) as f:
+        raw, labels = f["volumes/raw"][:], f["volumes/labels/neuron_ids"][:]
+    taught = 0
+    for seed in range(8):
+        _, box = sampler.box(np.random.default_rng(seed))
+        x, target, weight = sampler.sample(np.random.default_rng(seed))
+        assert x.shape == (1, 64, 64, 64) and target.shape == (3, 24, 24, 24)
+        assert box.start[0] < 0 or box.stop[0] > 50  # the context overhangs in z
+        out_z = range(box.start[0] + 20, box.start[0] + 44)
+        assert out_z[0] >= 0 and out_z[-1] < 50  # the output crop inside
+        index = [reflect_indices(a, b, n) for a, b, n in
+                 zip(box.start, box.stop, raw.shape, strict=True)]
+        np.testing.assert_allclose(x[0], raw[np.ix_(*index)] / 255, atol=1e-6)  # mirrored
+        if out_z[0] == 0:  # the -z edges of the first section reach outside: unknown
+            assert not weight[0, 0].any()
+        inner = labels[out_z[0]:out_z[-1] + 1, box.start[1] + 20:box.start[1] + 44,
+                       box.start[2] + 20:box.start[2] + 44]
+        assert (target[:, inner == 0] == 0).all()  # membrane taught as boundary
+        taught += int(((target == 0) & (weight > 0)).sum())
+    assert taught > 0
+
+
+def test_a_volume_thinner_than_the_output_crop_is_left_out_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name, z in (("thin.h5", 6), ("ok.h5", 30)):
+        with h5py.File(tmp_path / name, "w") as f:
+            f["volumes/raw"] = np.full((z, 48, 48), 100, np.uint8)
+            f["volumes/labels/neuron_ids"] = np.ones((z, 48, 48), np.uint64)
+    volumes = [open_training_volume(str(tmp_path / n)) for n in ("thin.h5", "ok.h5")]
+    sampler = CropSampler(volumes, (12, 40, 40), (8, 24, 24), targets=Targets(NEAREST),
+                          split=Split(axis=0, start=1000))
+    assert {v for v, _ in sampler.choices} == {1}
+    assert "thin.h5" in caplog.text and "not sampled" in caplog.text
+    with pytest.raises(ConfigError, match="output shape"):
+        CropSampler(volumes[:1], (12, 40, 40), (8, 24, 24), targets=Targets(NEAREST),
+                    split=Split(axis=0, start=1000))

@@ -16,6 +16,7 @@ unannotated voxels never contribute.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -24,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError, DataError, bad_value
-from ..geometry import Box
+from ..geometry import Box, reflect_indices
 from ..kernels.lsd import local_shape_descriptors
 from ..kernels.targets import BACKGROUNDS, affinity_targets, balance_weights, grow_boundary
 from ..kernels.values import require_finite, require_labels
@@ -32,6 +33,19 @@ from ..storage.sources import Source, open_source
 
 __all__ = ["CropSampler", "Split", "Targets", "check_split", "normalize_raw",
            "open_training_volume"]
+
+log = logging.getLogger(__name__)
+
+
+def _read_mirrored(source: Source, box: Box, shape: Sequence[int]) -> NDArray[Any]:
+    """``box`` of a source, mirrored at the volume's border where it leaves it."""
+    if box.clip(shape) == box:
+        return source.read(box)
+    index = [reflect_indices(a, b, n) for a, b, n in zip(box.start, box.stop, shape,
+                                                         strict=True)]
+    lo = tuple(int(i.min()) for i in index)
+    data = source.read(Box(lo, tuple(int(i.max()) + 1 for i in index)))
+    return data[np.ix_(*(i - o for i, o in zip(index, lo, strict=True)))]
 
 
 def normalize_raw(raw: NDArray[Any]) -> NDArray[np.float32]:
@@ -158,24 +172,35 @@ class CropSampler:
         self.input_shape = tuple(int(s) for s in input_shape)
         self.output_shape = tuple(int(s) for s in output_shape)
         self.targets, self.augment = targets, augment
+        # a volume (or region) smaller than the input crop still trains: its output crop
+        # lies inside, the context beyond is mirrored raw with unknown labels
         self.choices = [(v, iv) for v, vol in enumerate(self.volumes)
                         for iv in split.bounds(vol.raw.shape, part)
-                        if iv[1] - iv[0] >= self.input_shape[split.axis]
-                        and all(n >= s for n, s in zip(vol.raw.shape, self.input_shape,
+                        if iv[1] - iv[0] >= self.output_shape[split.axis]
+                        and all(n >= s for n, s in zip(vol.raw.shape, self.output_shape,
                                                        strict=True))]
         if not self.choices:
-            raise ConfigError(f"input shape: got {list(self.input_shape)}, expected a crop that "
-                              f"fits the {part} region of at least one volume "
+            raise ConfigError(f"output shape: got {list(self.output_shape)}, expected a crop "
+                              f"that fits the {part} region of at least one volume "
                               f"({[v.raw.shape for v in self.volumes]}, split {split})")
+        used = {v for v, _ in self.choices}
+        for v, vol in enumerate(self.volumes):
+            if v not in used and any(b > a for a, b in split.bounds(vol.raw.shape, part)):
+                log.warning("%s: %s region %s smaller than the output crop %s: not sampled",
+                            vol.raw.path, part, vol.raw.shape, list(self.output_shape))
 
     def box(self, rng: np.random.Generator) -> tuple[int, Box]:
         """A random input-sized box inside the region of this part."""
         v, (lo, hi) = self.choices[int(rng.integers(len(self.choices)))]
         shape = self.volumes[v].raw.shape
         start = []
-        for axis, (n, s) in enumerate(zip(shape, self.input_shape, strict=True)):
+        for axis, (n, s, o) in enumerate(zip(shape, self.input_shape, self.output_shape,
+                                              strict=True)):
             a, b = (lo, hi) if axis == self.split.axis else (0, n)
-            start.append(int(rng.integers(a, b - s + 1)))
+            if b - a >= s:  # the whole input crop inside the region
+                start.append(int(rng.integers(a, b - s + 1)))
+            else:  # only the output crop inside; the context overhangs
+                start.append(int(rng.integers(a, b - o + 1)) - (s - o) // 2)
         return v, Box(tuple(start), tuple(a + s for a, s in zip(start, self.input_shape,
                                                                  strict=True)))
 
@@ -184,13 +209,19 @@ class CropSampler:
         """One sample: raw (1, *input), target (C, *output), weight (C, *output)."""
         v, box = self.box(rng)
         vol = self.volumes[v]
-        intensities = vol.raw.read(box)
+        shape = vol.raw.shape
+        inside = box.clip(shape)
+        intensities = _read_mirrored(vol.raw, box, shape)
         require_finite(f"--data {vol.raw.path}", intensities, "crop", box.start)
         raw = normalize_raw(intensities)
-        mask = None if vol.mask is None else vol.mask.read(box)
-        labels = vol.labels.read(box)
-        require_labels(f"--data {vol.labels.path}", labels, "crop", box.start)
+        mask = None if vol.mask is None else vol.mask.read(inside)
+        labels = vol.labels.read(inside)
+        require_labels(f"--data {vol.labels.path}", labels, "crop", inside.start)
         labels = encode_labels(vol, labels, mask)
+        if inside != box:  # beyond the volume: unknown (encoded 0)
+            padded = np.zeros(box.shape, labels.dtype)
+            padded[inside.relative_to(box)] = labels
+            labels = padded
         if self.augment is not None:
             raw, labels = self.augment(raw, labels, vol.voxel_size, rng)
         labels, known = decode_labels(vol, labels)
