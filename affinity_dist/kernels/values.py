@@ -19,13 +19,20 @@ __all__ = ["require_finite", "require_labels", "require_unit_range"]
 
 
 def _refuse(name: str, data: NDArray[Any], bad: NDArray[np.bool_], *, where: str,
-            origin: Sequence[int], expected: str) -> DataError:
-    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
-    spatial = index[-len(origin):] if origin else index
-    voxel = tuple(int(o) + i for o, i in zip(origin, spatial, strict=True)) if origin \
-        else spatial
-    channel = f" channel {index[0]}" if data.ndim > len(voxel) else ""
-    return DataError(f"{name}: {where}{channel} voxel {voxel} holds {data[index].item()!r}, "
+            origin: Sequence[int], expected: str,
+            index: Sequence[NDArray[np.integer[Any]]] | None = None) -> DataError:
+    """The error for the first ``bad`` voxel: its volume coordinate is ``origin`` plus its
+    position (spatial axes), or, with ``index``, looked up per axis."""
+    at = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+    axes = len(index) if index is not None else len(origin) or data.ndim
+    spatial = at[data.ndim - axes:]
+    if index is not None:
+        voxel = tuple(int(i[a]) for i, a in zip(index, spatial, strict=True))
+    else:
+        voxel = tuple(int(o) + a for o, a in zip(origin, spatial, strict=True)) if origin \
+            else spatial
+    channel = f" channel {at[0]}" if data.ndim > len(voxel) else ""
+    return DataError(f"{name}: {where}{channel} voxel {voxel} holds {data[at].item()!r}, "
                      f"expected {expected}")
 
 
@@ -36,13 +43,8 @@ def require_finite(name: str, data: NDArray[Any], where: str = "",
     volume coordinate of each position of ``data`` (a read mirrored at the border),
     instead of ``origin``."""
     if data.dtype.kind == "f" and data.size and not np.isfinite(data).all():
-        bad = ~np.isfinite(data)
-        if index is not None:
-            at = np.unravel_index(int(np.argmax(bad)), bad.shape)
-            voxel = tuple(int(i[a]) for i, a in zip(index, at, strict=True))
-            raise DataError(f"{name}: {where} voxel {voxel} holds {data[at].item()!r}, "
-                            "expected finite values")
-        raise _refuse(name, data, bad, where=where, origin=origin, expected="finite values")
+        raise _refuse(name, data, ~np.isfinite(data), where=where, origin=origin,
+                      expected="finite values", index=index)
 
 
 def require_unit_range(name: str, data: NDArray[Any], where: str = "",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import DatasetBusyError
+from ..storage import process_alive
 
 __all__ = ["HEARTBEAT", "STALE", "check_free", "lease_path", "leased", "writer_lease"]
 
@@ -43,16 +44,6 @@ def lease_path(dataset: str | os.PathLike[str], stage: str) -> Path:
     from .state import STATE_DIR
 
     return Path(dataset) / STATE_DIR / f"{stage}.lease"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def _holder(path: Path) -> dict[str, Any] | None:
@@ -73,7 +64,7 @@ def _stale(info: dict[str, Any]) -> bool:
         return True
     pid = info.get("pid")
     return (info.get("host") == socket.gethostname() and isinstance(pid, int)
-            and not _alive(pid))
+            and not process_alive(pid))
 
 
 def _describe(info: dict[str, Any]) -> str:

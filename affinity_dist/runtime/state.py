@@ -260,7 +260,7 @@ def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: S
     counts.skipped += len(done)
     recorded = _Recorded(fn, str(state.folder(step)), str(state.dataset), step, state.key)
     computed = run_blocks(recorded, todo, stage=step, counts=counts, **run)
-    state.check_coverage(step, blocks, outputs)
+    state.check_coverage(step, todo, outputs)  # the others were verified just above
     if not previous:
         return computed
     results: dict[int, Any] = dict(zip(todo, computed, strict=True))

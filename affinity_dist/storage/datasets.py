@@ -45,6 +45,7 @@ __all__ = [
     "delete_node",
     "describe_dataset",
     "open_external",
+    "process_alive",
     "read_table",
     "read_table_slice",
     "require_space",
@@ -89,21 +90,31 @@ def check_destination(dst: str | os.PathLike[str], *, overwrite: bool = False) -
     return target
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a live process of another user
+        return True
+    return True
+
+
+def _host() -> str:
+    """This host's name as staging directories carry it (no "-", their separator)."""
+    return socket.gethostname().replace("-", "_")
+
+
 def _remove_dead_staging(target: Path) -> None:
     """Remove the staging directories that killed runs on this host left beside
     ``target`` (their pid is gone); those of live runs or other hosts stay."""
-    host = socket.gethostname().replace("-", "_")
     for path in target.parent.glob(f".{glob.escape(target.name)}.staging-*"):
         parts = path.name.rsplit(".staging-", 1)[1].split("-")
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
-            continue
-        try:
-            os.kill(int(parts[1]), 0)
-        except ProcessLookupError:
+        if (len(parts) == 3 and parts[0] == _host() and parts[1].isdigit()
+                and not process_alive(int(parts[1]))):
             log.warning("removing %s, left by a killed run", path)
             shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:  # a live process of another user
-            continue
 
 
 def require_space(dst: str | os.PathLike[str], nbytes: float, what: str) -> None:
@@ -139,8 +150,7 @@ def staged_dataset(dst: str | os.PathLike[str], *, overwrite: bool = False
     target = check_destination(dst, overwrite=overwrite)
     parent = target.parent
     _remove_dead_staging(target)
-    host = socket.gethostname().replace("-", "_")
-    staging = parent / f".{target.name}.staging-{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = parent / f".{target.name}.staging-{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         staging.mkdir()
     except OSError as err:

@@ -66,14 +66,26 @@ def _damage(name: str, array: Any, coords: tuple[int, ...], what: str) -> Corrup
                              "dataset is damaged: affinity-dist verify lists every bad chunk")
 
 
+def _problem(array: Any, coords: tuple[int, ...], *, decode: bool = True) -> str | None:
+    """What is wrong with one chunk: "is missing", "does not decode (...)" or None."""
+    path = chunk_path(array, coords)
+    if path is not None and not path.is_file():
+        return "is missing"
+    if decode:
+        try:
+            array[_slices(array, coords)]
+        except Exception as err:  # any decoder error is damage
+            return f"does not decode ({type(err).__name__}: {err})"
+    return None
+
+
 def require_chunks(array: Any, name: str, selection: Sequence[slice]) -> None:
     """Refuse to read ``selection`` while a chunk file under it is missing."""
     if getattr(array.store, "root", None) is None:
         return
     for coords in chunk_coords(array, selection):
-        path = chunk_path(array, coords)
-        if path is not None and not path.is_file():
-            raise _damage(name, array, coords, "is missing")
+        if (what := _problem(array, coords, decode=False)) is not None:
+            raise _damage(name, array, coords, what)
 
 
 def decode_error(array: Any, name: str, selection: Sequence[slice], error: Exception
@@ -82,11 +94,8 @@ def decode_error(array: Any, name: str, selection: Sequence[slice], error: Excep
     first chunk under it that does not decode, named; ``error`` itself if every chunk
     decodes on its own (the failure was elsewhere)."""
     for coords in chunk_coords(array, selection):
-        try:
-            array[_slices(array, coords)]
-        except Exception as err:  # any decoder error is damage
-            return _damage(name, array, coords, f"does not decode ({type(err).__name__}: "
-                                                f"{err})")
+        if (what := _problem(array, coords)) is not None:
+            return _damage(name, array, coords, what)
     return error
 
 
@@ -105,15 +114,5 @@ def read_checked(array: Any, name: str, selection: tuple[slice, ...]) -> Any:
 def verify_chunks(array: Any, name: str, coords: Sequence[tuple[int, ...]]) -> list[str]:
     """One line per bad chunk among ``coords`` of ``array``: missing, or not decoding
     (checksum, compressor or size)."""
-    bad = []
-    for c in coords:
-        path = chunk_path(array, c)
-        if path is not None and not path.is_file():
-            bad.append(str(_damage(name, array, c, "is missing")).split(" (")[0])
-            continue
-        try:
-            array[_slices(array, c)]
-        except Exception as err:
-            bad.append(f"{name}: chunk {array.metadata.encode_chunk_key(c)} does not decode "
-                       f"({type(err).__name__}: {err})")
-    return bad
+    return [f"{name}: chunk {array.metadata.encode_chunk_key(c)} {what}" for c in coords
+            if (what := _problem(array, c)) is not None]

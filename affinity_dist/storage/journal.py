@@ -49,17 +49,20 @@ def note_file(path: str | os.PathLike[str]) -> None:
         files.add(str(Path(path).absolute()))
 
 
-def note_chunks(array: Any, selection: Sequence[slice]) -> None:
-    """Note the chunk (or shard) files of a Zarr v3 ``array`` on a local store that a
-    write of ``selection`` (one slice per axis, steps of 1) touched."""
-    files = _FILES.get()
-    if files is None:
-        return
+def _chunk_files(array: Any, selection: Sequence[slice]) -> Iterator[Path]:
     for coords in chunk_coords(array, selection):
         path = chunk_path(array, coords)
         if path is None:  # not a local directory: no file to check
             raise NotImplementedError(f"run-state records need a local store: {array.store}")
-        files.add(str(path))
+        yield path
+
+
+def note_chunks(array: Any, selection: Sequence[slice]) -> None:
+    """Note the chunk (or shard) files of a Zarr v3 ``array`` on a local store that a
+    write of ``selection`` (one slice per axis, steps of 1) touched."""
+    files = _FILES.get()
+    if files is not None:
+        files.update(str(path) for path in _chunk_files(array, selection))
 
 
 @functools.lru_cache(maxsize=64)
@@ -76,10 +79,8 @@ def chunk_files(dataset: str | os.PathLike[str], name: str, selection: Sequence[
     to the dataset): what a block's done marker has to list."""
     meta = Path(dataset) / name / "zarr.json"
     array = _opened(str(dataset), name, meta.stat().st_mtime_ns if meta.exists() else 0)
-    with journal() as files:
-        note_chunks(array, selection)
     base = Path(dataset).absolute()
-    return {Path(f).relative_to(base).as_posix() for f in files}
+    return {path.relative_to(base).as_posix() for path in _chunk_files(array, selection)}
 
 
 def _crc(path: str) -> tuple[int, int]:

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ConfigError, DataError, bad_value
-from ..geometry import Box, reflect_indices
+from ..geometry import Box, read_mirrored
 from ..kernels.lsd import local_shape_descriptors
 from ..kernels.targets import BACKGROUNDS, affinity_targets, balance_weights, grow_boundary
 from ..kernels.values import require_finite, require_labels
@@ -35,17 +35,6 @@ __all__ = ["CropSampler", "Split", "Targets", "check_split", "normalize_raw",
            "open_training_volume"]
 
 log = logging.getLogger(__name__)
-
-
-def _read_mirrored(source: Source, box: Box, shape: Sequence[int]) -> NDArray[Any]:
-    """``box`` of a source, mirrored at the volume's border where it leaves it."""
-    if box.clip(shape) == box:
-        return source.read(box)
-    index = [reflect_indices(a, b, n) for a, b, n in zip(box.start, box.stop, shape,
-                                                         strict=True)]
-    lo = tuple(int(i.min()) for i in index)
-    data = source.read(Box(lo, tuple(int(i.max()) + 1 for i in index)))
-    return data[np.ix_(*(i - o for i, o in zip(index, lo, strict=True)))]
 
 
 def normalize_raw(raw: NDArray[Any]) -> NDArray[np.float32]:
@@ -211,7 +200,7 @@ class CropSampler:
         vol = self.volumes[v]
         shape = vol.raw.shape
         inside = box.clip(shape)
-        intensities = _read_mirrored(vol.raw, box, shape)
+        intensities = read_mirrored(vol.raw.read, box, shape)[0]
         require_finite(f"--data {vol.raw.path}", intensities, "crop", box.start)
         raw = normalize_raw(intensities)
         mask = None if vol.mask is None else vol.mask.read(inside)
