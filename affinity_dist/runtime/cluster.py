@@ -19,6 +19,29 @@ __all__ = ["cluster", "local_gpus"]
 
 log = logging.getLogger(__name__)
 
+#: What a worker logs, with a traceback, when the scheduler closes before its last
+#: heartbeat: the normal end of every local run on a loaded machine, not an error.
+HEARTBEAT_NOISE = "Failed to communicate with scheduler during heartbeat."
+
+
+class _HeartbeatNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != HEARTBEAT_NOISE
+
+
+def _quiet_workers() -> Any:
+    """A worker plugin that keeps :data:`HEARTBEAT_NOISE` off the terminal (re-applied to
+    restarted workers); only where the command keeps distributed's chatter quiet."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietHeartbeat(WorkerPlugin):  # type: ignore[misc]
+        name = "affinity-dist-quiet-heartbeat"
+
+        def setup(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").addFilter(_HeartbeatNoise())
+
+    return QuietHeartbeat()
+
 
 def local_gpus() -> int:
     """The number of CUDA devices of this machine as torch sees them (0 without CUDA or
@@ -83,6 +106,8 @@ def cluster(scheduler: Scheduler | None = None, *, n_workers: int | None = None,
                                  dashboard_address="127.0.0.1:0", memory_limit=memory_limit,
                                  resources={"GPU": 1} if count else None)
         with local, Client(local) as client:
+            if logging.getLogger("distributed").getEffectiveLevel() >= logging.ERROR:
+                client.register_plugin(_quiet_workers())
             print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
             yield client
         return
