@@ -178,10 +178,15 @@ def test_ctrl_c_to_the_process_group_prints_one_line(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "tiny.pt")
     command = [sys.executable, "-m", "affinity_dist", "-q", "predict", "--input", str(path),
                "--model", str(model), "--block", "16", "32", "32", "--workers", "2"]
-    # a terminal's foreground job: SIGINT at its default even where this test runs in the
-    # background of a shell without job control (which starts it ignored, as nohup does)
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # a terminal's foreground job: SIGINT at its default (a handler of ours becomes the
+    # default in the child) even where this test runs in the background of a shell without
+    # job control, which starts it ignored, as nohup does
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     done = path / "_run_state" / "predict" / "done" / "predict"
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline and not (

@@ -34,7 +34,7 @@ def _quiet_workers() -> Any:
     restarted workers); only where the command keeps distributed's chatter quiet."""
     from distributed.diagnostics.plugin import WorkerPlugin
 
-    class QuietHeartbeat(WorkerPlugin):  # type: ignore[misc]
+    class QuietHeartbeat(WorkerPlugin):
         name = "affinity-dist-quiet-heartbeat"
 
         def setup(self, worker: Any) -> None:
