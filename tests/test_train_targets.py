@@ -81,6 +81,49 @@ def test_isbi_mask_is_found_and_unannotated_sections_never_contribute(
     assert sampled > 0
 
 
+def test_unlinked_sections_teach_nothing_across_z(isbi: Path) -> None:
+    """ISBI's ids are 2D per section: with ``sections = "unlinked"`` no edge with a z step
+    (nearest or long range) and no shape descriptor weighs anything, the in-plane edges
+    of the annotated sections keep their weights, with and without augmentation."""
+    targets = Targets(LONG, lsd_sigma=16.0, lsd_downsample=1)
+    linked = open_training_volume(str(isbi), background="boundary")
+    unlinked = open_training_volume(str(isbi), background="boundary", linked=False)
+    z_step = np.array([o[0] != 0 for o in LONG] + [True] * 10)
+    for augment in (False, True):
+        a = _sampler(linked, targets=targets, augment=augment)
+        b = _sampler(unlinked, targets=targets, augment=augment)
+        plane = across = 0.0
+        for seed in range(12):
+            _, ta, wa = a.sample(np.random.default_rng(seed))
+            _, tb, wb = b.sample(np.random.default_rng(seed))
+            assert not wb[z_step].any()
+            across += float(wa[z_step].sum())  # linked: z targets where sections are
+            plane += float(wb[~z_step].sum())
+            assert (tb[~z_step] * wb[~z_step] == ta[~z_step] * wb[~z_step]).all()
+        assert plane > 0 and across > 0
+
+
+def test_samples_without_annotation_are_drawn_again(isbi: Path) -> None:
+    """Two thirds of ISBI is unannotated: with ``redraw`` every sample teaches something,
+    and a redrawn sampler gives exactly the first annotated draw of a plain one."""
+    volume = open_training_volume(str(isbi), background="boundary", linked=False)
+    plain = _sampler(volume, targets=Targets(NEAREST))
+    redrawn = CropSampler([volume], (12, 40, 40), (4, 24, 24), targets=Targets(NEAREST),
+                          split=Split(axis=2, start=480), redraw=16)
+    empty = 0
+    for seed in range(10):
+        _, _, w = redrawn.sample(np.random.default_rng(seed))
+        assert w.any()
+        rng = np.random.default_rng(seed)
+        while True:  # the plain sampler's draws, until the first that knows an edge
+            _, _, first = plain.sample(rng)
+            if first.any():
+                break
+            empty += 1
+        assert (first == w).all()
+    assert empty > 0  # some draws were empty: the redraw mattered
+
+
 def test_boundary_volumes_teach_membrane_edges_unknown_volumes_mask_them(gala: Path) -> None:
     targets = Targets(NEAREST, balance=False)
     boundary = _sampler(open_training_volume(str(gala), background="boundary"),
@@ -155,6 +198,8 @@ def test_bad_volume_tables_are_refused_in_one_line(tmp_path: Path, gala: Path) -
         '[volumes."gala_train.h5"]\ncolour = "red"\n': "volumes.gala_train.h5: got",
         '[volumes."other.h5"]\nbackground = "boundary"\n': "volumes: got 'other.h5'",
         '[volumes."gala_train.h5"]\nmask = "nope"\n': "--data: got 'nope'",
+        '[volumes."gala_train.h5"]\nsections = "2d"\n':
+            "volumes.gala_train.h5.sections: got '2d'",
         "negative_weight = 0\n": "negative_weight: got 0",
         "lsd_sigma = -1\n": "lsd_sigma: got -1",
     }

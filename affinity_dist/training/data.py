@@ -70,6 +70,7 @@ class TrainingVolume:
     voxel_size: tuple[float, float, float]
     background: str = "unknown"  # what label 0 means: "unknown" or "boundary"
     mask: Source | None = None  # labels mask, nonzero = annotated
+    linked: bool = True  # False: 2D ids per section (ISBI), nothing is known across z
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class Targets:
 
 def open_training_volume(path: str, raw_key: str | None = None,
                          labels_key: str | None = None, *, mask_key: str | None = None,
-                         background: str = "unknown") -> TrainingVolume:
+                         background: str = "unknown", linked: bool = True
+                         ) -> TrainingVolume:
     """Raw, labels and (when present or named) the labels mask of a training source; all
     must exist and match in shape. ``mask_key`` "" means: no mask even if one is present."""
     raw = open_source(path, raw_key, role="raw", option="--data")
@@ -113,7 +115,7 @@ def open_training_volume(path: str, raw_key: str | None = None,
                         f"expected integers of the labels' shape {labels.shape}")
     voxel = raw.voxel_size if raw.voxel_size and len(raw.voxel_size) == 3 else (1, 1, 1)
     vz, vy, vx = (float(v) for v in voxel)
-    return TrainingVolume(raw, labels, (vz, vy, vx), background, mask)
+    return TrainingVolume(raw, labels, (vz, vy, vx), background, mask, linked)
 
 
 def encode_labels(volume: TrainingVolume, labels: NDArray[Any], mask: NDArray[Any] | None
@@ -151,13 +153,16 @@ class CropSampler:
     split : the held-out validation slab.
     part : "train" or "val".
     augment : callable ``(raw, labels, voxel_size, rng) -> (raw, labels)`` or None.
+    redraw : a sample whose output crop holds no known edge (all of it unannotated, as most
+        of a volume labelled on a few sections) is drawn again, up to this many times.
     """
 
     def __init__(self, volumes: Sequence[TrainingVolume], input_shape: Sequence[int],
                  output_shape: Sequence[int], *, targets: Targets,
                  split: Split, part: Literal["train", "val"] = "train",
-                 augment: Any = None) -> None:
+                 augment: Any = None, redraw: int = 0) -> None:
         self.volumes, self.split, self.part = list(volumes), split, part
+        self.redraw = int(redraw)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.output_shape = tuple(int(s) for s in output_shape)
         self.targets, self.augment = targets, augment
@@ -195,7 +200,16 @@ class CropSampler:
 
     def sample(self, rng: np.random.Generator
                ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
-        """One sample: raw (1, *input), target (C, *output), weight (C, *output)."""
+        """One sample: raw (1, *input), target (C, *output), weight (C, *output); drawn
+        again (``redraw``) while its output knows nothing."""
+        for _ in range(self.redraw):
+            raw, target, weight = self._draw(rng)
+            if weight.any():
+                return raw, target, weight
+        return self._draw(rng)
+
+    def _draw(self, rng: np.random.Generator
+              ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
         v, box = self.box(rng)
         vol = self.volumes[v]
         shape = vol.raw.shape
@@ -222,6 +236,8 @@ class CropSampler:
             edges, background = np.asarray(grow_boundary(labels, t.grow_boundary)), "boundary"
         target, weight = affinity_targets(edges, t.offsets, background=background,  # type: ignore[arg-type]
                                           mask=known)
+        if not vol.linked:  # 2D ids: an edge across sections is neither same nor different
+            weight[[o[0] != 0 for o in t.offsets]] = 0
         crop = tuple(slice((i - o) // 2, (i - o) // 2 + o) for i, o in
                      zip(self.input_shape, self.output_shape, strict=True))
         target, weight = target[(slice(None), *crop)], weight[(slice(None), *crop)]
@@ -235,6 +251,8 @@ class CropSampler:
             lsds, lsd_mask = local_shape_descriptors(labels, t.lsd_sigma, vol.voxel_size,
                                                      region=crop,  # type: ignore[arg-type]
                                                      downsample=t.lsd_downsample)
+            if not vol.linked:  # a shape over unlinked sections is no neuron's shape
+                lsd_mask = np.zeros_like(lsd_mask)
             target = np.concatenate([target, lsds])
             weight = np.concatenate([weight, lsd_mask])
         return raw[None].astype(np.float32), target, weight

@@ -128,7 +128,10 @@ class TrainConfig:
         return out
 
 
-VOLUME_KEYS = ("background", "mask", "raw", "labels")
+VOLUME_KEYS = ("background", "mask", "raw", "labels", "sections")
+SECTIONS = ("linked", "unlinked")
+#: Draws of a sample with no annotated output voxel before one is kept (sparse labels).
+REDRAW = 16
 
 
 def check_volumes(volumes: Any) -> None:
@@ -143,6 +146,10 @@ def check_volumes(volumes: Any) -> None:
         if spec.get("background", "unknown") not in BACKGROUNDS:
             raise bad_value(f"volumes.{name}.background", spec["background"],
                             "'unknown' or 'boundary'")
+        if spec.get("sections", "linked") not in SECTIONS:
+            raise bad_value(f"volumes.{name}.sections", spec["sections"],
+                            "'linked' (ids are one neuron across z) or 'unlinked' (2D ids "
+                            "per section: no target across sections)")
 
 
 def volume_spec(config: TrainConfig, path: str) -> dict[str, str]:
@@ -248,13 +255,14 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
         spec = volume_spec(config, str(d))
         volumes.append(open_training_volume(
             str(d), spec.get("raw"), spec.get("labels"), mask_key=spec.get("mask"),
-            background=spec.get("background", "unknown")))
+            background=spec.get("background", "unknown"),
+            linked=spec.get("sections", "linked") == "linked"))
     targets = targets_of(config)
     sampler = CropSampler(volumes, config.input_shape, config.output_shape, targets=targets,
                           split=config.validation, part="train",
-                          augment=_Augment(config.augment))
+                          augment=_Augment(config.augment), redraw=REDRAW)
     val = CropSampler(volumes, config.input_shape, config.output_shape, targets=targets,
-                      split=config.validation, part="val")
+                      split=config.validation, part="val", redraw=REDRAW)
     run = Path(out)
     fresh = not run.exists()
     try:
