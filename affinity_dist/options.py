@@ -106,6 +106,12 @@ class PredictOptions(StageOptions):
     batch: int = _opt(1, _int(1), "int", "--batch", "tiles per forward pass")
     chunks: Vec3 | None = _opt(None, _shape, "shape", "--chunks", _CHUNK_HELP +
                                " (default: raw's chunks)", optional=True)
+    normalize: Literal["none", "histogram", "percentiles"] = _opt(
+        "none", _choice("none", "histogram", "percentiles"), "str", "--normalize",
+        "map raw's intensities onto the model's training intensities first: histogram "
+        "matching, or its 1st/99th percentiles onto theirs (needs 'affinity-dist stats' "
+        "on the input and a model that records its training histogram)",
+        choices=("none", "histogram", "percentiles"))
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,13 @@ one tree per section cut at every threshold): a section is one block, and the bl
 stage equals that whole-volume result (``tests/test_segment_agglomerate.py``).
 
     .venv/bin/python benchmarks/eval_isbi.py [--model CKPT ...] [--train 0 7] [--val 7 10]
+        [--normalize none histogram percentiles]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +37,7 @@ from affinity_dist.kernels.agglomerate import Residual, cut_labels, reduce_task
 from affinity_dist.kernels.graph import block_edges
 from affinity_dist.kernels.metrics import Scores, contingency, scores
 from affinity_dist.kernels.watershed import watershed
+from affinity_dist.stages.stats import stats
 from affinity_dist.storage import open_volume
 
 ISBI = SHARED_DATA / "isbi2012_ssTEM.h5"
@@ -77,8 +80,8 @@ def evaluate(affs: np.ndarray, truth: np.ndarray, train: range, val: range
     return best, mean
 
 
-def predicted(model: str | None, data: Path) -> np.ndarray:
-    ad.predict(data, model=model, overwrite=True, progress=False)
+def predicted(model: str | None, data: Path, normalize: str) -> np.ndarray:
+    ad.predict(data, model=model, overwrite=True, progress=False, normalize=normalize)
     affs = open_volume(data, "affinities")
     return affs.read(Box((0, 0, 0), affs.spatial_shape))[:3]
 
@@ -91,21 +94,26 @@ def main() -> None:
                         help="labelled sections that choose seed size and threshold")
     parser.add_argument("--val", type=int, nargs=2, default=(7, 10), metavar=("START", "STOP"),
                         help="held-out labelled sections that are scored")
+    parser.add_argument("--normalize", nargs="+", default=["none"],
+                        choices=("none", "histogram", "percentiles"),
+                        help="predict's --normalize, each in turn (the model's training "
+                             "intensities; default none)")
     args = parser.parse_args()
     if not ISBI.is_file():
         raise SystemExit(f"{ISBI} not found: this evaluation needs ../shared/data")
     train, val = range(*args.train), range(*args.val)
     with tempfile.TemporaryDirectory() as tmp:
         data = ad.ingest(ISBI, Path(tmp) / "isbi.zarr", progress=False)
+        stats(data, progress=False)
         labels = open_volume(data, "labels")
         truth = labels.read(Box((0, 0, 0), labels.spatial_shape)).astype(np.uint64)
         print(f"# ISBI 2012 ssTEM, 2D per section: seed size and threshold chosen on sections "
               f"{train.start}-{train.stop - 1}, mean scores on {val.start}-{val.stop - 1}")
-        print(f"{'model':<44}{'seeds':>6}{'t':>5}{'split':>8}{'merge':>8}{'VOI':>8}"
+        print(f"{'model':<44}{'norm':>11}{'seeds':>6}{'t':>5}{'split':>8}{'merge':>8}{'VOI':>8}"
               f"{'ARand':>8}{'segs':>7}")
-        for model in args.model or [None]:
-            (size, t), m = evaluate(predicted(model, data), truth, train, val)
-            print(f"{str(model or 'shipped (zero-shot)')[-44:]:<44}{size:>6}{t:>5}"
+        for model, norm in itertools.product(args.model or [None], args.normalize):
+            (size, t), m = evaluate(predicted(model, data, norm), truth, train, val)
+            print(f"{str(model or 'shipped (zero-shot)')[-44:]:<44}{norm:>11}{size:>6}{t:>5}"
                   f"{m['voi_split']:>8.3f}{m['voi_merge']:>8.3f}{m['voi_sum']:>8.3f}"
                   f"{m['adapted_rand_error']:>8.3f}{m['segments']:>7.0f}", flush=True)
 

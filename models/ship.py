@@ -3,7 +3,9 @@
 Copies a run's ``model.pt`` to ``affinity_dist/models/fib25.pt`` (what ``predict`` loads by
 default) and ``models/<card>/model.pt``, adding ``segment`` = the thresholds chosen on the
 training region (``benchmarks/eval_model.py`` prints them), which ``predict`` copies into the
-affinities' ``segment_defaults``. Loaded and written weights-only.
+affinities' ``segment_defaults``, and (where the run did not record it) ``raw_histogram``,
+the intensities of its training data (the card's ``config.json``: data and validation
+split), which ``predict --normalize`` maps new data onto. Loaded and written weights-only.
 
     .venv/bin/python models/ship.py RUN/model.pt --card models/fib25 \\
         --agglomerate 0.5 --cc 0.98
@@ -24,6 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 TUNED_ON = "fib25_sample2 z < 186"
 
 
+def training_histogram(config: Path) -> list[int]:
+    """The raw histogram of a run's training part, from its ``config.json``."""
+    import json
+
+    from affinity_dist.training.data import Split, open_training_volume, raw_histogram_of
+
+    run = json.loads(config.read_text())
+    volumes = [open_training_volume(str(REPO / d)) for d in run["data"]]
+    histogram = raw_histogram_of(volumes, Split(**run["validation"]))
+    if histogram is None:
+        raise SystemExit(f"{config}: float raw, no uint8 histogram")
+    return histogram
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -38,6 +54,9 @@ def main() -> None:
                         "command": "benchmarks/eval_model.py"},
         "cc": {"threshold": args.cc, "tuned_on": f"{TUNED_ON} (with --min-size 1000)",
                "command": "benchmarks/eval_model.py --method cc"}}
+    if "raw_histogram" not in state:
+        state["raw_histogram"] = training_histogram(args.card / "config.json")
+    state.setdefault("voxel_size", [10.0, 10.0, 10.0])  # fib25 and gala: 10 nm isotropic
     shipped = REPO / "affinity_dist" / "models" / "fib25.pt"
     _save(shipped, state)
     args.card.mkdir(parents=True, exist_ok=True)

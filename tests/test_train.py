@@ -103,4 +103,13 @@ def test_every_recorded_training_config_loads(path: Path) -> None:
     from affinity_dist.training.train import load_config
 
     config = load_config(path)
-    assert config.output_shape == (24, 24, 24) and config.validation.start == 186
+    shape = config.output_shape  # a shape the network produces (valid convolutions)
+    assert config.model.valid_shapes(1, minimum_output=shape)[0][1] == shape
+    if path.name == "isbi_ft.toml":  # a fine-tuning recipe: the shipped architecture
+        from affinity_dist.nn.checkpoint import load_checkpoint
+        from affinity_dist.stages.predict import default_model
+
+        assert load_checkpoint(default_model())[1] == config.model
+        assert (config.validation.start, config.validation.stop) == (7, 11)
+    else:  # fib25 held out from z 186
+        assert shape == (24, 24, 24) and config.validation.start == 186

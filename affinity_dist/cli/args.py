@@ -116,14 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this checkpoint's weights (fine-tuning; same "
                         "architecture as the config's model)")
 
+    _dataset_parsers(sub)
+    _view_parser(sub)
+    return parser
+
+
+def _dataset_parsers(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """The commands about a dataset itself: info, verify, stats."""
     p = sub.add_parser("info", help="list the arrays of a dataset with their metadata")
     p.add_argument("dataset", metavar="X.zarr")
     p = sub.add_parser("verify", help="check that every chunk of every array of a dataset "
                        "is present and decodes (checksums); list the bad ones")
     p.add_argument("dataset", metavar="X.zarr")
     _cluster_options(p, overwrite=False)
-    _view_parser(sub)
-    return parser
+    p = sub.add_parser("stats", help="count raw's intensities blockwise and store the "
+                       "histogram beside the arrays (for predict --normalize)")
+    p.add_argument("--input", required=True, metavar="X.zarr", help="dataset holding 'raw'")
+    _cluster_options(p, overwrite=False)
 
 
 def _tune_parser(sub: argparse._SubParsersAction[_Parser]) -> None:

@@ -209,6 +209,18 @@ def _cmd_verify(args: argparse.Namespace) -> None:
     print(summary)
 
 
+def _cmd_stats(args: argparse.Namespace) -> None:
+    from ..runtime.cluster import cluster
+    from ..stages.stats import stats
+
+    run = _run(args)
+    with cluster(args.scheduler, n_workers=args.workers) as client:
+        attrs = stats(args.input, client=client, **run)
+    p = attrs["percentiles"]
+    print(f"{args.input}: intensity histogram of {attrs['voxels']} voxels stored; "
+          f"percentiles 1/50/99: {p['1']:g} / {p['50']:g} / {p['99']:g}")
+
+
 def _cmd_view(args: argparse.Namespace) -> None:
     if args.webknossos:
         from ..viewers.webknossos import write_webknossos_metadata
@@ -238,6 +250,7 @@ COMMANDS = {"sample": _cmd_sample, "ingest": _cmd_ingest, "predict": _cmd_predic
             "segment": _cmd_segment, "evaluate": _cmd_evaluate, "pyramid": _cmd_pyramid,
             "tune": _cmd_tune,
             "run": _cmd_run, "train": _cmd_train, "info": _cmd_info, "verify": _cmd_verify,
+            "stats": _cmd_stats,
             "view": _cmd_view}
 
 

@@ -55,6 +55,7 @@ from ..storage import (
     rename_volume,
     require_space,
 )
+from .stats import check_voxel_size, normalization_table
 
 __all__ = ["BlockPrediction", "PredictPlan", "PredictStats", "default_model", "predict",
            "prepare_predict", "run_predict", "to_uint8"]
@@ -99,6 +100,8 @@ class PredictPlan:
     batch: int = 1
     raw_key: str = ""
     segment_defaults: str = "{}"  # the model's tuned segment thresholds (JSON)
+    normalize: str = "none"
+    lut: str = ""  # --normalize: raw's uint8 lookup table (hex), applied before the network
 
     @property
     def state(self) -> StageState:
@@ -108,7 +111,8 @@ class PredictPlan:
             "version": VERSION, "raw": self.raw_key, "model_sha256": self.model_sha256,
             "block": list(self.grid.block_shape), "tile": list(self.tile),
             "net_output": list(self.net_output), "chunks": list(self.chunks),
-            "dtype": self.dtype, "precision": self.precision, "device": self.device})
+            "dtype": self.dtype, "precision": self.precision, "device": self.device,
+            **({"normalize": self.normalize, "lut": self.lut} if self.lut else {})})
 
     @property
     def offsets(self) -> tuple[Vec, ...]:
@@ -178,6 +182,8 @@ class _PredictBlock:
         box = plan.grid.write_box(block_id)
         window = tiling.input_box(box)
         raw, read = open_volume(plan.dataset, "raw").read_mirrored(window)
+        if plan.lut:
+            raw = np.frombuffer(bytes.fromhex(plan.lut), np.uint8)[raw]
         require_finite("raw", raw, f"block {block_id}", index=[  # NaN would zero a tile
             reflect_indices(a, b, n) for a, b, n in
             zip(window.start, window.stop, plan.grid.shape, strict=True)])
@@ -272,10 +278,12 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     if o.dtype == "float32":  # 12 bytes a voxel; zstd leaves float affinities ~1.2x
         require_space(dataset, math.prod(shape) * 12 / 1.2, "--float")
     z, y, x = tile
+    lut = normalization_table(dataset, str(path), state, o.normalize)
+    check_voxel_size(raw.voxel_size, state.get("voxel_size"), path)
     return PredictPlan(str(dataset), str(path.absolute()), _sha256(path), config,
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),
                        o.dtype, o.device, precision, o.batch, array_key(dataset, "raw"),
-                       json.dumps(state.get("segment", {})))
+                       json.dumps(state.get("segment", {})), o.normalize, lut)
 
 
 def _gpu_resources(client: Any | None) -> dict[str, float] | None:
@@ -291,6 +299,7 @@ def _attributes(plan: PredictPlan, key: str) -> dict[str, Any]:
     return {"offsets": [list(o) for o in plan.offsets], "model": plan.model,
             "model_sha256": plan.model_sha256, "tile": list(plan.tile),
             "precision": plan.precision, "normalization": "uint8/255",
+            "intensity_normalization": plan.normalize,
             "segment_defaults": json.loads(plan.segment_defaults),
             "encoding": "uint8 0-255 = 0-1" if plan.dtype == "uint8" else "float32 0-1",
             "run_key": key}

@@ -118,6 +118,25 @@ def open_training_volume(path: str, raw_key: str | None = None,
     return TrainingVolume(raw, labels, (vz, vy, vx), background, mask, linked)
 
 
+def raw_histogram_of(volumes: Sequence[TrainingVolume], split: Split) -> list[int] | None:
+    """The 256-level histogram of the uint8 raw a model trains on (the training part of
+    every volume; None if one holds float raw): ``predict --normalize`` maps new data onto
+    it."""
+    from ..kernels.intensity import histogram
+
+    total = np.zeros(256, np.int64)
+    for vol in volumes:
+        if vol.raw.dtype != np.uint8:
+            return None
+        shape = vol.raw.shape
+        for lo, hi in split.bounds(shape, "train"):
+            stop = list(shape)
+            start = [0, 0, 0]
+            start[split.axis], stop[split.axis] = lo, hi
+            total += histogram(np.asarray(vol.raw.read(Box(tuple(start), tuple(stop)))))
+    return [int(c) for c in total]
+
+
 def encode_labels(volume: TrainingVolume, labels: NDArray[Any], mask: NDArray[Any] | None
                   ) -> NDArray[np.uint64]:
     """One label array for the augmentations: 0 = unknown; for "boundary" volumes ids + 1

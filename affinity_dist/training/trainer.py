@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..nn.checkpoint import FORMAT, _save, initialise_from, save_model
 from ..nn.config import build_model
-from .data import CropSampler
+from .data import CropSampler, raw_histogram_of
 from .train import TrainConfig, _plot
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,9 @@ class Trainer:
         self.model = build_model(config.model).to(device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate)
         self.iteration = 0
+        self.raw_histogram = raw_histogram_of(sampler.volumes, sampler.split)
+        sizes = {tuple(v.voxel_size) for v in sampler.volumes}
+        self.voxel_size = list(sizes.pop()) if len(sizes) == 1 else None  # nm, z y x
         checkpoint = run / "checkpoint.pt"
         if checkpoint.exists():
             state = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -125,7 +128,10 @@ class Trainer:
             "model_state": weights, "optimizer_state": self.optimizer.state_dict(),
             "normalization": "uint8/255"})
         save_model(self.run_dir / "model.pt", self.model, self.config.model,
-                   iteration=self.iteration, val_f1=f1, val_boundary_f1=boundary_f1)
+                   iteration=self.iteration, val_f1=f1, val_boundary_f1=boundary_f1,
+                   **({} if self.raw_histogram is None else
+                      {"raw_histogram": self.raw_histogram}),
+                   **({} if self.voxel_size is None else {"voxel_size": self.voxel_size}))
         path = self.run_dir / "loss.csv"
         header = next(csv.reader(path.open()), COLUMNS) if path.exists() else None
         with path.open("a", newline="") as f:  # an older run keeps its own columns
