@@ -80,7 +80,8 @@ def chunk_files(dataset: str | os.PathLike[str], name: str, selection: Sequence[
     meta = Path(dataset) / name / "zarr.json"
     array = _opened(str(dataset), name, meta.stat().st_mtime_ns if meta.exists() else 0)
     base = Path(dataset).absolute()
-    return {path.relative_to(base).as_posix() for path in _chunk_files(array, selection)}
+    return {Path(path).absolute().relative_to(base).as_posix()
+            for path in _chunk_files(array, selection)}
 
 
 def _crc(path: str) -> tuple[int, int]:
@@ -97,7 +98,7 @@ def digests(files: Iterable[str], root: str | os.PathLike[str]) -> list[list[Any
     out = []
     for path in sorted(files):
         try:
-            rel = Path(path).relative_to(base).as_posix()
+            rel = Path(path).absolute().relative_to(base).as_posix()
         except ValueError:
             raise ValueError(f"written file {path!r} lies outside the dataset {base}") from None
         out.append([rel, *_crc(path)])
