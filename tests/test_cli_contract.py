@@ -105,9 +105,9 @@ def test_relative_dataset_paths_run_every_stage(tmp_path: Path) -> None:
     """``affinity-dist predict --input isbi.zarr`` as the README writes it: the done
     markers list the written files relative to the dataset whatever path names it."""
     model = tiny_model(tmp_path / "tiny.pt")
-    steps = [("sample", "d.zarr", "--shape", "16", "32", "32"),
-             ("predict", "--input", "d.zarr", "--model", str(model), "--workers", "1"),
-             ("segment", "--input", "d.zarr", "--workers", "1"),
+    steps = [("sample", "d.zarr", "--shape", "16", "32", "32", "--scheduler", "threads"),
+             ("predict", "--input", "d.zarr", "--model", str(model), "--scheduler", "threads"),
+             ("segment", "--input", "d.zarr", "--scheduler", "threads"),
              ("segment", "--input", "d.zarr", "--method", "cc", "--overwrite", "--threshold",
               "0.5", "--scheduler", "threads")]
     for step in steps:

@@ -136,8 +136,11 @@ def test_normalize_without_statistics_or_model_histogram_exits_2(tmp_path: Path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_voxel_size_other_than_the_models_is_warned_about(tmp_path: Path) -> None:
+def test_a_voxel_size_other_than_the_models_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import torch
+
+    from affinity_dist.stages.predict import prepare_predict
 
     model = tiny_model(tmp_path / "tiny.pt")
     state = torch.load(model, weights_only=True)
@@ -148,8 +151,7 @@ def test_a_voxel_size_other_than_the_models_is_warned_about(tmp_path: Path) -> N
         path = tmp_path / f"d{voxel[0]}.zarr"
         sample(path, shape=(16, 32, 32), seed=1, chunks=(16, 32, 32), voxel_size=voxel,
                progress=False)
-        result = run_cli("predict", "--input", path, "--model", model, "--scheduler",
-                         "threads")
-        assert result.returncode == 0, result.stderr
-        warned[voxel[0]] = "voxel size 50x4x4 nm is not the 10x10x10 nm model" in result.stderr
+        caplog.clear()
+        prepare_predict(path, model=str(model))
+        warned[voxel[0]] = "voxel size 50x4x4 nm is not the 10x10x10 nm model" in caplog.text
     assert warned == {10: False, 50: True}
