@@ -73,12 +73,17 @@ def _describe(info: dict[str, Any]) -> str:
 
 
 def _create(path: Path, record: dict[str, Any]) -> bool:
+    """Create the lease with its whole content at once (a hard link of a written file
+    fails if the lease exists): a run stopped or killed mid-creation never leaves a
+    half-written lease that another run could not attribute."""
+    tmp = path.with_name(f".{path.name}.{record['token']}.new")
+    tmp.write_text(json.dumps(record))
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.link(tmp, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
+    finally:
+        tmp.unlink(missing_ok=True)
     return True
 
 
