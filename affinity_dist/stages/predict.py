@@ -278,7 +278,7 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     if o.dtype == "float32":  # 12 bytes a voxel; zstd leaves float affinities ~1.2x
         require_space(dataset, math.prod(shape) * 12 / 1.2, "--float")
     z, y, x = tile
-    lut = normalization_table(dataset, str(path), state, o.normalize)
+    lut = normalization_table(dataset, raw.dtype, str(path), state, o.normalize)
     check_voxel_size(raw.voxel_size, state.get("voxel_size"), path)
     return PredictPlan(str(dataset), str(path.absolute()), _sha256(path), config,
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),

@@ -105,18 +105,16 @@ def stored_histogram(dataset: str | os.PathLike[str]) -> NDArray[np.int64] | Non
     return check_histogram(table.get("counts"), voxels, f"{dataset}/{TABLE}")
 
 
-def normalization_table(dataset: str | os.PathLike[str], model: str,
+def normalization_table(dataset: str | os.PathLike[str], dtype: Any, model: str,
                         model_state: dict[str, Any], method: str) -> str:
     """``predict --normalize``: the uint8 lookup table (hex; "" for "none") that maps the
-    dataset's raw onto the model's training intensities, after checking both histograms."""
+    dataset's raw (of ``dtype``) onto the model's training intensities, after checking
+    both histograms."""
     from ..errors import ConfigError
     from ..kernels.intensity import lookup_table
 
     if method == "none":
         return ""
-    from ..storage import open_volume
-
-    dtype = open_volume(dataset, "raw").dtype
     if dtype != np.uint8:
         raise DataError(f"--normalize: got raw of dtype {dtype}, expected uint8")
     target = model_state.get("raw_histogram")
