@@ -112,6 +112,9 @@ class PredictOptions(StageOptions):
         "matching, or its 1st/99th percentiles onto theirs (needs 'affinity-dist stats' "
         "on the input and a model that records its training histogram)",
         choices=("none", "histogram", "percentiles"))
+    resample: bool = _opt(False, _flag, "bool", "--resample", "run the model at the voxel "
+                          "size it was trained at: raw resampled to it block by block, the "
+                          "affinities mapped back onto raw's grid", action="store_true")
 
 
 @dataclass(frozen=True)

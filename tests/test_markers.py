@@ -150,7 +150,7 @@ def test_forged_predict_markers_are_recomputed_to_the_undisturbed_result(
     """A predict stopped by a failing block, then markers forged for every block it did
     not do (the right key, no data) and one done block's chunk deleted: the rerun
     computes them and equals an undisturbed run."""
-    import affinity_dist.stages.predict as stage
+    import affinity_dist.stages.predict_tasks as stage
 
     model = tiny_model(tmp_path / "tiny.pt")
     for name in ("a.zarr", "b.zarr"):

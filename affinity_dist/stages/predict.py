@@ -24,10 +24,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
 
 from ..errors import (
     ConfigError,
@@ -35,13 +34,12 @@ from ..errors import (
     DestinationExistsError,
     InputNotFoundError,
 )
-from ..geometry import BlockGrid, default_block, reflect_indices
-from ..kernels.tiles import Tiling, default_tile, predict_block
-from ..kernels.values import require_finite
+from ..geometry import BlockGrid, default_block
+from ..kernels.resample import resampled_shape
+from ..kernels.tiles import Tiling, default_tile
 from ..nn.config import UNetConfig
 from ..options import PredictOptions
 from ..runtime.locks import check_free, leased
-from ..runtime.markers import register_result
 from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key, recording, run_recorded
 from ..storage import (
@@ -55,6 +53,7 @@ from ..storage import (
     rename_volume,
     require_space,
 )
+from .predict_tasks import STAGED, BlockPrediction, PredictBlock, to_uint8
 from .stats import check_voxel_size, normalization_table
 
 __all__ = ["BlockPrediction", "PredictPlan", "PredictStats", "default_model", "predict",
@@ -65,7 +64,6 @@ Vec = tuple[int, int, int]
 #: Default output tile per device (rounded to the model's step): bench_predict on this CPU
 #: finds 64^3 fastest for the shipped model (128^3 falls out of cache); a GPU wants more.
 DEFAULT_TILE = {"cpu": 64, "cuda": 128}
-STAGED = "_staging_affinities"
 #: Bump when a change of this module changes the affinities it writes (keys the run state).
 VERSION = 1
 
@@ -73,13 +71,6 @@ VERSION = 1
 def default_model() -> Path:
     """The shipped model (trained on fib25, see models/fib25/README.md)."""
     return Path(__file__).resolve().parent.parent / "models" / "fib25.pt"
-
-
-def to_uint8(affinities: NDArray[np.float32]) -> NDArray[np.uint8]:
-    """Affinities in [0, 1] as uint8 0-255 (rounded to nearest)."""
-    scaled = np.clip(affinities, 0, 1) * np.float32(255)
-    out: NDArray[np.uint8] = np.rint(scaled).astype(np.uint8)
-    return out
 
 
 @dataclass(frozen=True)
@@ -102,6 +93,14 @@ class PredictPlan:
     segment_defaults: str = "{}"  # the model's tuned segment thresholds (JSON)
     normalize: str = "none"
     lut: str = ""  # --normalize: raw's uint8 lookup table (hex), applied before the network
+    resample: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # raw's, model's nm
+
+    @property
+    def model_shape(self) -> tuple[int, ...]:
+        """The grid the network runs on: raw's, or raw resampled to the model's voxels."""
+        if self.resample is None:
+            return self.grid.shape
+        return resampled_shape(self.grid.shape, *self.resample)
 
     @property
     def state(self) -> StageState:
@@ -112,7 +111,8 @@ class PredictPlan:
             "block": list(self.grid.block_shape), "tile": list(self.tile),
             "net_output": list(self.net_output), "chunks": list(self.chunks),
             "dtype": self.dtype, "precision": self.precision, "device": self.device,
-            **({"normalize": self.normalize, "lut": self.lut} if self.lut else {})})
+            **({"normalize": self.normalize, "lut": self.lut} if self.lut else {}),
+            **({"resample": [list(v) for v in self.resample]} if self.resample else {})})
 
     @property
     def offsets(self) -> tuple[Vec, ...]:
@@ -159,52 +159,6 @@ class PredictStats:
         return self.voxels / max(self.seconds, 1e-9)
 
 
-@register_result
-class BlockPrediction(NamedTuple):
-    """What one block task did (its recorded result)."""
-
-    voxels: int  # output voxels written
-    read_voxels: int  # raw voxels read
-    network_voxels: int  # network input voxels
-    model_seconds: float  # in the network
-    task_seconds: float  # the whole task
-
-
-@dataclass(frozen=True)
-class _PredictBlock:
-    plan: PredictPlan
-
-    def __call__(self, block_id: int) -> BlockPrediction:
-        from ..nn.inference import cached_model, forward, resolve_device
-
-        start = time.perf_counter()
-        plan, tiling = self.plan, self.plan.tiling
-        box = plan.grid.write_box(block_id)
-        window = tiling.input_box(box)
-        raw, read = open_volume(plan.dataset, "raw").read_mirrored(window)
-        if plan.lut:
-            raw = np.frombuffer(bytes.fromhex(plan.lut), np.uint8)[raw]
-        require_finite("raw", raw, f"block {block_id}", index=[  # NaN would zero a tile
-            reflect_indices(a, b, n) for a, b, n in
-            zip(window.start, window.stop, plan.grid.shape, strict=True)])
-        device = resolve_device(plan.device)
-        model = cached_model(plan.model, device, plan.precision)
-
-        def network(tiles: NDArray[Any]) -> NDArray[Any]:
-            return forward(model, tiles, device, plan.precision, as_uint8=plan.dtype == "uint8",
-                           channels=len(plan.offsets))
-
-        block = predict_block(raw, box, tiling, network, channels=len(plan.offsets),
-                              dtype=plan.dtype, batch=plan.batch)
-        open_volume(plan.dataset, STAGED, "r+").write(box, block.output)
-        return BlockPrediction(box.size, read, block.network_voxels, block.model_seconds,
-                               time.perf_counter() - start)
-
-    def outputs(self, block_id: int) -> list[tuple[str, tuple[slice, ...]]]:
-        """What the block writes: its box of the staged affinities (all channels)."""
-        return [(STAGED, (slice(None), *self.plan.grid.write_box(block_id).slices))]
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -223,6 +177,24 @@ def _check_device(device: str, local: bool) -> str:
     return resolve_device(device).type  # type: ignore[arg-type]
 
 
+
+
+def _resampling(wanted: bool, data: Any, trained: Any, model: Path
+                ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``--resample``: (raw's voxel size, the model's), or None where they agree."""
+    if not wanted:
+        return None
+    if trained is None or len(trained) != 3:
+        raise ConfigError(f"--resample: got the model {str(model)!r}, which records no voxel "
+                          "size; expected a checkpoint that does (trained by this version)")
+    if data is None or len(data) != 3:
+        raise DataError("--resample: raw records no voxel size; expected one (ingest with "
+                        "--voxel-size)")
+    pair = tuple(float(v) for v in data), tuple(float(v) for v in trained)
+    if all(abs(d / t - 1) < 1e-6 for d, t in zip(*pair, strict=True)):
+        log.info("predict: raw is at the model's voxel size already; not resampled")
+        return None
+    return pair
 
 
 def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | None = None,
@@ -259,15 +231,19 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
 
     precision = resolve_precision(o.precision, resolved)
     shape, step = raw.spatial_shape, config.step
+    resample = _resampling(o.resample, raw.attrs.get("voxel_size"), state.get("voxel_size"),
+                           path)
+    grid_shape = shape if resample is None else resampled_shape(shape, *resample)
     cz, cy, cx = o.chunks if o.chunks is not None else raw.chunks  # of the affinities
     block = o.block if o.block is not None else default_block((cz, cy, cx))
     check_chunk_alignment(block, (cz, cy, cx), shape)
     if any(b < s and b < n for b, s, n in zip(block, step, shape, strict=True)):
         raise ConfigError(f"--block: got {tuple(block)}, expected at least the model's "
                           f"output unit {step} (its total downsampling) per axis")
+    spans = (1.0,) * 3 if resample is None else [d / m for d, m in zip(*resample, strict=True)]
     tile = o.tile if o.tile is not None else tuple(
-        default_tile(s, b, n, DEFAULT_TILE[resolved])
-        for s, b, n in zip(step, block, shape, strict=True))
+        default_tile(s, math.ceil(b * f), n, DEFAULT_TILE[resolved])
+        for s, b, f, n in zip(step, block, spans, grid_shape, strict=True))
     if any(t % s for t, s in zip(tile, step, strict=True)):
         raise ConfigError(f"--tile: got {tuple(tile)}, expected multiples of the model's "
                           f"output unit {step} (its total downsampling)")
@@ -279,11 +255,12 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
         require_space(dataset, math.prod(shape) * 12 / 1.2, "--float")
     z, y, x = tile
     lut = normalization_table(dataset, raw.dtype, str(path), state, o.normalize)
-    check_voxel_size(raw.voxel_size, state.get("voxel_size"), path)
+    if resample is None:
+        check_voxel_size(raw.voxel_size, state.get("voxel_size"), path)
     return PredictPlan(str(dataset), str(path.absolute()), _sha256(path), config,
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),
                        o.dtype, o.device, precision, o.batch, array_key(dataset, "raw"),
-                       json.dumps(state.get("segment", {})), o.normalize, lut)
+                       json.dumps(state.get("segment", {})), o.normalize, lut, resample)
 
 
 def _gpu_resources(client: Any | None) -> dict[str, float] | None:
@@ -300,6 +277,9 @@ def _attributes(plan: PredictPlan, key: str) -> dict[str, Any]:
             "model_sha256": plan.model_sha256, "tile": list(plan.tile),
             "precision": plan.precision, "normalization": "uint8/255",
             "intensity_normalization": plan.normalize,
+            "resampled": ({"raw_voxel_size": list(plan.resample[0]),
+                           "model_voxel_size": list(plan.resample[1]),
+                           "model_grid": list(plan.model_shape)} if plan.resample else None),
             "segment_defaults": json.loads(plan.segment_defaults),
             "encoding": "uint8 0-255 = 0-1" if plan.dtype == "uint8" else "float32 0-1",
             "run_key": key}
@@ -362,7 +342,7 @@ def run_predict(plan: PredictPlan, *, client: Any | None = None,
     counts = BlockCounts()
     clock = time.perf_counter()
     with recording(state, "predict", lambda: delete_node(group, STAGED)):
-        done = run_recorded(state, "predict", _PredictBlock(plan), list(plan.grid), counts,
+        done = run_recorded(state, "predict", PredictBlock(plan), list(plan.grid), counts,
                             previous=False, client=client, scheduler=scheduler,
                             progress=progress, resources=resources)
     seconds = time.perf_counter() - clock
