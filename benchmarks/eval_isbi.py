@@ -16,7 +16,7 @@ one tree per section cut at every threshold): a section is one block, and the bl
 stage equals that whole-volume result (``tests/test_segment_agglomerate.py``).
 
     .venv/bin/python benchmarks/eval_isbi.py [--model CKPT ...] [--train 0 7] [--val 7 10]
-        [--normalize none histogram percentiles]
+        [--normalize none histogram percentiles] [--resample off on]
 """
 
 from __future__ import annotations
@@ -89,8 +89,9 @@ def evaluate(affs: np.ndarray, truth: np.ndarray, train: range, val: range
     return best, mean
 
 
-def predicted(model: str | None, data: Path, normalize: str) -> np.ndarray:
-    ad.predict(data, model=model, overwrite=True, progress=False, normalize=normalize)
+def predicted(model: str | None, data: Path, normalize: str, resample: bool) -> np.ndarray:
+    ad.predict(data, model=model, overwrite=True, progress=False, normalize=normalize,
+               resample=resample)
     affs = open_volume(data, "affinities")
     return affs.read(Box((0, 0, 0), affs.spatial_shape))[:3]
 
@@ -107,6 +108,9 @@ def main() -> None:
                         choices=("none", "histogram", "percentiles"),
                         help="predict's --normalize, each in turn (the model's training "
                              "intensities; default none)")
+    parser.add_argument("--resample", nargs="+", default=["off"], choices=("off", "on"),
+                        help="predict's --resample, each in turn (run the model at its own "
+                             "voxel size; default off)")
     args = parser.parse_args()
     if not ISBI.is_file():
         raise SystemExit(f"{ISBI} not found: this evaluation needs ../shared/data")
@@ -118,12 +122,15 @@ def main() -> None:
         truth = labels.read(Box((0, 0, 0), labels.spatial_shape)).astype(np.uint64)
         print(f"# ISBI 2012 ssTEM, 2D per section: seed size and threshold chosen on sections "
               f"{train.start}-{train.stop - 1}, mean scores on {val.start}-{val.stop - 1}")
-        print(f"{'model':<44}{'norm':>11}{'seeds':>18}{'t':>5}{'split':>8}{'merge':>8}{'VOI':>8}"
+        print(f"{'model':<44}{'norm':>11}{'res':>4}{'seeds':>18}{'t':>5}{'split':>8}{'merge':>8}{'VOI':>8}"
               f"{'ARand':>8}{'segs':>7}")
-        for model, norm in itertools.product(args.model or [None], args.normalize):
-            (seeds, t), m = evaluate(predicted(model, data, norm), truth, train, val)
+        for model, norm, res in itertools.product(args.model or [None], args.normalize,
+                                                  args.resample):
+            (seeds, t), m = evaluate(predicted(model, data, norm, res == "on"), truth, train,
+                                     val)
             name = f"{seeds[0]} {seeds[1]:g}/{seeds[2]:g}"
-            print(f"{str(model or 'shipped (zero-shot)')[-44:]:<44}{norm:>11}{name:>18}{t:>5}"
+            print(f"{str(model or 'shipped (zero-shot)')[-44:]:<44}{norm:>11}{res:>4}{name:>18}"
+                  f"{t:>5}"
                   f"{m['voi_split']:>8.3f}{m['voi_merge']:>8.3f}{m['voi_sum']:>8.3f}"
                   f"{m['adapted_rand_error']:>8.3f}{m['segments']:>7.0f}", flush=True)
 

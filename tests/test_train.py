@@ -105,11 +105,16 @@ def test_every_recorded_training_config_loads(path: Path) -> None:
     config = load_config(path)
     shape = config.output_shape  # a shape the network produces (valid convolutions)
     assert config.model.valid_shapes(1, minimum_output=shape)[0][1] == shape
-    if path.name == "isbi_ft.toml":  # a fine-tuning recipe: the shipped architecture
+    if path.name.startswith("isbi_ft"):  # fine-tuning recipes: the shipped architecture
         from affinity_dist.nn.checkpoint import load_checkpoint
         from affinity_dist.stages.predict import default_model
 
-        assert load_checkpoint(default_model())[1] == config.model
-        assert (config.validation.start, config.validation.stop) == (7, 11)
+        _, shipped, state = load_checkpoint(default_model())
+        assert shipped == config.model
+        if config.voxel_size is None:  # sections 7-10 held out, at ISBI's own grid
+            assert (config.validation.start, config.validation.stop) == (7, 11)
+        else:  # at the shipped model's voxel size: sections 7-11 are planes 35-58
+            assert list(config.voxel_size) == state["voxel_size"]
+            assert (config.validation.start, config.validation.stop) == (35, 59)
     else:  # fib25 held out from z 186
         assert shape == (24, 24, 24) and config.validation.start == 186

@@ -282,3 +282,45 @@ def test_a_volume_thinner_than_the_output_crop_is_left_out_with_a_warning(
     with pytest.raises(ConfigError, match="output shape"):
         CropSampler(volumes[:1], (12, 40, 40), (8, 24, 24), targets=Targets(NEAREST),
                     split=Split(axis=0, start=1000))
+
+
+def test_training_at_the_model_voxel_size_resamples_every_read(isbi: Path,
+                                                               tmp_path: Path) -> None:
+    """``voxel_size`` in the config: ISBI's 50x4x4 nm crops are read at 10 nm (raw linear,
+    labels and mask nearest, as ``predict --resample`` sees raw); masked labels stay
+    unread after resampling; the model records the voxel size it was trained at."""
+    from affinity_dist.geometry import Box
+    from affinity_dist.training.data import resampled_volume
+
+    volume = open_training_volume(str(isbi), background="boundary", linked=False)
+    assert resampled_volume(volume, volume.voxel_size) is volume
+    at10 = resampled_volume(volume, (10, 10, 10))
+    assert at10.voxel_size == (10.0, 10.0, 10.0) and at10.raw.shape == (150, 205, 205)
+    assert at10.labels.shape == at10.mask.shape == at10.raw.shape  # type: ignore[union-attr]
+    box = Box((0, 3, 5), (15, 11, 13))
+    with h5py.File(isbi, "r") as f:
+        labels = f["volumes/labels/neuron_ids"][:]
+    nearest = [np.floor((np.arange(a, b) + 0.5) * r).astype(int)
+               for a, b, r in zip(box.start, box.stop, (0.2, 2.5, 2.5), strict=True)]
+    assert np.array_equal(at10.labels.read(box), labels[np.ix_(*nearest)])
+    mask = at10.mask.read(Box((48, 0, 0), (52, 1, 1))).ravel()  # type: ignore[union-attr]
+    assert mask.tolist() == [1, 1, 0, 0]  # section 9 ends at plane 49
+    poisoned = resampled_volume(open_training_volume(
+        str(_poisoned_copy(isbi, tmp_path)), background="boundary", linked=False), (10,) * 3)
+    a = CropSampler([at10], (44, 44, 44), (4, 4, 4), targets=Targets(NEAREST),
+                    split=Split(axis=0, start=35, stop=59), redraw=16)
+    b = CropSampler([poisoned], (44, 44, 44), (4, 4, 4), targets=Targets(NEAREST),
+                    split=Split(axis=0, start=35, stop=59), redraw=16)
+    for seed in range(4):
+        raw1, t1, w1 = a.sample(np.random.default_rng(seed))
+        raw2, t2, w2 = b.sample(np.random.default_rng(seed))
+        assert (raw1 == raw2).all() and (w1 == w2).all() and (t1 * w1 == t2 * w2).all()
+        assert w1.any() and not w1[0].any()  # in-plane edges taught, z edges not
+    config = TrainConfig.from_dict({**SMALL, "voxel_size": [10, 10, 10],
+                                    "validation": {"axis": 0, "start": 35, "stop": 59},
+                                    "volumes": {isbi.name: {"background": "boundary",
+                                                            "sections": "unlinked"}}})
+    path = train([str(isbi)], tmp_path / "run", iterations=2, config=config, progress=False)
+    assert load_checkpoint(path)[2]["voxel_size"] == [10.0, 10.0, 10.0]
+    with pytest.raises(ConfigError, match="voxel_size: got"):
+        TrainConfig.from_dict({**SMALL, "voxel_size": [10, 0, 10]})

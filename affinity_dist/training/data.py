@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -31,8 +31,8 @@ from ..kernels.targets import BACKGROUNDS, affinity_targets, balance_weights, gr
 from ..kernels.values import require_finite, require_labels
 from ..storage.sources import Source, open_source
 
-__all__ = ["CropSampler", "Split", "Targets", "check_split", "normalize_raw",
-           "open_training_volume"]
+__all__ = ["CropSampler", "ResampledSource", "Split", "Targets", "check_split",
+           "normalize_raw", "open_training_volume", "resampled_volume"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,57 @@ class TrainingVolume:
     background: str = "unknown"  # what label 0 means: "unknown" or "boundary"
     mask: Source | None = None  # labels mask, nonzero = annotated
     linked: bool = True  # False: 2D ids per section (ISBI), nothing is known across z
+
+
+@dataclass(frozen=True)
+class ResampledSource:
+    """A source seen at another voxel size (``voxel_size``, nm), resampled on every read
+    (:func:`affinity_dist.kernels.resample.resample_window`: raw linear, labels and masks
+    nearest), as ``predict --resample`` sees raw."""
+
+    source: Source
+    source_voxel_size: tuple[float, float, float]
+    voxel_size: tuple[float, float, float]
+    order: Literal["linear", "nearest"]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        from ..kernels.resample import resampled_shape
+
+        return resampled_shape(self.source.shape, self.source_voxel_size, self.voxel_size)
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return self.source.dtype
+
+    @property
+    def path(self) -> str:
+        return self.source.path
+
+    def read(self, box: Box) -> NDArray[Any]:
+        from ..kernels.resample import resample_window
+
+        ratios = [t / s for s, t in zip(self.source_voxel_size, self.voxel_size, strict=True)]
+        return resample_window(self.source.read, [np.arange(a, b) for a, b in
+                                                  zip(box.start, box.stop, strict=True)],
+                               self.source.shape, ratios, order=self.order)
+
+
+def resampled_volume(volume: TrainingVolume, voxel_size: Sequence[float]) -> TrainingVolume:
+    """``volume`` at ``voxel_size`` (nm, z y x): itself where it is there already."""
+    target = tuple(float(v) for v in voxel_size)
+    if all(abs(s / t - 1) < 1e-6 for s, t in zip(volume.voxel_size, target, strict=True)):
+        return volume
+    log.info("%s: %s nm resampled to %s nm for training", volume.raw.path,
+             "x".join(f"{v:g}" for v in volume.voxel_size), "x".join(f"{v:g}" for v in target))
+
+    def view(source: Any, order: Literal["linear", "nearest"]) -> Any:
+        return ResampledSource(source, volume.voxel_size, target, order)  # type: ignore[arg-type]
+
+    return replace(volume, raw=view(volume.raw, "linear"),
+                   labels=view(volume.labels, "nearest"),
+                   mask=None if volume.mask is None else view(volume.mask, "nearest"),
+                   voxel_size=target)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

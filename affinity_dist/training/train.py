@@ -23,7 +23,14 @@ from ..errors import AffinityDistError, ConfigError, bad_value
 from ..kernels.augment import AugmentConfig, augment
 from ..kernels.targets import BACKGROUNDS
 from ..nn.config import UNetConfig
-from .data import CropSampler, Split, Targets, check_split, open_training_volume
+from .data import (
+    CropSampler,
+    Split,
+    Targets,
+    check_split,
+    open_training_volume,
+    resampled_volume,
+)
 
 __all__ = ["TrainConfig", "load_config", "train"]
 
@@ -56,6 +63,9 @@ class TrainConfig:
     lsd_sigma: float = 80.0  # the LSDs' Gaussian scale, nm (with model.lsds)
     lsd_downsample: int = 2
     lsd_weight: float = 1.0  # the LSD (MSE) loss beside the affinity (BCE) loss
+    # train at this voxel size (nm, z y x): volumes at another are resampled on read (raw
+    # linear, labels and masks nearest; `validation` is then in the resampled grid)
+    voxel_size: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "checkpoint_every", "validation_batches"):
@@ -83,6 +93,11 @@ class TrainConfig:
                 or not 0 <= self.grow_boundary <= 16:
             raise bad_value("grow_boundary", self.grow_boundary, "an integer in 0-16")
         check_volumes(self.volumes)
+        if self.voxel_size is not None and (
+                len(self.voxel_size) != 3 or not all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1e6
+                    for v in self.voxel_size)):
+            raise bad_value("voxel_size", self.voxel_size, "three numbers > 0 (nm, z y x)")
         _ = self.input_shape  # validates that output_shape fits the model
 
     @property
@@ -117,6 +132,8 @@ class TrainConfig:
             values["validation"] = check_split(Split(**v))
         if "output_shape" in values:
             values["output_shape"] = tuple(values["output_shape"])
+        if isinstance(values.get("voxel_size"), list):
+            values["voxel_size"] = tuple(values["voxel_size"])
         try:
             return cls(**values)
         except TypeError as err:
@@ -257,6 +274,8 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
             str(d), spec.get("raw"), spec.get("labels"), mask_key=spec.get("mask"),
             background=spec.get("background", "unknown"),
             linked=spec.get("sections", "linked") == "linked"))
+        if config.voxel_size is not None:
+            volumes[-1] = resampled_volume(volumes[-1], config.voxel_size)
     targets = targets_of(config)
     sampler = CropSampler(volumes, config.input_shape, config.output_shape, targets=targets,
                           split=config.validation, part="train",
