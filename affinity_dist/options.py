@@ -160,6 +160,11 @@ class SegmentOptions(StageOptions):
     per_section: bool = _opt(False, _flag, "bool", "--per-section", "agglomerate: 2D "
                              "fragments, each within one z section (anisotropic data)",
                              action="store_true")
+    within_sections: bool = _opt(False, _flag, "bool", "--within-sections", "agglomerate: "
+                                 "segment every z section on its own (2D fragments from the "
+                                 "in-plane affinities, no merge across sections): serial "
+                                 "sections with 2D labels, or z affinities a model never "
+                                 "learnt", action="store_true")
     halo: Vec3 | None = _opt(None, _shape, "shape", "--halo", "agglomerate: context read "
                              "around each block for the watershed (default 16 voxels of the "
                              "finest axis, in nm on every axis)", optional=True)

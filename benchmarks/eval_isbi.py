@@ -4,8 +4,9 @@
 For each ``--model`` (the shipped FIB-SEM model by default: the zero-shot case; and every
 fine-tuned or from-scratch checkpoint named): ``predict`` over the whole volume (all 30
 sections, as a user would), then every labelled section is segmented **on its own** with
-the agglomeration default in 2D (watershed fragments from per-section seeds, agglomerated
-by mean affinity; the z affinities play no part, the labels being 2D). The seeds (method,
+the agglomeration default in 2D, as ``segment --within-sections`` does (watershed
+fragments of the in-plane affinities, agglomerated by mean affinity; the z affinities play
+no part, the labels being 2D). The seeds (method,
 threshold, size) and the agglomeration threshold are chosen on the **training** sections
 0-6 (lowest mean VOI split + merge) and scored on the **held-out** sections 7-9: mean 2D
 VOI split / merge / sum and adapted Rand error over those sections, label 0 (membrane)
@@ -55,8 +56,8 @@ def section_trees(affs: np.ndarray, seeds: tuple[str, float, float]
     method, t, m = seeds
     size = {"min_seed_size": int(m)} if method == "cores" else {"min_seed_distance": m}
     labels, n = watershed(affs, seeds_method=method, seed_threshold=t,  # type: ignore[arg-type]
-                          per_section=True, **size)
-    u, v, sums, counts = block_edges(labels.astype(np.uint64), affs)
+                          planar=True, **size)
+    u, v, sums, counts = block_edges(labels.astype(np.uint64), affs, planar=True)
     empty = np.zeros(0, np.uint64)
     leaf = Residual(u, v, sums, counts, u.copy(), v.copy(), empty, empty,
                     np.zeros(0, np.int64))

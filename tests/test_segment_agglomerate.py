@@ -236,3 +236,34 @@ def test_real_neurons_blockwise_equals_whole_volume(tmp_path: Path, per_section:
 
     s = scores(contingency(seg, ids.astype(np.uint64)))
     assert s.voi_split + s.voi_merge < 1.5  # the neurons come back (noisy affinities)
+
+
+@pytest.mark.parametrize(("block", "min_size"), [((8, 8, 8), 0), ((4, 12, 8), 0),
+                                                 ((5, 20, 8), 30)])
+def test_within_sections_never_merges_across_z(tmp_path: Path, block: tuple[int, ...],
+                                               min_size: int) -> None:
+    """``--within-sections``: z affinities that would join everything (all 1, as a model
+    never taught across sections may give) play no part. The result is the whole-volume
+    agglomeration of the same fragments without their z contacts, for blocks that do not
+    divide the volume, and no segment reaches over two sections."""
+    affs = smooth_affinities(SHAPE, seed=4)
+    affs[0] = 255
+    path = write_affinities(tmp_path / "w.zarr", affs, (1, 4, 4))
+    segment(path, threshold=0.5, block=block, min_seed_size=4, halo=(2, 3, 3),
+            min_size=min_size, progress=False)
+    joined = len(np.unique(read(path, "segmentation")))
+    planar = affs.copy()
+    planar[0] = 0  # no contact across z can be merged
+    z = np.indices(SHAPE)[0]
+    for t in (0.3, 0.5, 0.7):
+        segment(path, threshold=t, block=block, min_seed_size=4, halo=(2, 3, 3),
+                within_sections=True, min_size=min_size, overwrite=True, progress=False)
+        fragments, seg = read(path, "fragments"), read(path, "segmentation")
+        assert (seg > 0).all()
+        pairs = np.unique(np.stack([seg.ravel(), z.ravel()]), axis=1)
+        assert np.unique(pairs[0]).size == pairs.shape[1]  # one section per segment
+        if not min_size:
+            np.testing.assert_array_equal(seg, reference(fragments, planar, t))
+    assert len(np.unique(seg)) > SHAPE[0] > joined  # without it, sections are joined
+    with pytest.raises(Exception, match="--within-sections: got --method cc"):
+        prepare_segment(path, method="cc", within_sections=True, overwrite=True)

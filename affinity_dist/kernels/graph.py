@@ -131,10 +131,12 @@ def _edges(frag: Any, affs: Any, below0: Any, below1: Any, below2: Any, has: Any
 
 
 def block_edges(fragments: NDArray[np.uint64], affs: NDArray[Any],
-                below: Sequence[NDArray[np.uint64] | None] = (None, None, None)
+                below: Sequence[NDArray[np.uint64] | None] = (None, None, None), *,
+                planar: bool = False
                 ) -> tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int64],
                            NDArray[np.int64]]:
-    """The contacts a block owns.
+    """The contacts a block owns (with ``planar``: the in-plane ones only, section by
+    section; no contact across z).
 
     Parameters
     ----------
@@ -158,6 +160,11 @@ def block_edges(fragments: NDArray[np.uint64], affs: NDArray[Any],
         raise DataError(f"affinities: got shape {affs.shape} for fragments of shape "
                         f"{fragments.shape}, expected (3, *fragments.shape)")
     shape = fragments.shape
+    if planar and shape[0]:
+        parts = [block_edges(fragments[z:z + 1], affs[:, z:z + 1],
+                             (None, *(None if p is None else p[z:z + 1] for p in below[1:])))
+                 for z in range(shape[0])]
+        return merge_edges(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
     planes = []
     for axis, plane in enumerate(below):
         want = tuple(n for a, n in enumerate(shape) if a != axis)

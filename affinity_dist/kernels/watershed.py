@@ -15,8 +15,10 @@
    O(voxels), deterministic).
 
 With ``per_section`` seeds and flood stay within each z section (2D fragments for
-anisotropic ssTEM, as lsd's ``fragments_in_xy``). Every voxel gets a fragment: voxels no
-seed reaches (a block, or a section, without seeds) are labelled by connected components.
+anisotropic ssTEM, as lsd's ``fragments_in_xy``); ``planar`` also leaves the z edges out of
+the boundary map (sections segmented on their own: ``segment --within-sections``).
+Every voxel gets a fragment: voxels no seed reaches (a block, or a section, without seeds)
+are labelled by connected components.
 
 The block is read with a halo and the fragments are cropped to it, so fragments near the
 block's faces are as good as inside; ids are consecutive in raster order of the cropped
@@ -53,15 +55,20 @@ _CHUNK = 4096  # queue entries per pool chunk
 
 
 @njit(cache=True, nogil=True)
-def _boundary(affs: Any, t: float, scale: float, b: Any, inside: Any) -> None:  # pragma: no cover
-    """b = round(255 (1 - mean of the six edges)), inside = mean > t (native units)."""
+def _boundary(affs: Any, t: float, scale: float, b: Any, inside: Any,
+              planar: bool) -> None:  # pragma: no cover
+    """b = round(255 (1 - mean of the six edges, or of the four in-plane ones with
+    ``planar``)), inside = mean > t (native units)."""
     _, nz, ny, nx = affs.shape
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
-                s = float(affs[0, z, y, x]) + float(affs[1, z, y, x]) + float(affs[2, z, y, x])
-                n = 3.0
-                if z + 1 < nz:
+                s = float(affs[1, z, y, x]) + float(affs[2, z, y, x])
+                n = 2.0
+                if not planar:
+                    s += float(affs[0, z, y, x])
+                    n += 1.0
+                if z + 1 < nz and not planar:
                     s += float(affs[0, z + 1, y, x])
                     n += 1.0
                 if y + 1 < ny:
@@ -75,10 +82,10 @@ def _boundary(affs: Any, t: float, scale: float, b: Any, inside: Any) -> None:  
                 inside[z, y, x] = mean > t
 
 
-def boundary_map(affs: NDArray[Any], seed_threshold: float = 0.5
+def boundary_map(affs: NDArray[Any], seed_threshold: float = 0.5, *, planar: bool = False
                  ) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
     """(uint8 boundary map, mean affinity > ``seed_threshold``) of (C >= 3, Z, Y, X) uint8
-    (0-255) or float (0-1) affinities."""
+    (0-255) or float (0-1) affinities; ``planar``: of the in-plane edges only."""
     if affs.ndim != 4 or affs.shape[0] < 3:
         raise DataError(f"affinities: got shape {affs.shape}, expected (3, z, y, x)")
     if affs.dtype != np.uint8 and affs.dtype.kind != "f":
@@ -86,7 +93,8 @@ def boundary_map(affs: NDArray[Any], seed_threshold: float = 0.5
     scale = 255.0 if affs.dtype == np.uint8 else 1.0
     b = np.empty(affs.shape[1:], np.uint8)
     inside = np.empty(affs.shape[1:], np.bool_)
-    _boundary(np.ascontiguousarray(affs[:3]), float(seed_threshold), scale, b, inside)
+    _boundary(np.ascontiguousarray(affs[:3]), float(seed_threshold), scale, b, inside,
+              bool(planar))
     return b, inside
 
 
@@ -230,14 +238,17 @@ def flood(b: NDArray[np.uint8], labels: NDArray[np.uint32], per_section: bool = 
 def watershed(affs: NDArray[Any], *, seeds_method: Seeds = "cores",
               seed_threshold: float | None = None, min_seed_size: int = 1000,
               min_seed_distance: float = 10.0, sampling: Sequence[float] = (1, 1, 1),
-              per_section: bool = False) -> tuple[NDArray[np.uint32], int]:
+              per_section: bool = False, planar: bool = False
+              ) -> tuple[NDArray[np.uint32], int]:
     """Seeded-watershed fragments of (C >= 3, Z, Y, X) affinities: labels 1..n over every
-    voxel (not yet consecutive), and n (module docstring)."""
+    voxel (not yet consecutive), and n (module docstring). ``planar``: per section, from
+    the in-plane affinities only (the z affinities unused)."""
     if seed_threshold is not None and not 0.0 <= seed_threshold < 1.0:
         raise ConfigError(f"--seed-threshold: got {seed_threshold!r}, expected a number in "
                           "[0, 1)")
     t = SEED_THRESHOLDS.get(seeds_method, 0.5) if seed_threshold is None else seed_threshold
-    b, inside = boundary_map(affs, t)
+    per_section = per_section or planar
+    b, inside = boundary_map(affs, t, planar=planar)
     labels, n = seeds(affs, seeds_method, seed_threshold=t, min_seed_size=min_seed_size,
                       min_seed_distance=min_seed_distance, sampling=sampling,
                       per_section=per_section, inside=inside)

@@ -102,6 +102,11 @@ class AgglomeratePlan:
         return ReductionTree(self.grid.grid_shape, self.fanout)
 
     @property
+    def planar(self) -> bool:
+        """``--within-sections``: no fragment, contact or merge across z sections."""
+        return bool(self.watershed.get("planar", False))
+
+    @property
     def tree_state(self) -> StageState:
         """Fragments, region graph and merge tree: keyed by all but the threshold."""
         return StageState.of(self.dataset, "agglomerate", {
@@ -165,7 +170,9 @@ def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, affs
                  "seed_threshold": (SEED_THRESHOLDS[o.seeds] if o.seed_threshold is None
                                     else o.seed_threshold),
                  "min_seed_size": o.min_seed_size, "min_seed_distance": o.min_seed_distance,
-                 "sampling": [v / finest for v in voxel_size], "per_section": o.per_section}
+                 "sampling": [v / finest for v in voxel_size],
+                 "per_section": o.per_section or o.within_sections,
+                 **({"planar": True} if o.within_sections else {})}
     if threshold < o.floor:
         raise DataError(f"--threshold: got {threshold}, expected at least the merge tree's "
                         f"floor {o.floor}")

@@ -79,7 +79,7 @@ class FragmentBlock:
         own = native[(slice(None), *crop)]
         write_faces(plan, block_id, fragments, own, WORK)
         block = untile(fragments)
-        u, v, sums, counts = block_edges(block, own)
+        u, v, sums, counts = block_edges(block, own, planar=plan.planar)
         write_record(plan.dataset, _path(WORK, "edges", block_id),
                      {"u": u, "v": v, "sums": sums, "counts": counts,
                       "sizes": fragment_sizes(block, n + 1)[1:]})
@@ -139,7 +139,7 @@ class GraphBlock:
         parts = [(edges["u"], edges["v"], edges["sums"], edges["counts"])]
         for axis in range(3):
             below = neighbors[2 * axis]
-            if below >= 0:
+            if below >= 0 and not (axis == 0 and plan.planar):  # no contact across z
                 parts.append(face_edges(_faces(plan, below)[2 * axis + 1], own[2 * axis],
                                         affs[axis]))
         u, v, sums, counts = merge_edges(*(np.concatenate([p[i] for p in parts])

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..errors import DataError, DestinationExistsError
+from ..errors import ConfigError, DataError, DestinationExistsError
 from ..geometry import BlockGrid, default_block
 from ..kernels.fragments import native_threshold
 from ..kernels.merge import FragmentStats, LookupTable, block_starts, merge_blocks
@@ -141,6 +141,9 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
         raise DataError(f"affinities: got {affs.shape[0]} channels, expected at least 3 "
                         "(-z, -y, -x)")
     native_threshold(threshold, affs.dtype)  # validates the dtype
+    if o.within_sections and o.method != "agglomerate":
+        raise ConfigError(f"--within-sections: got --method {o.method}, expected --method "
+                          "agglomerate")
     cz, cy, cx = o.chunks if o.chunks is not None else affs.chunks[1:]  # of the outputs
     shape = affs.spatial_shape
     block = o.block if o.block is not None else default_block((cz, cy, cx))
