@@ -43,7 +43,7 @@ from affinity_dist.stages.stats import stats
 from affinity_dist.storage import open_volume
 
 ISBI = SHARED_DATA / "isbi2012_ssTEM.h5"
-THRESHOLDS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 #: Watershed seeds tried: (method, seed threshold, min core pixels or min seed distance).
 #: A model new to the data is less confident inside cells than the 0.98 cores assume.
 SEEDS = [("cores", t, m) for t in (0.98, 0.9, 0.8, 0.7) for m in (50, 200)] + [

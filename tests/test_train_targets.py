@@ -366,3 +366,8 @@ def test_fine_tuning_the_shipped_model_on_two_sections(isbi: Path, tmp_path: Pat
         losses.append([float(r.split(",")[2]) for r in rows])  # validation loss
     assert losses[0] == losses[1]
     assert losses[0][-1] < losses[0][0], losses[0]
+    card = (run / "README.md").read_text()  # the model card of the run
+    for words in ("Model card: run", "at iteration 20", "10x10x10 nm", "fib25.pt",
+                  "50x4x4 nm, resampled to 10x10x10 nm", "unlinked (2D ids)",
+                  "`volumes/labels/mask`", "boundary", "axis 0, 5 to 9", "--resample"):
+        assert words in card, words

@@ -317,4 +317,8 @@ def _train_into(run: Path, data: Sequence[str], config: TrainConfig,
     start = time.perf_counter()
     trainer.run(iterations, progress=progress)
     log.info("trained to iteration %d in %.0f s", iterations, time.perf_counter() - start)
+    from .card import write_card
+
+    write_card(run, config, samplers[0].volumes, None if init is None else
+               str(Path(init).absolute()))
     return run / "model.pt"

@@ -1,0 +1,95 @@
+"""The model card a training run writes beside its ``model.pt`` (``README.md``).
+
+What a lab needs to trust or reuse a model, from what the run itself recorded: the
+architecture and its shapes, the voxel size it was trained at, the data (each volume's label
+semantics, labels mask and voxel size), the held-out slab, the targets, where it started
+(the ``--init`` checkpoint and its checksum) and the last validation figures of
+``loss.csv``. Written again at the end of every ``train`` call, so a resumed run's card
+describes its latest model.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .data import TrainingVolume
+    from .train import TrainConfig
+
+__all__ = ["write_card"]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _nm(values: Sequence[float]) -> str:
+    return "x".join(f"{float(v):g}" for v in values) + " nm"
+
+
+def _volume_row(volume: TrainingVolume) -> str:
+    raw: Any = volume.raw
+    source = getattr(raw, "source", raw)  # a resampled view names what it reads
+    native = getattr(raw, "source_voxel_size", volume.voxel_size)
+    mask = "none" if volume.mask is None else f"`{getattr(volume.mask, 'source', volume.mask).key}`"
+    resampled = "" if native == volume.voxel_size else f", resampled to {_nm(volume.voxel_size)}"
+    return (f"| `{source.path}` | `{source.key}` | {_nm(native)}{resampled} | "
+            f"{volume.background} | {'linked' if volume.linked else 'unlinked (2D ids)'} | "
+            f"{mask} |")
+
+
+def write_card(run: Path, config: TrainConfig, volumes: Sequence[TrainingVolume],
+               init: str | None) -> Path:
+    """``run/README.md`` for the run's current ``model.pt``; returns its path."""
+    model = run / "model.pt"
+    rows = list(csv.DictReader((run / "loss.csv").open())) if (run / "loss.csv").exists() \
+        else []
+    last = rows[-1] if rows else {}
+    m = config.model
+    sizes = {tuple(v.voxel_size) for v in volumes}
+    voxel = _nm(next(iter(sizes))) if len(sizes) == 1 else "mixed (see the data)"
+    split = config.validation
+    stop = "end" if split.stop is None else split.stop
+    start = ("random initialisation" if init is None else
+             f"the weights of `{init}` (sha256 `{_sha256(Path(init))[:12]}…`)")
+    targets = ", ".join(str(tuple(o)) for o in m.offsets) + (" + 10 LSDs" if m.lsds else "")
+    lines = [
+        f"# Model card: {run.name}", "",
+        f"Written by `affinity-dist train` for `model.pt` at iteration "
+        f"{last.get('iteration', '?')} (sha256 `{_sha256(model)[:12]}…`). Every setting is "
+        "in `config.json`; the losses in `loss.csv` and `loss.png`.", "",
+        "| | |", "|---|---|",
+        f"| Architecture | `{m.to_dict()}` |",
+        f"| Shapes | input {list(config.input_shape)} → output {list(config.output_shape)}; "
+        f"context {list(m.context)}; output unit {list(m.step)} |",
+        f"| Voxel size | {voxel} (recorded in `model.pt`: `predict --resample` brings other "
+        "data to it) |",
+        f"| Targets | affinities {targets}; balanced {config.balance}, negative weight "
+        f"{config.negative_weight}, grown boundary {config.grow_boundary} |",
+        f"| Start | {start} |",
+        f"| Optimisation | lr {config.learning_rate}, batch {config.batch_size}, "
+        f"{config.loss}, {'bf16' if config.bf16 else 'fp32'}, seed {config.seed} |",
+        f"| Held out | axis {split.axis}, {split.start} to {stop} (in the trained grid) |",
+        "", "## Data", "",
+        "| file | raw | voxel size | label 0 | ids across z | labels mask |",
+        "|---|---|---|---|---|---|", *(_volume_row(v) for v in volumes), "",
+        "## Last validation", "",
+        f"Iteration {last.get('iteration', '?')}: train loss {last.get('train_loss', '?')}, "
+        f"validation loss {last.get('val_loss', '?')}, validation affinity F1 "
+        f"{last.get('val_f1', '?')} (boundary edges {last.get('val_boundary_f1', '?')}). "
+        "A model is judged by its segmentation, not its loss: score it on held-out labels "
+        "(`affinity-dist evaluate`, `benchmarks/eval_isbi.py` for 2D sections).", "",
+        "## Use", "",
+        "```", f"affinity-dist predict --input X.zarr --model {model}"
+        + (" --resample" if len(sizes) == 1 else ""), "```", ""]
+    card = run / "README.md"
+    card.write_text("\n".join(lines))
+    return card
