@@ -126,6 +126,7 @@ def test_affinities_back_blockwise_equals_whole() -> None:
 # ---- predict --resample ---------------------------------------------------------------
 
 SHAPE = (7, 45, 39)  # no block shape below divides it
+OFFSET = (250.0, 40.0, 12.0)  # nm
 
 
 def _dataset(path: Path, voxel_size: Any = ISBI_LIKE[0]) -> Path:  # nm
@@ -133,7 +134,7 @@ def _dataset(path: Path, voxel_size: Any = ISBI_LIKE[0]) -> Path:  # nm
     data = rng.integers(0, 256, SHAPE).astype(np.uint8)
     with staged_dataset(path) as group:
         create_volume(group, "raw", shape=SHAPE, dtype=np.uint8, chunks=(2, 8, 8),
-                      voxel_size=voxel_size).write(Box((0, 0, 0), SHAPE), data)
+                      voxel_size=voxel_size, offset=OFFSET).write(Box((0, 0, 0), SHAPE), data)
     return path
 
 
@@ -164,7 +165,7 @@ def test_predict_resample_blockwise_equals_the_whole_volume_reference(tmp_path: 
                     dtype=dtype, resample=True, progress=False)
             affs = open_volume(data, "affinities")
             assert affs.spatial_shape == SHAPE
-            assert tuple(affs.voxel_size) == ISBI_LIKE[0]
+            assert tuple(affs.voxel_size) == ISBI_LIKE[0] and tuple(affs.offset) == OFFSET
             assert affs.attrs["resampled"]["model_grid"] == list(
                 resampled_shape(SHAPE, *ISBI_LIKE))
             out[name, dtype] = affs.read(Box((0, 0, 0), SHAPE))
