@@ -19,9 +19,20 @@ from typing import Any
 from ..errors import ConfigError, InputNotFoundError
 from .config import UNetConfig
 
-__all__ = ["FORMAT", "load_checkpoint", "save_model"]
+__all__ = ["FORMAT", "file_sha256", "load_checkpoint", "save_model"]
 
 FORMAT = "affinity_dist.checkpoint/1"
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file (a checkpoint's identity in run keys and model cards)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: str | os.PathLike[str], option: str = "--model"

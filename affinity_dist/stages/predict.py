@@ -15,7 +15,6 @@ claims one GPU, so a GPU runs one block at a time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -37,6 +36,7 @@ from ..errors import (
 from ..geometry import BlockGrid, default_block
 from ..kernels.resample import resampled_shape
 from ..kernels.tiles import Tiling, default_tile
+from ..nn.checkpoint import file_sha256
 from ..nn.config import UNetConfig
 from ..options import PredictOptions
 from ..runtime.locks import check_free, leased
@@ -159,14 +159,6 @@ class PredictStats:
         return self.voxels / max(self.seconds, 1e-9)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
 def _check_device(device: str, local: bool) -> str:
     """The device the default tile is chosen for: resolved here when the workers are
     local ('cuda' without a GPU refused), else as requested."""
@@ -257,7 +249,7 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     lut = normalization_table(dataset, raw.dtype, str(path), state, o.normalize)
     if resample is None:
         check_voxel_size(raw.voxel_size, state.get("voxel_size"), path)
-    return PredictPlan(str(dataset), str(path.absolute()), _sha256(path), config,
+    return PredictPlan(str(dataset), str(path.absolute()), file_sha256(path), config,
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),
                        o.dtype, o.device, precision, o.batch, array_key(dataset, "raw"),
                        json.dumps(state.get("segment", {})), o.normalize, lut, resample)

@@ -11,24 +11,17 @@ describes its latest model.
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ..nn.checkpoint import file_sha256
 
 if TYPE_CHECKING:
     from .data import TrainingVolume
     from .train import TrainConfig
 
 __all__ = ["write_card"]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def _nm(values: Sequence[float]) -> str:
@@ -59,12 +52,12 @@ def write_card(run: Path, config: TrainConfig, volumes: Sequence[TrainingVolume]
     split = config.validation
     stop = "end" if split.stop is None else split.stop
     start = ("random initialisation" if init is None else
-             f"the weights of `{init}` (sha256 `{_sha256(Path(init))[:12]}…`)")
+             f"the weights of `{init}` (sha256 `{file_sha256(Path(init))[:12]}…`)")
     targets = ", ".join(str(tuple(o)) for o in m.offsets) + (" + 10 LSDs" if m.lsds else "")
     lines = [
         f"# Model card: {run.name}", "",
         f"Written by `affinity-dist train` for `model.pt` at iteration "
-        f"{last.get('iteration', '?')} (sha256 `{_sha256(model)[:12]}…`). Every setting is "
+        f"{last.get('iteration', '?')} (sha256 `{file_sha256(model)[:12]}…`). Every setting is "
         "in `config.json`; the losses in `loss.csv` and `loss.png`.", "",
         "| | |", "|---|---|",
         f"| Architecture | `{m.to_dict()}` |",
