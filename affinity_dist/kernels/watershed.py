@@ -63,11 +63,13 @@ def _boundary(affs: Any, t: float, scale: float, b: Any, inside: Any,
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
-                s = float(affs[1, z, y, x]) + float(affs[2, z, y, x])
-                n = 2.0
-                if not planar:
-                    s += float(affs[0, z, y, x])
-                    n += 1.0
+                if planar:
+                    s = float(affs[1, z, y, x]) + float(affs[2, z, y, x])
+                    n = 2.0
+                else:  # the sums in their former order: float affinities round the same
+                    s = float(affs[0, z, y, x]) + float(affs[1, z, y, x]) + \
+                        float(affs[2, z, y, x])
+                    n = 3.0
                 if z + 1 < nz and not planar:
                     s += float(affs[0, z + 1, y, x])
                     n += 1.0
