@@ -171,7 +171,7 @@ def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, affs
                                     else o.seed_threshold),
                  "min_seed_size": o.min_seed_size, "min_seed_distance": o.min_seed_distance,
                  "sampling": [v / finest for v in voxel_size],
-                 "per_section": o.per_section or o.within_sections,
+                 "per_section": o.per_section,
                  **({"planar": True} if o.within_sections else {})}
     if threshold < o.floor:
         raise DataError(f"--threshold: got {threshold}, expected at least the merge tree's "

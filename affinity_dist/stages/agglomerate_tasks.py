@@ -135,11 +135,13 @@ class GraphBlock:
         plan, grid = self.plan, self.plan.grid
         edges = read_record(plan.dataset, _path(WORK, "edges", block_id))
         neighbors = grid.neighbors(block_id)
+        if plan.planar:  # no contact across z: the z faces join nothing, freeze nothing
+            neighbors = (-1, -1, *neighbors[2:])
         own, affs = _faces(plan, block_id), _faces(plan, block_id, affinities=True)
         parts = [(edges["u"], edges["v"], edges["sums"], edges["counts"])]
         for axis in range(3):
             below = neighbors[2 * axis]
-            if below >= 0 and not (axis == 0 and plan.planar):  # no contact across z
+            if below >= 0:
                 parts.append(face_edges(_faces(plan, below)[2 * axis + 1], own[2 * axis],
                                         affs[axis]))
         u, v, sums, counts = merge_edges(*(np.concatenate([p[i] for p in parts])

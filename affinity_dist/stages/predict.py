@@ -103,6 +103,13 @@ class PredictPlan:
         return resampled_shape(self.grid.shape, *self.resample)
 
     @property
+    def spans(self) -> tuple[float, ...]:
+        """Model voxels per raw voxel, per axis (1 without resampling)."""
+        if self.resample is None:
+            return (1.0,) * len(self.grid.shape)
+        return tuple(d / m for d, m in zip(*self.resample, strict=True))
+
+    @property
     def state(self) -> StageState:
         """The run state: keyed by raw, model checksum and everything that decides the
         affinities (not ``batch``, which does not)."""

@@ -98,10 +98,7 @@ class PredictBlock:
 
     def _resampled(self, block_id: int, box: Box) -> tuple[NDArray[Any], int, TiledBlock]:
         plan, tiling = self.plan, self.plan.tiling
-        assert plan.resample is not None
-        data_nm, model_nm = plan.resample
-        shape, model_shape = plan.grid.shape, plan.model_shape
-        spans = [d / m for d, m in zip(data_nm, model_nm, strict=True)]
+        shape, model_shape, spans = plan.grid.shape, plan.model_shape, plan.spans
         model_box = model_box_of(box, spans, model_shape)
         window = tiling.input_box(model_box)
         volume, read = open_volume(plan.dataset, "raw"), [0]
