@@ -168,8 +168,8 @@ class SegmentOptions(StageOptions):
     halo: Vec3 | None = _opt(None, _shape, "shape", "--halo", "agglomerate: context read "
                              "around each block for the watershed (default 16 voxels of the "
                              "finest axis, in nm on every axis)", optional=True)
-    fanout: Vec3 = _opt((2, 2, 2), _fanout, "shape", "--fanout", "agglomerate: tasks of the "
-                        "tree reduction per parent task, per axis (each >= 2)")
+    fanout: Vec3 = _opt((2, 2, 2), _fanout, "shape", "--fanout", "tasks of the tree reduction "
+                        "(either method) per parent task, per axis (each >= 2)")
     floor: float = _opt(0.0, _number(0.0, 1.0), "float", "--floor", "agglomerate: merges "
                         "scoring at or below this are not computed (thresholds below it need "
                         "a new merge tree)", metavar="T")

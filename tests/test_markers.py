@@ -18,11 +18,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import pytest
 
-import affinity_dist.stages.segment_tasks  # noqa: F401  (registers FragmentStats)
 from affinity_dist.geometry import BlockGrid, Box
-from affinity_dist.kernels.merge import FragmentStats
 from affinity_dist.options import PredictOptions
-from affinity_dist.runtime.markers import Marker, MarkerError, decode_marker, encode_marker
+from affinity_dist.runtime.markers import (
+    Marker,
+    MarkerError,
+    decode_marker,
+    encode_marker,
+    register_result,
+)
 from affinity_dist.runtime.scheduling import BlockCounts
 from affinity_dist.runtime.state import StageState, run_recorded
 from affinity_dist.stages.predict import BlockPrediction, predict
@@ -44,6 +48,16 @@ class _Evil:
 
 class _Unregistered(NamedTuple):
     n: int
+
+
+@register_result
+class FragmentStats(NamedTuple):
+    """A registered named tuple result with array fields (as a stage would register)."""
+
+    num_fragments: int
+    num_small: int
+    boundary_ids: np.ndarray
+    boundary_sizes: np.ndarray
 
 
 def test_every_result_kind_round_trips() -> None:

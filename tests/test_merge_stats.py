@@ -21,7 +21,6 @@ from affinity_dist.kernels.merge import (
     fragment_stats,
     merge_blocks,
 )
-from affinity_dist.runtime.markers import Marker, decode_marker, encode_marker
 
 
 def planes(local: np.ndarray) -> list[np.ndarray]:
@@ -56,18 +55,6 @@ def test_without_min_size_only_the_count_is_kept() -> None:
     stats = fragment_stats(local, 1, 0, planes(local))
     assert (stats.num_fragments, stats.num_small) == (1, 0)
     assert stats.boundary_ids.size == stats.boundary_sizes.size == 0
-
-
-def test_stats_survive_the_run_state_storage() -> None:
-    local = np.arange(8, dtype=np.uint32).reshape(2, 2, 2)
-    stats = fragment_stats(local, 7, 3, planes(local), min_size=2)
-    import affinity_dist.stages.segment_tasks  # noqa: F401  (registers FragmentStats)
-
-    marker = Marker("fragments", 3, "key", [], stats)
-    back = decode_marker(encode_marker(marker)).result
-    assert isinstance(back, FragmentStats)
-    assert back.num_fragments == 7 and back.num_small == stats.num_small
-    np.testing.assert_array_equal(back.boundary_ids, stats.boundary_ids)
 
 
 def test_boundary_sizes_combine_blocks_sorted_by_id() -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from affinity_dist import segment
 from affinity_dist.geometry import Box
-from affinity_dist.storage import create_volume, open_volume, read_table, staged_dataset
+from affinity_dist.storage import create_volume, open_dataset, open_volume, staged_dataset
 
 from .helpers import oracle_components, same_partition
 
@@ -55,8 +55,8 @@ def test_blockwise_equals_whole_volume(tmp_path: Path, block: tuple[int, int, in
     # fragments never span blocks: the block id is in the high bits
     num_blocks = np.prod([-(-n // b) for n, b in zip((17, 13, 9), block, strict=True)])
     assert ((fragments >> np.uint64(32)) < num_blocks).all()
-    table = read_table(path)
-    assert table["num_segments"] == len(np.unique(open_volume(path, "segmentation").array[...]))
+    lookup = open_dataset(path)["lookup"].attrs
+    assert lookup["num_segments"] == len(np.unique(open_volume(path, "segmentation").array[...]))
     assert open_volume(path, "segmentation").voxel_size == (40.0, 4.0, 4.0)
 
 
@@ -65,14 +65,46 @@ def test_blockwise_equals_whole_volume(tmp_path: Path, block: tuple[int, int, in
 @given(shape=st.tuples(st.integers(1, 14), st.integers(1, 14), st.integers(1, 14)),
        block=st.tuples(st.sampled_from([2, 4, 6]), st.sampled_from([2, 4, 8]),
                        st.sampled_from([2, 6])),
-       seed=st.integers(0, 1000), p=st.floats(0.3, 0.95))
+       seed=st.integers(0, 1000), p=st.floats(0.3, 0.95),
+       fanout=st.tuples(st.integers(2, 4), st.integers(2, 3), st.integers(2, 5)))
 def test_partition_does_not_depend_on_block_shape(tmp_path: Path, shape: tuple[int, int, int],
                                                   block: tuple[int, int, int], seed: int,
-                                                  p: float) -> None:
+                                                  p: float, fanout: tuple[int, int, int]
+                                                  ) -> None:
     affs = random_affinities(shape, seed, p)
     path = write_affinities(tmp_path / "h.zarr", affs, (2, 2, 2))
-    segment(path, method="cc", threshold=0.5, block=block, overwrite=True, progress=False)
+    segment(path, method="cc", threshold=0.5, block=block, overwrite=True, progress=False,
+            fanout=fanout)
     check_against_oracle(path, affs, 0.5)
+
+
+@pytest.mark.parametrize("fanout", [(2, 2, 2), (3, 2, 5), (4, 4, 4)])
+@pytest.mark.parametrize("min_size", [0, 6])
+def test_the_tree_reduction_holds_no_pair_list_at_any_fanout(
+        tmp_path: Path, fanout: tuple[int, int, int], min_size: int) -> None:
+    """Every component is final at one task: the root passes nothing up; each level's
+    largest residual is reported; the same segmentation at every fan-out (one-voxel edge
+    blocks on every axis)."""
+    from affinity_dist.stages.segment import prepare_segment, run_segment
+
+    affs = random_affinities((17, 13, 9), seed=4, p=0.66)
+    path = write_affinities(tmp_path / "f.zarr", affs, (2, 2, 2))
+    plan = prepare_segment(path, method="cc", block=(4, 4, 2), min_size=min_size,
+                           fanout=fanout)
+    summary = run_segment(plan, progress=False)
+    levels = summary.levels
+    assert len(levels) == plan.tree.num_levels >= 3
+    assert levels[0]["tasks"] == plan.grid.num_blocks == 5 * 4 * 5
+    assert levels[-1] == {**levels[-1], "tasks": 1, "regions": 0, "edges": 0}
+    assert sum(s["merges"] for s in levels) > 0
+    seg = open_volume(path, "segmentation").array[...]
+    whole = oracle_components(affs, 0.5)
+    big = np.bincount(whole.ravel())[whole] >= min_size
+    assert (seg[~big] == 0).all() and same_partition(seg[big], whole[big])
+    ids = np.unique(seg[big])
+    assert (ids == np.arange(1, len(ids) + 1)).all() and summary.num_segments == len(ids)
+    attrs = open_dataset(path)["lookup"].attrs
+    assert attrs["fanout"] == list(fanout) and attrs["residuals"] == levels
 
 
 def test_without_fragments_gives_the_same_segmentation(tmp_path: Path) -> None:

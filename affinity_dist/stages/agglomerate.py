@@ -65,7 +65,8 @@ from .agglomerate_tasks import (
 )
 from .segment_tasks import create_face_arrays
 
-__all__ = ["AgglomeratePlan", "AgglomerateSummary", "prepare_agglomerate", "run_agglomerate"]
+__all__ = ["AgglomeratePlan", "AgglomerateSummary", "SegmentSummary", "level_sizes",
+           "prepare_agglomerate", "run_agglomerate"]
 
 log = logging.getLogger(__name__)
 #: Bump when a change of this module changes what it writes (keys the run state).
@@ -134,14 +135,18 @@ class AgglomeratePlan:
 
 
 @dataclass
-class AgglomerateSummary:
-    """What a run did: counts and the largest residual per reduction level."""
+class SegmentSummary:
+    """What a segment run did (either method): counts and the largest residual per
+    reduction level."""
 
     num_fragments: int
     num_segments: int
     num_edges: int
     levels: list[dict[str, int]] = field(default_factory=list)
     size_levels: list[dict[str, int]] = field(default_factory=list)  # with min_size
+
+
+AgglomerateSummary = SegmentSummary
 
 
 # ---- the driver ------------------------------------------------------------------------
@@ -213,7 +218,7 @@ def _tree_usable(plan: AgglomeratePlan, group: Any) -> bool:
 
 
 def _build_tree(plan: AgglomeratePlan, group: Any, passes: Callable[..., list[Any]]
-                ) -> AgglomerateSummary:
+                ) -> SegmentSummary:
     """Steps 1-3: fragments, region graph, the tree reduction; published at the end."""
     state, tree = plan.tree_state, plan.tree
     if not state.begin(keep=_tree_usable(plan, group)):
@@ -225,14 +230,14 @@ def _build_tree(plan: AgglomeratePlan, group: Any, passes: Callable[..., list[An
         log.info("fragments: %d in %d blocks, %.2f s", sum(counts), len(blocks),
                  time.perf_counter() - clock)
         sizes = passes(state, "graph", GraphBlock(plan), blocks=blocks)
-        levels = [_level_sizes(sizes)]
+        levels = [level_sizes(sizes)]
         for level in range(1, tree.num_levels):
             sizes = passes(state, f"tree{level}", TreeTask(plan, level),
                            blocks=list(range(tree.num_tasks(level))))
-            levels.append(_level_sizes(sizes))
+            levels.append(level_sizes(sizes))
         log.info("tree: %d levels, largest residual per level %s", tree.num_levels,
                  [(s["regions"], s["edges"]) for s in levels])
-    summary = AgglomerateSummary(int(sum(counts)), 0, int(levels[0]["edges_owned"]), levels)
+    summary = SegmentSummary(int(sum(counts)), 0, int(levels[0]["edges_owned"]), levels)
     key = state.key
     group[STAGED["merge_tree"]].attrs.update({
         "run_key": key, "levels": tree.num_levels, "fanout": list(plan.fanout),
@@ -248,7 +253,7 @@ def _build_tree(plan: AgglomeratePlan, group: Any, passes: Callable[..., list[An
     return summary
 
 
-def _level_sizes(sizes: list[dict[str, int]]) -> dict[str, int]:
+def level_sizes(sizes: list[dict[str, int]]) -> dict[str, int]:
     """A level's largest residual (regions, edges), its total merges (and owned edges)."""
     out = {"tasks": len(sizes), "regions": max((s["regions"] for s in sizes), default=0),
            "edges": max((s["edges"] for s in sizes), default=0),
@@ -265,7 +270,7 @@ def _discard(group: Any, names: tuple[str, ...]) -> None:
 
 def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
                     scheduler: LocalScheduler = "threads", progress: bool = True,
-                    counts: BlockCounts | None = None) -> AgglomerateSummary:
+                    counts: BlockCounts | None = None) -> SegmentSummary:
     """Execute a validated plan (module docstring). Resumable in both parts; a merge tree
     already built under the same key is only cut again."""
     group = open_dataset(plan.dataset, "r+")
@@ -279,7 +284,7 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
 
     if _tree_ready(plan, group):
         done = plan.tree_state.summary()
-        summary = AgglomerateSummary(int(done.get("fragments", 0)), 0, 0,
+        summary = SegmentSummary(int(done.get("fragments", 0)), 0, 0,
                                      list(done.get("levels", [])))
         log.info("merge tree of this key in place: cutting it at %g", plan.threshold)
     else:
@@ -298,11 +303,11 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
     with recording(state, "segment", lambda: _discard(group, (STAGED["segmentation"], CUT))):
         if size:  # the size tree of this threshold: small segments into their neighbours
             sizes = passes(state, "size0", SizeLeaf(plan), blocks=list(plan.grid))
-            summary.size_levels = [_level_sizes(sizes)]
+            summary.size_levels = [level_sizes(sizes)]
             for level in range(1, tree.num_levels):
                 sizes = passes(state, f"size{level}", TreeTask(plan, level, size=True),
                                blocks=list(range(tree.num_tasks(level))))
-                summary.size_levels.append(_level_sizes(sizes))
+                summary.size_levels.append(level_sizes(sizes))
         for level in range(tree.num_levels - 1, 0, -1):
             passes(state, f"cut{level}", CutTask(plan, level, size),
                    blocks=list(range(tree.num_tasks(level))))

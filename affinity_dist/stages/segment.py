@@ -1,22 +1,27 @@
 """Segment: affinities -> fragments -> global merge -> consecutive segmentation.
 
-The driver reads as the algorithm (one Dask task per block in every pass, small payloads):
+The driver reads as the algorithm (one Dask task per block or tree task in every pass,
+small payloads; :mod:`.segment_tasks` holds the tasks):
 
 1. **fragments** — every block labels the connected components of its own affinity graph
    (:func:`~affinity_dist.kernels.fragments.label_block`), writes them with globally unique
    ids (block id in the high bits), saves its six boundary planes and the affinities of
-   its first planes to small face arrays, and returns its statistics
-   (:func:`~affinity_dist.kernels.merge.fragment_stats`);
-2. **pairs** — every block pairs its first plane along each axis with the last plane of
-   the block below: the ``(2, M)`` fragment pairs joined across that face;
-3. **merge** — one union-find over all pairs gives the lookup table
-   (:func:`~affinity_dist.kernels.merge.merge_blocks`), written beside the arrays
-   (``lookup/``);
-4. **relabel** — every block maps its fragments through the table to consecutive ids.
+   its first planes to small face arrays, and returns its counts;
+2. **leaves** — every block pairs its planes with those of its six neighbours: the
+   fragment pairs joined across its faces, its leaf of the tree reduction;
+3. **tree** — each level of the :class:`~affinity_dist.geometry.ReductionTree` joins its
+   children's components along the pairs inside its extent
+   (:func:`~affinity_dist.kernels.cc_tree.reduce_components`); a component with a pair
+   leaving the extent is passed up, the others are final. No process holds all pairs:
+   the client holds O(blocks) counts;
+4. **cut** — from the root down, every task numbers its final components from its base
+   (a prefix sum of the kept ones per task, after the blocks' unmerged fragments) and
+   hands its children the ids of the components they passed up (``lookup/``);
+5. **relabel** — every block maps its fragments to consecutive segment ids 1..K.
 
 The result equals the connected components of the whole volume's affinity graph, for any
-block shape. Outputs are written under staging names and renamed into place at the end, so
-a failed run leaves the dataset as it was.
+block shape and fan-out. Outputs are written under staging names and renamed into place
+at the end, so a failed run leaves the dataset as it was.
 """
 
 from __future__ import annotations
@@ -32,12 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
 from ..errors import ConfigError, DataError, DestinationExistsError
-from ..geometry import BlockGrid, default_block
+from ..geometry import BlockGrid, ReductionTree, default_block
 from ..kernels.fragments import native_threshold
-from ..kernels.merge import FragmentStats, LookupTable, block_starts, merge_blocks
 from ..options import SegmentOptions
 from ..runtime.locks import check_free, leased
 from ..runtime.scheduling import BlockCounts, LocalScheduler
@@ -53,15 +56,20 @@ from ..storage import (
     open_dataset,
     open_volume,
     rename_volume,
-    write_table,
+    write_record,
 )
+from .agglomerate import SegmentSummary, level_sizes
 from .segment_tasks import (
+    COUNTS,
+    INDEX,
     LOOKUP,
     STAGED,
     WORK,
+    CutTask,
     FragmentBlock,
-    PairBlock,
+    LeafBlock,
     RelabelBlock,
+    TreeTask,
     create_face_arrays,
 )
 
@@ -71,7 +79,7 @@ log = logging.getLogger(__name__)
 #: Default threshold of either method when the affinities name none.
 DEFAULT_THRESHOLD = 0.5
 #: Bump when a change of this module changes what segment writes (keys the run state).
-VERSION = 2  # 2: face planes in one row per block
+VERSION = 3  # 2: face planes in one row per block; 3: the tree reduction
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,11 @@ class SegmentPlan:
     keep_fragments: bool = True
     token: str = ""  # unique per prepared run: keys the per-process cache of open arrays
     affinities_key: str = ""
+    fanout: tuple[int, int, int] = (2, 2, 2)
+
+    @property
+    def tree(self) -> ReductionTree:
+        return ReductionTree(self.grid.grid_shape, self.fanout)
 
     @property
     def state(self) -> StageState:
@@ -96,7 +109,7 @@ class SegmentPlan:
             "version": VERSION, "affinities": self.affinities_key,
             "threshold": self.threshold, "block": list(self.grid.block_shape),
             "chunks": list(self.chunks), "min_size": self.min_size,
-            "keep_fragments": self.keep_fragments})
+            "keep_fragments": self.keep_fragments, "fanout": list(self.fanout)})
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -160,14 +173,14 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
                                    threshold=threshold, overwrite=overwrite)
     return SegmentPlan(str(dataset), threshold, BlockGrid(shape, block), (cz, cy, cx),
                        str(affs.dtype), o.min_size, overwrite, o.keep_fragments,
-                       uuid.uuid4().hex, array_key(dataset, "affinities"))
+                       uuid.uuid4().hex, array_key(dataset, "affinities"), o.fanout)
 
 
 def _usable(group: Any, plan: SegmentPlan) -> bool:
     """Whether an interrupted run with this key left its partial outputs in place."""
     key = plan.state.key
     return all(name in group and group[name].attrs.get("run_key") == key
-               for name in (*plan.outputs.values(), WORK))
+               for name in (*plan.outputs.values(), WORK, LOOKUP))
 
 
 def _create_outputs(plan: SegmentPlan, group: Any, affs: Volume) -> None:
@@ -180,6 +193,7 @@ def _create_outputs(plan: SegmentPlan, group: Any, affs: Volume) -> None:
         create_volume(group, name, dtype=np.uint64, overwrite=True, **common)
     work = group.require_group(WORK, overwrite=True)
     create_face_arrays(work, grid.block_shape, grid.num_blocks, plan.aff_dtype)
+    group.require_group(LOOKUP, overwrite=True).attrs["run_key"] = key
     work.attrs["run_key"] = key  # last: the partial outputs are complete
 
 
@@ -189,67 +203,90 @@ def _discard(plan: SegmentPlan, group: Any) -> None:
         delete_node(group, name)
 
 
-def _fragments(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[FragmentStats]:
-    """1. Every block's fragments and face planes, written; its merge statistics."""
+def _fragments(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[dict[str, int]]:
+    """1. Every block's fragments and face planes, written; its counts, stored for the
+    leaves (O(blocks) numbers)."""
     clock = time.perf_counter()
-    stats = passes("fragments", FragmentBlock(plan), release=False)
-    log.info("fragments: %d blocks in %.2f s", plan.grid.num_blocks,
-             time.perf_counter() - clock)
-    return stats
+    counts = passes("fragments", FragmentBlock(plan), list(plan.grid))
+    write_record(plan.dataset, COUNTS, {
+        key: np.array([c[key] for c in counts], np.int64) for key in ("fragments", "small")})
+    log.info("fragments: %d in %d blocks, %.2f s", sum(c["fragments"] for c in counts),
+             plan.grid.num_blocks, time.perf_counter() - clock)
+    return counts
 
 
-def _pairs(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[NDArray[np.uint64]]:
-    """2. Every block's fragment pairs joined across its lower faces."""
+def _reduce(plan: SegmentPlan, passes: Callable[..., list[Any]]
+            ) -> tuple[list[dict[str, int]], list[list[dict[str, int]]]]:
+    """2.-3. The leaves (every block's face pairs) and the tree levels above them; each
+    task's counts."""
     clock = time.perf_counter()
-    pairs = passes("pairs", PairBlock(plan), release=False)
-    log.info("pairs: %.2f s", time.perf_counter() - clock)
-    return pairs
+    leaves = passes("leaves", LeafBlock(plan), list(plan.grid))
+    levels = [leaves]
+    for level in range(1, plan.tree.num_levels):
+        levels.append(passes(f"tree{level}", TreeTask(plan, level),
+                             list(range(plan.tree.num_tasks(level)))))
+    log.info("tree: %d levels, largest residual per level %s in %.2f s",
+             plan.tree.num_levels, [(s["regions"], s["edges"]) for s in
+                                    map(level_sizes, levels)], time.perf_counter() - clock)
+    return leaves, levels
 
 
-def _merge(plan: SegmentPlan, group: Any, key: str, stats: Sequence[FragmentStats],
-           pairs: Sequence[NDArray[np.uint64]]) -> LookupTable:
-    """3. One union-find over all pairs -> the lookup table, written under a staging name."""
+def _number(plan: SegmentPlan, leaves: Sequence[dict[str, int]],
+            levels: Sequence[Sequence[dict[str, int]]]) -> int:
+    """The numbering, stored for the cut and relabel: each block's unmerged fragments
+    from its offset, then each task's kept final components from its base (a prefix sum
+    over blocks, then over levels and tasks). Returns the number of segments."""
+    unmerged = np.array([s["unmerged"] for s in leaves], np.int64)
+    offsets = np.concatenate([[0], np.cumsum(unmerged)[:-1]]).astype(np.int64)
+    kept = np.array([s["final"] for tasks in levels for s in tasks], np.int64)
+    bases = int(unmerged.sum()) + np.concatenate([[0], np.cumsum(kept)[:-1]]).astype(np.int64)
+    level_start = np.cumsum([0, *(len(tasks) for tasks in levels)])[:-1].astype(np.int64)
+    write_record(plan.dataset, INDEX, {"offsets": offsets, "bases": bases,
+                                       "level_start": level_start})
+    return int(unmerged.sum() + kept.sum())
+
+
+def _cut(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> None:
+    """4.-5. The cut from the root down, then every block relabelled."""
     clock = time.perf_counter()
-    table = merge_blocks(pairs, stats, plan.min_size)
-    log.info("merge: %d fragments, %d face pairs -> %d segments in %.2f s",
-             table.counts.sum(), sum(p.shape[1] for p in pairs), table.num_segments,
-             time.perf_counter() - clock)
-    write_table(group, LOOKUP, table, {"threshold": plan.threshold,
-                                       "block": list(plan.grid.block_shape), "run_key": key},
-                extra={"starts": block_starts(table)})
-    return table
+    for level in range(plan.tree.num_levels - 1, 0, -1):
+        passes(f"cut{level}", CutTask(plan, level), list(range(plan.tree.num_tasks(level))))
+    passes("relabel", RelabelBlock(plan), list(plan.grid), previous=False, release=True)
+    log.info("cut and relabel: %.2f s", time.perf_counter() - clock)
 
 
-def _relabel(plan: SegmentPlan, passes: Callable[..., list[Any]], table: LookupTable) -> None:
-    """4. Every block's fragments mapped through its slice of the table."""
-    clock = time.perf_counter()
-    passes("relabel", RelabelBlock(plan, table.min_size), previous=False)
-    log.info("relabel: %.2f s", time.perf_counter() - clock)
-
-
-def _publish(plan: SegmentPlan, group: Any, state: StageState, table: LookupTable) -> None:
-    """The table and the staged arrays moved into place; the stage marked complete."""
+def _publish(plan: SegmentPlan, group: Any, state: StageState, summary: SegmentSummary
+             ) -> None:
+    """The lookup records and the staged arrays moved into place; the stage marked
+    complete."""
+    group[LOOKUP].attrs.update({
+        "run_key": state.key, "threshold": plan.threshold,
+        "block": list(plan.grid.block_shape), "fanout": list(plan.fanout),
+        "levels": plan.tree.num_levels, "num_segments": summary.num_segments,
+        "num_fragments": summary.num_fragments, "residuals": summary.levels})
+    delete_node(group, "lookup")
     move_node(group, LOOKUP, "lookup")
     if not plan.keep_fragments:
         delete_node(group, "fragments")  # a stale one would contradict the table
     for final, staged in plan.outputs.items():
         rename_volume(group, staged, final)
-    state.finish({"blocks": plan.grid.num_blocks, "segments": int(table.num_segments)})
+    state.finish({"blocks": plan.grid.num_blocks, "segments": summary.num_segments,
+                  "levels": summary.levels})
     delete_node(group, WORK)
 
 
 @leased("segment")
 def run_segment(plan: Any, *, client: Any | None = None,
                 scheduler: LocalScheduler = "threads", progress: bool = True,
-                counts: BlockCounts | None = None) -> Any:
-    """Execute a validated plan; see :func:`segment`. Returns the lookup table (cc) or an
-    :class:`~affinity_dist.stages.agglomerate.AgglomerateSummary`; both tell
-    ``num_fragments`` and ``num_segments``.
+                counts: BlockCounts | None = None) -> SegmentSummary:
+    """Execute a validated plan; see :func:`segment`. Returns a
+    :class:`~affinity_dist.stages.agglomerate.SegmentSummary` (``num_fragments``,
+    ``num_segments``, the largest residual per reduction level).
 
     The steps of the module docstring, between creating the staged outputs and publishing
-    them. Resumable: blocks recorded as done by an interrupted run with the same key (same
+    them. Resumable: tasks recorded as done by an interrupted run with the same key (same
     affinities, threshold, block, ...) are not computed again; ``counts`` accumulates the
-    block tasks computed, skipped and retried over the three passes.
+    tasks computed, skipped and retried over all passes.
     """
     if not isinstance(plan, SegmentPlan):
         from .agglomerate import run_agglomerate
@@ -259,18 +296,22 @@ def run_segment(plan: Any, *, client: Any | None = None,
     group = open_dataset(plan.dataset, "r+")
     affs = open_volume(plan.dataset, "affinities")
     state = plan.state
-    passes = functools.partial(run_recorded, state, blocks=list(plan.grid),
+    passes = functools.partial(run_recorded, state,
                                counts=counts if counts is not None else BlockCounts(),
-                               client=client, scheduler=scheduler, progress=progress)
+                               client=client, scheduler=scheduler, progress=progress,
+                               release=False)
     if not state.begin(keep=_usable(group, plan)):
         _create_outputs(plan, group, affs)
     with recording(state, "segment", lambda: _discard(plan, group)):
-        stats = _fragments(plan, passes)
-        pairs = _pairs(plan, passes)
-        table = _merge(plan, group, state.key, stats, pairs)
-        _relabel(plan, passes, table)
-    _publish(plan, group, state, table)
-    return table
+        fragments = _fragments(plan, passes)
+        leaves, levels = _reduce(plan, passes)
+        segments = _number(plan, leaves, levels)
+        _cut(plan, passes)
+    summary = SegmentSummary(sum(c["fragments"] for c in fragments), segments,
+                             sum(s["edges"] for s in leaves) // 2,
+                             [level_sizes(tasks) for tasks in levels])
+    _publish(plan, group, state, summary)
+    return summary
 
 
 def segment(data: str | os.PathLike[str] | Any, options: SegmentOptions | None = None, *,
@@ -293,7 +334,8 @@ def segment(data: str | os.PathLike[str] | Any, options: SegmentOptions | None =
 
     Returns
     -------
-    The dataset path. Its ``lookup/`` group holds the fragment -> segment table.
+    The dataset path. Its ``lookup/`` group holds the tree's records (attributes:
+    ``num_segments``, the residual per level).
     """
     o = SegmentOptions.of(options, **kwargs)
     if isinstance(data, str | os.PathLike):

@@ -1,7 +1,8 @@
-"""The block tasks of ``segment --method cc`` (:mod:`.segment` drives them): label a
-block's connected components and save its faces, pair fragments across faces, relabel a
-block through its slice of the lookup table. Each reads its inputs from the dataset and
-writes its outputs there; results are small."""
+"""The tasks of ``segment --method cc`` (:mod:`.segment` drives them): label a block's
+connected components and save its faces; a block's leaf of the tree reduction (its pairs
+across all six faces); a tree task; the cut from the root down; relabel a block. Each
+reads its inputs from the dataset and writes its outputs there; results are small
+counts. The face helpers are shared with ``--method agglomerate``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
 from ..geometry import Box
+from ..kernels.agglomerate import inside_extent
+from ..kernels.cc_tree import (
+    Pending,
+    TaskRecord,
+    component_labels,
+    leaf,
+    reduce_components,
+)
 from ..kernels.fragments import (
+    LOCAL_BITS,
     LOCAL_MASK,
     apply_mapping,
     boundary_planes,
@@ -25,10 +35,9 @@ from ..kernels.fragments import (
     plane_shapes,
     unpack_planes,
 )
-from ..kernels.merge import FragmentStats, block_map, fragment_sizes, fragment_stats
+from ..kernels.merge import block_map, fragment_sizes, fragment_stats
 from ..kernels.values import require_unit_range
-from ..runtime.markers import register_result
-from ..storage import Volume, create_work_array, open_volume, read_table_slice
+from ..storage import Volume, create_work_array, open_volume, read_record, write_record
 
 if TYPE_CHECKING:
     from .segment import SegmentPlan
@@ -36,6 +45,8 @@ if TYPE_CHECKING:
 WORK = "_segment_work"
 LOOKUP = "_staging_lookup"
 STAGED = {"fragments": "_staging_fragments", "segmentation": "_staging_segmentation"}
+COUNTS = f"{WORK}/counts"
+INDEX = f"{LOOKUP}/index"
 
 
 @functools.lru_cache(maxsize=32)
@@ -113,20 +124,31 @@ def _label(plan: SegmentPlan, block_id: int, tiled: bool = True
     return box, affs, fragments, n
 
 
-register_result(FragmentStats)  # a fragments task's result, recorded in its done marker
+def _path(*parts: object) -> str:
+    return "/".join(str(p) for p in parts)
+
+
+# ---- 1. fragments ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class FragmentBlock:
+    """A block's connected components, its face planes and (with ``min_size``) the sizes
+    of its fragments on a face."""
+
     plan: SegmentPlan
 
-    def __call__(self, block_id: int) -> FragmentStats:
+    def __call__(self, block_id: int) -> dict[str, int]:
         plan = self.plan
         box, affs, fragments, n = _label(plan, block_id)
         if plan.keep_fragments:
             _open(plan, STAGED["fragments"]).write(box, fragments)
         planes = write_faces(plan, block_id, fragments, affs)
-        return fragment_stats(fragments, n, block_id, planes, plan.min_size)
+        stats = fragment_stats(fragments, n, block_id, planes, plan.min_size)
+        if plan.min_size:
+            write_record(plan.dataset, _path(WORK, "sizes", block_id),
+                         {"ids": stats.boundary_ids, "sizes": stats.boundary_sizes})
+        return {"fragments": n, "small": stats.num_small}
 
     def outputs(self, block_id: int) -> list[tuple[str, tuple[slice, ...]]]:
         box = self.plan.grid.write_box(block_id)
@@ -134,60 +156,171 @@ class FragmentBlock:
         return kept + face_outputs(block_id)
 
 
+# ---- 2. leaves -------------------------------------------------------------------------
+
+
+def _pending(plan: SegmentPlan, level: int, task: int) -> Pending:
+    return Pending(**read_record(plan.dataset, _path(WORK, "pending", level, task)))
+
+
+def _sizes(pending: Pending, record: TaskRecord | None = None) -> dict[str, int]:
+    merges = 0 if record is None else int(record.a.size - np.unique(record.b).size)
+    return {"regions": int(np.unique(pending.rep).size), "edges": int(pending.u.size),
+            "merges": merges, "final": 0 if record is None else record.num_kept}
+
+
 @dataclass(frozen=True)
-class PairBlock:
+class LeafBlock:
+    """A block's pairs across all six faces (each pair is thus known from both sides):
+    its leaf of the tree; returns its unmerged kept fragments, which it numbers itself."""
+
     plan: SegmentPlan
 
-    def __call__(self, block_id: int) -> NDArray[np.uint64]:
+    def __call__(self, block_id: int) -> dict[str, int]:
         plan, grid = self.plan, self.plan.grid
-        index = grid.block_index(block_id)
-        pairs = [np.zeros((2, 0), np.uint64)]
-        if not any(index):
-            return pairs[0]
-        labels, affs = read_faces(plan, block_id), read_faces(plan, block_id, True)
-        for axis in range(3):
-            if index[axis] == 0:
+        planes, affs = read_faces(plan, block_id), read_faces(plan, block_id, True)
+        us, vs = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
+        for side, other in enumerate(grid.neighbors(block_id)):
+            if other < 0:
                 continue
-            below = grid.block_id(tuple(i - (a == axis) for a, i in enumerate(index)))
-            p = face_pairs(read_faces(plan, below)[2 * axis + 1], labels[2 * axis],
-                           affs[axis], plan.threshold)
-            pairs.append(np.stack([global_ids(p[0], below), global_ids(p[1], block_id)]))
-        return np.concatenate(pairs, axis=1)
+            axis, above = divmod(side, 2)
+            theirs = read_faces(plan, other)
+            if above:  # their first plane against our last; the edge is theirs
+                p = face_pairs(planes[2 * axis + 1], theirs[2 * axis],
+                               read_faces(plan, other, True)[axis], plan.threshold)
+                mine, their = p[0], p[1]
+            else:
+                p = face_pairs(theirs[2 * axis + 1], planes[2 * axis], affs[axis],
+                               plan.threshold)
+                mine, their = p[1], p[0]
+            us.append(global_ids(mine, block_id))
+            vs.append(global_ids(their, other))
+        u, v = np.concatenate(us), np.concatenate(vs)
+        sizes = None
+        if plan.min_size:
+            got = read_record(plan.dataset, _path(WORK, "sizes", block_id))
+            sizes = (got["ids"], got["sizes"])
+        pending = leaf(u, v, sizes)
+        write_record(plan.dataset, _path(WORK, "pending", 0, block_id), pending._asdict())
+        unmerged = self._unmerged(block_id, pending, sizes)
+        return {**_sizes(pending), "unmerged": unmerged}
+
+    def _unmerged(self, block_id: int, pending: Pending,
+                  sizes: tuple[NDArray[Any], NDArray[Any]] | None) -> int:
+        """Fragments in no pair (kept: at least ``min_size`` voxels): numbered by their
+        block from its offset, before every merged component."""
+        counts = _counts(self.plan)
+        n, small = int(counts["fragments"][block_id]), int(counts["small"][block_id])
+        if sizes is None:
+            return n - pending.frag.size
+        return n - pending.frag.size - (small - int(np.count_nonzero(
+            pending.size < self.plan.min_size)))
 
 
-@functools.lru_cache(maxsize=4)
-def _block_index(dataset: str, token: str) -> tuple[NDArray[np.int64], ...]:
-    """The lookup table's per-block arrays (O(blocks), read once per worker and run)."""
-    return tuple(read_table_slice(dataset, LOOKUP, key).astype(np.int64)
-                 for key in ("counts", "offsets", "starts"))
+# ---- 3. tree, 4. cut -------------------------------------------------------------------
 
 
-def _block_mapping(plan: SegmentPlan, block_id: int, min_size: int,
-                   sizes: NDArray[Any] | None) -> NDArray[np.uint64]:
-    """A block's dense id map, from its slice of the stored table: a task never carries
-    the table (10^8 merged fragments on a terabyte volume), only its block id."""
-    counts, offsets, starts = _block_index(plan.dataset, plan.token)
-    a, b = int(starts[block_id]), int(starts[block_id + 1])
-    ids = read_table_slice(plan.dataset, LOOKUP, "fragment_ids", a, b)
-    seg = read_table_slice(plan.dataset, LOOKUP, "segment_ids", a, b)
-    return block_map(ids & LOCAL_MASK, seg, int(counts[block_id]), int(offsets[block_id]),
-                     min_size=min_size, sizes=sizes)
+def _record(plan: SegmentPlan, level: int, task: int) -> TaskRecord:
+    got = read_record(plan.dataset, _path(LOOKUP, level, task))
+    return TaskRecord(got["a"], got["b"], got["final"], got["keep"].astype(bool))
+
+
+@dataclass(frozen=True)
+class TreeTask:
+    """One task of a tree level above the leaves: its children's components joined."""
+
+    plan: SegmentPlan
+    level: int
+
+    def __call__(self, task: int) -> dict[str, int]:
+        plan, tree = self.plan, self.plan.tree
+        children = [_pending(plan, self.level - 1, c) for c in tree.children(self.level, task)]
+        pending, record = reduce_components(children, plan.grid.grid_shape,
+                                            *tree.extent(self.level, task),
+                                            min_size=plan.min_size)
+        if self.level < tree.num_levels - 1:
+            write_record(plan.dataset, _path(WORK, "pending", self.level, task),
+                         pending._asdict())
+        write_record(plan.dataset, _path(LOOKUP, self.level, task),
+                     {**record._asdict(), "keep": record.keep.astype(np.int64)})
+        return _sizes(pending, record)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_record(dataset: str, name: str, token: str) -> dict[str, NDArray[Any]]:
+    return read_record(dataset, name)
+
+
+def _index(plan: SegmentPlan) -> dict[str, NDArray[Any]]:
+    """The run's O(blocks) numbering (block offsets, task bases), read once per worker
+    and run (the driver writes it before the cut)."""
+    return _cached_record(plan.dataset, INDEX, plan.token)
+
+
+def _counts(plan: SegmentPlan) -> dict[str, NDArray[Any]]:
+    """Fragments and small fragments per block (the driver writes them after pass 1)."""
+    return _cached_record(plan.dataset, COUNTS, plan.token)
+
+
+def _labels(plan: SegmentPlan, level: int, task: int
+            ) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    """The labels a task's parent gave its pending components (none at the root)."""
+    if level == plan.tree.num_levels - 1:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    got = read_record(plan.dataset, _path(LOOKUP, "labels", level, task))
+    return got["ids"], got["labels"]
+
+
+@dataclass(frozen=True)
+class CutTask:
+    """A task's components numbered (final here) or labelled by its parent (pending); each
+    child gets the labels of its representatives."""
+
+    plan: SegmentPlan
+    level: int
+
+    def __call__(self, task: int) -> int:
+        plan, tree = self.plan, self.plan.tree
+        index = _index(plan)
+        base = int(index["bases"][int(index["level_start"][self.level]) + task])
+        record = _record(plan, self.level, task)
+        labels = component_labels(record, base, *_labels(plan, self.level, task))
+        owner = (record.a >> np.uint64(LOCAL_BITS)).astype(np.int64)
+        for child in tree.children(self.level, task):
+            lo, hi = tree.extent(self.level - 1, child)
+            mine = inside_extent(owner, plan.grid.grid_shape, lo, hi)
+            write_record(plan.dataset, _path(LOOKUP, "labels", self.level - 1, child),
+                         {"ids": record.a[mine], "labels": labels[mine]})
+        return int(record.a.size)
+
+
+# ---- 5. relabel ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class RelabelBlock:
+    """A block's fragments mapped to segment ids: merged ones through the labels its
+    parent task gave them, the others numbered from the block's offset."""
+
     plan: SegmentPlan
-    min_size: int
 
     def __call__(self, block_id: int) -> int:
         plan = self.plan
         if plan.keep_fragments:
             box = plan.grid.write_box(block_id)
             fragments: NDArray[Any] = _open(plan, STAGED["fragments"]).read(box)
+            n = int(_counts(plan)["fragments"][block_id])
         else:  # the kernel is deterministic: labelling again beats storing uint64 fragments
-            box, _, fragments, _ = _label(plan, block_id, tiled=False)
-        sizes = fragment_sizes(fragments) if self.min_size else None
-        mapping = _block_mapping(plan, block_id, self.min_size, sizes)
+            box, _, fragments, n = _label(plan, block_id, tiled=False)
+        sizes = fragment_sizes(fragments, n + 1) if plan.min_size else None
+        merged, labels = np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        if plan.tree.num_levels > 1:
+            merged = _pending(plan, 0, block_id).frag
+            ids, given = _labels(plan, 0, block_id)
+            labels = given[np.searchsorted(ids, merged)] if merged.size else labels
+        offset = int(_index(plan)["offsets"][block_id])
+        mapping = block_map(merged & LOCAL_MASK, labels, n, offset, min_size=plan.min_size,
+                            sizes=sizes)
         _open(plan, STAGED["segmentation"]).write(
             box, apply_mapping(fragments, mapping, tile=plan.chunks, in_place=True))
         return box.size

@@ -1,0 +1,165 @@
+"""Scale benchmark, part 1: the tree reduction of ``segment --method cc`` at 10^7-10^9
+synthetic fragments, and the memory of its largest task.
+
+Synthetic face pairs as the leaves see them: a G^3 grid of blocks, F fragments per block,
+P fragment pairs across every block face (random fragments on both sides; both sides
+hold the pair). Two measurements:
+
+* ``tree``: the whole reduction in one process (every level, every task, as the Dask
+  tasks run it) for grids that fit here: time, the largest residual per level (pending
+  components, pairs), and the largest task's peak memory (tracemalloc: numpy reports its
+  buffers) against its input;
+* ``root``: for grids too large to generate whole (10^9 fragments = 100^3 blocks of
+  1000), only the root task, whose input is the largest of the tree at fan-out 2: the
+  pending surface of its 8 children, i.e. both sides of every pair across the three
+  central planes of the grid. Its peak memory is what the largest task needs.
+
+    .venv/bin/python benchmarks/bench_scale.py [--tree 20 40] [--root 100 200]
+        [--fragments 1000] [--pairs 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+
+import numpy as np
+
+from affinity_dist.geometry import BlockGrid, ReductionTree
+from affinity_dist.kernels.cc_tree import Pending, leaf, reduce_components
+from affinity_dist.kernels.fragments import LOCAL_BITS
+
+BITS = np.uint64(LOCAL_BITS)
+
+
+def face_pairs(rng: np.random.Generator, lower: np.ndarray, upper: np.ndarray,
+               fragments: int, pairs: int) -> tuple[np.ndarray, np.ndarray]:
+    """P random pairs across each face ``lower[i] | upper[i]``: (lower ids, upper ids)."""
+    k = lower.size * pairs
+    a = (np.repeat(lower.astype(np.uint64), pairs) << BITS) | rng.integers(
+        1, fragments + 1, k).astype(np.uint64)
+    b = (np.repeat(upper.astype(np.uint64), pairs) << BITS) | rng.integers(
+        1, fragments + 1, k).astype(np.uint64)
+    return a, b
+
+
+def leaves(grid: BlockGrid, fragments: int, pairs: int, seed: int = 0) -> list[Pending]:
+    """Every block's leaf: the pairs across its six faces."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(grid.num_blocks).reshape(grid.grid_shape)
+    us, vs = [], []
+    for axis in range(3):
+        lo = np.take(ids, np.arange(ids.shape[axis] - 1), axis=axis).ravel()
+        hi = np.take(ids, np.arange(1, ids.shape[axis]), axis=axis).ravel()
+        a, b = face_pairs(rng, lo, hi, fragments, pairs)
+        us += [a, b]
+        vs += [b, a]
+    u, v = np.concatenate(us), np.concatenate(vs)
+    order = np.argsort(u >> BITS, kind="stable")
+    u, v = u[order], v[order]
+    bounds = np.searchsorted(u >> BITS, np.arange(grid.num_blocks + 1, dtype=np.uint64))
+    return [leaf(u[bounds[i]:bounds[i + 1]], v[bounds[i]:bounds[i + 1]])
+            for i in range(grid.num_blocks)]
+
+
+def nbytes(parts: list[Pending]) -> int:
+    return sum(a.nbytes for p in parts for a in p)
+
+
+def measured(children: list[Pending], grid: BlockGrid, lo: tuple[int, ...],
+             hi: tuple[int, ...]) -> tuple[float, int, int]:
+    """One task: seconds, tracemalloc peak above its input, input bytes."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    t0 = time.perf_counter()
+    reduce_components(children, grid.grid_shape, lo, hi)
+    seconds = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return seconds, peak, nbytes(children)
+
+
+def tree(g: int, fragments: int, pairs: int) -> None:
+    grid = BlockGrid((g, g, g), (1, 1, 1))
+    t = ReductionTree(grid.grid_shape, (2, 2, 2))
+    t0 = time.perf_counter()
+    pending = leaves(grid, fragments, pairs)
+    print(f"\ntree: {g}^3 = {grid.num_blocks} blocks, {grid.num_blocks * fragments:.2e} "
+          f"fragments, {sum(p.u.size for p in pending) // 2:.2e} face pairs "
+          f"(generated in {time.perf_counter() - t0:.1f} s)")
+    print(f"{'level':>5} {'tasks':>7} {'max pending':>12} {'max pairs':>11} {'seconds':>8}")
+    print(f"{0:>5} {len(pending):>7} {max(np.unique(p.rep).size for p in pending):>12} "
+          f"{max(p.u.size for p in pending):>11} {'':>8}")
+    largest = (0.0, 0, 0)
+    for level in range(1, t.num_levels):
+        clock = time.perf_counter()
+        up = []
+        sizes = [nbytes([pending[c] for c in t.children(level, k)])
+                 for k in range(t.num_tasks(level))]
+        big = int(np.argmax(sizes))
+        for task in range(t.num_tasks(level)):
+            children = [pending[c] for c in t.children(level, task)]
+            if task == big and sizes[big] > largest[2]:
+                largest = measured(children, grid, *t.extent(level, task))
+            up.append(reduce_components(children, grid.grid_shape, *t.extent(level, task))[0])
+        pending = up
+        print(f"{level:>5} {len(up):>7} {max(np.unique(p.rep).size for p in up):>12} "
+              f"{max(p.u.size for p in up):>11} {time.perf_counter() - clock:>8.1f}")
+    seconds, peak, size = largest
+    print(f"largest task: input {size / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB above it, "
+          f"{seconds:.1f} s")
+
+
+def root(g: int, fragments: int, pairs: int) -> None:
+    """Only the root's input: its 8 children's pending pairs across the central planes."""
+    grid = BlockGrid((g, g, g), (1, 1, 1))
+    rng = np.random.default_rng(1)
+    ids = np.arange(grid.num_blocks).reshape(grid.grid_shape)
+    h = g // 2
+    t0 = time.perf_counter()
+    us, vs = [], []
+    for axis in range(3):
+        lo = np.take(ids, [h - 1], axis=axis).ravel()
+        hi = np.take(ids, [h], axis=axis).ravel()
+        a, b = face_pairs(rng, lo, hi, fragments, pairs)
+        us += [a, b]
+        vs += [b, a]
+    u, v = np.concatenate(us), np.concatenate(vs)
+    del us, vs
+    index = (u >> BITS).astype(np.int64)
+    octant = sum(((np.unravel_index(index, grid.grid_shape)[axis] >= h).astype(np.int64)
+                  << (2 - axis)) for axis in range(3))
+    del index
+    children = []
+    for k in range(8):
+        mine = octant == k
+        children.append(leaf(u[mine], v[mine]))
+    del u, v, octant
+    made = time.perf_counter() - t0
+    seconds, peak, size = measured(children, grid, (0, 0, 0), (g, g, g))
+    pairs_in = sum(c.u.size for c in children)
+    print(f"root: {g}^3 = {grid.num_blocks:.1e} blocks, {grid.num_blocks * fragments:.1e} "
+          f"fragments: input {pairs_in:.2e} pending pairs ({size / 1e9:.2f} GB), peak "
+          f"{peak / 1e9:.2f} GB above it, total {(size + peak) / 1e9:.2f} GB, {seconds:.1f} s "
+          f"(input made in {made:.0f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tree", type=int, nargs="*", default=[20, 40],
+                        help="grid sizes G for the whole tree in one process")
+    parser.add_argument("--root", type=int, nargs="*", default=[100],
+                        help="grid sizes G for the root task alone")
+    parser.add_argument("--fragments", type=int, default=1000, help="per block")
+    parser.add_argument("--pairs", type=int, default=300, help="per block face")
+    args = parser.parse_args()
+    for g in args.tree:
+        tree(g, args.fragments, args.pairs)
+    for g in args.root:
+        root(g, args.fragments, args.pairs)
+
+
+if __name__ == "__main__":
+    main()
