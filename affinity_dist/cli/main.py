@@ -87,9 +87,9 @@ def _cmd_segment(args: argparse.Namespace) -> None:
     run = _run(args)
     plan = prepare_segment(args.input, SegmentOptions.from_args(args), overwrite=args.overwrite)
     with cluster(args.scheduler, n_workers=args.workers) as client:
-        table = run_segment(plan, client=client, **run)
-    print(f"{args.input}: {table.num_fragments} fragments -> {table.num_segments} segments")
-    for level, s in enumerate(getattr(table, "levels", [])):  # agglomerate: the reduction
+        summary = run_segment(plan, client=client, **run)
+    print(f"{args.input}: {summary.num_fragments} fragments -> {summary.num_segments} segments")
+    for level, s in enumerate(summary.levels):  # either method: the tree reduction
         print(f"  tree level {level}: {s['tasks']} tasks, {s['merges']} merges, largest "
               f"residual {s['regions']} regions / {s['edges']} edges")
 

@@ -113,12 +113,10 @@ def _segment(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[s
         return {**entry, "skipped": plan.grid.num_blocks,
                 "segments": plan.state.summary().get("segments")}
     counts = BlockCounts()
-    table = run_segment(plan, counts=counts, **run)
-    out = {**entry, **counts.as_dict(), "fragments": int(table.num_fragments),
-           "segments": int(table.num_segments)}
-    if hasattr(table, "levels"):  # agglomeration: the reduction's residual per level
-        out["levels"] = table.levels
-    return out
+    summary = run_segment(plan, counts=counts, **run)
+    return {**entry, **counts.as_dict(), "fragments": int(summary.num_fragments),
+            "segments": int(summary.num_segments),
+            "levels": summary.levels}  # either method: the reduction's residual per level
 
 
 def _evaluate(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[str, Any]:
