@@ -91,22 +91,27 @@ def reduce_components(children: Sequence[Pending], grid_shape: Sequence[int],
     frag, rep, u, v, size_id, size = (_cat(children, i) for i in range(6))
     order = np.argsort(frag, kind="stable")
     frag, rep = frag[order], rep[order]
+    del order  # the largest task (the root at 10^9 fragments) holds ~10^7 pairs: free early
+    nodes, row_node = np.unique(rep, return_inverse=True)  # each row's node, dense
+    del rep
+    iu = row_node[np.searchsorted(frag, u)] if u.size else _I64
     inside = inside_extent((v >> np.uint64(LOCAL_BITS)).astype(np.int64), grid_shape, lo, hi)
-    nodes = np.unique(rep)
-    ru = rep[np.searchsorted(frag, u)] if u.size else _U64
-    at = np.minimum(np.searchsorted(frag, v[inside]), max(frag.size - 1, 0))
-    if at.size and not np.array_equal(frag[at], v[inside]):
+    vin = v[inside]
+    at = np.minimum(np.searchsorted(frag, vin), max(frag.size - 1, 0))
+    if at.size and not np.array_equal(frag[at], vin):
         raise ValueError("a pair inside the extent lacks its other side: inconsistent "
                          "children")
-    rv = rep[at] if at.size else _U64
-    comp = _union_find(np.searchsorted(nodes, ru[inside]), np.searchsorted(nodes, rv),
-                       nodes.size)
+    del vin
+    iv = row_node[at] if at.size else _I64
+    del at
+    comp = _union_find(iu[inside], iv, nodes.size)
+    del iv
     count = int(comp.max()) + 1 if comp.size else 0
     first = np.zeros(count, np.int64)
     first[comp[::-1]] = np.arange(comp.size)[::-1]  # components are numbered by smallest
     new = nodes[first[comp]]
     pending = np.zeros(count, bool)
-    pending[comp[np.searchsorted(nodes, ru[~inside])]] = True
+    pending[comp[iu[~inside]]] = True
     voxels = np.zeros(count, np.int64)
     if min_size:
         np.add.at(voxels, comp[np.searchsorted(nodes, size_id)], size)
@@ -114,8 +119,7 @@ def reduce_components(children: Sequence[Pending], grid_shape: Sequence[int],
     keep = voxels[~pending] >= min_size if min_size else np.ones(final.size, bool)
     out_u, out_v = u[~inside], v[~inside]
     rows = np.unique(out_u)
-    rows_rep = new[np.searchsorted(nodes, rep[np.searchsorted(frag, rows)])] if rows.size \
-        else _U64
+    rows_rep = new[row_node[np.searchsorted(frag, rows)]] if rows.size else _U64
     up = Pending(rows, rows_rep, out_u, out_v,
                  *((nodes[first[pending]], voxels[pending]) if min_size else ()))
     return up, TaskRecord(nodes, new, final, keep)
