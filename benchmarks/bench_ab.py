@@ -1,0 +1,72 @@
+"""A/B of ``segment --method cc`` between two checkouts, in one run, alternating.
+
+Each checkout runs in its own process (PYTHONPATH = the checkout) on bench_segment's
+volume (fib25 ids mirror-tiled to SIZE^3, uint8 affinities), on a LocalCluster of 2
+single-threaded workers: 3 runs, the first (imports, kernel loading) dropped; the
+alternation repeats ``--rounds`` times and the medians are printed side by side.
+
+    git worktree add /tmp/old HEAD~3
+    .venv/bin/python benchmarks/bench_ab.py --old /tmp/old --new . [--size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import fib25
+from bench_segment import make_affinities
+
+RUN = r'''
+import sys, time
+from distributed import Client, LocalCluster
+from affinity_dist.stages.segment import prepare_segment, run_segment
+with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                   dashboard_address=None) as c, Client(c) as client):
+    times = []
+    for _ in range(3):
+        plan = prepare_segment(sys.argv[1], method="cc", threshold=0.5,
+                               block=(256, 256, 256), overwrite=True)
+        t = time.perf_counter()
+        s = run_segment(plan, client=client, progress=False)
+        times.append(time.perf_counter() - t)
+    print(times[1], times[2], s.num_segments)
+'''
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--old", required=True, type=Path)
+    parser.add_argument("--new", required=True, type=Path)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    ids = fib25("volumes/labels/neuron_ids")
+    if ids is None:
+        sys.exit("bench_ab: ../shared/data/fib25_sample2.h5 is absent; skipped")
+    with tempfile.TemporaryDirectory() as tmp:
+        volume = Path(tmp) / "ab.zarr"
+        make_affinities(volume, args.size, ids)
+        times: dict[str, list[float]] = {"old": [], "new": []}
+        for _ in range(args.rounds):
+            for name in times:
+                root = str(getattr(args, name).resolve())
+                out = subprocess.run([sys.executable, "-c", RUN, str(volume)], cwd=root,
+                                     env={**os.environ, "PYTHONPATH": root},
+                                     capture_output=True, text=True, check=True)
+                a, b, segments = out.stdout.split()[-3:]
+                times[name] += [float(a), float(b)]
+                print(f"{name}: {float(a):.2f} s, {float(b):.2f} s, {segments} segments",
+                      flush=True)
+        for name, ts in times.items():
+            t = statistics.median(ts)
+            print(f"{name}: median {t:.2f} s = {args.size ** 3 / t / 1e6:.1f} Mvox/s")
+
+
+if __name__ == "__main__":
+    main()
