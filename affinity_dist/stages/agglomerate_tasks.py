@@ -30,6 +30,7 @@ from ..kernels.watershed import watershed_block
 from ..storage import read_record, write_record
 from .segment_tasks import face_outputs, read_affinities, read_faces, write_faces
 from .segment_tasks import open_cached as _open
+from .segment_tasks import record_path as _path
 
 if TYPE_CHECKING:
     from .agglomerate import AgglomeratePlan
@@ -40,10 +41,6 @@ STAGED = {"fragments": "_staging_fragments", "merge_tree": "_staging_merge_tree"
           "region_graph": "_staging_region_graph", "segmentation": "_staging_segmentation"}
 #: Below every score: the size tree is cut so that all its merges apply.
 ALL = -1.0
-
-
-def _path(*parts: object) -> str:
-    return "/".join(str(p) for p in parts)
 
 
 def tree_root(size: bool, staged: bool = False) -> str:

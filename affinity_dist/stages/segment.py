@@ -216,33 +216,31 @@ def _fragments(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[dict
 
 
 def _reduce(plan: SegmentPlan, passes: Callable[..., list[Any]]
-            ) -> tuple[list[dict[str, int]], list[list[dict[str, int]]]]:
-    """2.-3. The leaves (every block's face pairs) and the tree levels above them; each
-    task's counts."""
+            ) -> tuple[list[list[dict[str, int]]], list[dict[str, int]]]:
+    """2.-3. The leaves (every block's face pairs) and the tree levels above them: each
+    task's counts, level by level (the leaves first), and each level's largest residual."""
     clock = time.perf_counter()
     leaves = passes("leaves", LeafBlock(plan), list(plan.grid))
     levels = [leaves]
     for level in range(1, plan.tree.num_levels):
         levels.append(passes(f"tree{level}", TreeTask(plan, level),
                              list(range(plan.tree.num_tasks(level)))))
+    sizes = [level_sizes(tasks) for tasks in levels]
     log.info("tree: %d levels, largest residual per level %s in %.2f s",
-             plan.tree.num_levels, [(s["regions"], s["edges"]) for s in
-                                    map(level_sizes, levels)], time.perf_counter() - clock)
-    return leaves, levels
+             plan.tree.num_levels, [(s["regions"], s["edges"]) for s in sizes],
+             time.perf_counter() - clock)
+    return levels, sizes
 
 
-def _number(plan: SegmentPlan, leaves: Sequence[dict[str, int]],
-            levels: Sequence[Sequence[dict[str, int]]]) -> int:
+def _number(plan: SegmentPlan, levels: Sequence[Sequence[dict[str, int]]]) -> int:
     """The numbering, stored for the cut and relabel: each block's unmerged fragments
     from its offset, then each task's kept final components from its base (a prefix sum
     over blocks, then over levels and tasks). Returns the number of segments."""
-    unmerged = np.array([s["unmerged"] for s in leaves], np.int64)
+    unmerged = np.array([s["unmerged"] for s in levels[0]], np.int64)
     offsets = np.concatenate([[0], np.cumsum(unmerged)[:-1]]).astype(np.int64)
     kept = np.array([s["final"] for tasks in levels for s in tasks], np.int64)
     bases = int(unmerged.sum()) + np.concatenate([[0], np.cumsum(kept)[:-1]]).astype(np.int64)
-    level_start = np.cumsum([0, *(len(tasks) for tasks in levels)])[:-1].astype(np.int64)
-    write_record(plan.dataset, INDEX, {"offsets": offsets, "bases": bases,
-                                       "level_start": level_start})
+    write_record(plan.dataset, INDEX, {"offsets": offsets, "bases": bases})
     return int(unmerged.sum() + kept.sum())
 
 
@@ -304,12 +302,11 @@ def run_segment(plan: Any, *, client: Any | None = None,
         _create_outputs(plan, group, affs)
     with recording(state, "segment", lambda: _discard(plan, group)):
         fragments = _fragments(plan, passes)
-        leaves, levels = _reduce(plan, passes)
-        segments = _number(plan, leaves, levels)
+        levels, sizes = _reduce(plan, passes)
+        segments = _number(plan, levels)
         _cut(plan, passes)
     summary = SegmentSummary(sum(c["fragments"] for c in fragments), segments,
-                             sum(s["edges"] for s in leaves) // 2,
-                             [level_sizes(tasks) for tasks in levels])
+                             sum(s["edges"] for s in levels[0]) // 2, sizes)
     _publish(plan, group, state, summary)
     return summary
 

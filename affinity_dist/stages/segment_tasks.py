@@ -124,7 +124,8 @@ def _label(plan: SegmentPlan, block_id: int, tiled: bool = True
     return box, affs, fragments, n
 
 
-def _path(*parts: object) -> str:
+def record_path(*parts: object) -> str:
+    """The name of a per-task record inside the dataset, e.g. ``_segment_work/pending/1/7``."""
     return "/".join(str(p) for p in parts)
 
 
@@ -146,7 +147,7 @@ class FragmentBlock:
         planes = write_faces(plan, block_id, fragments, affs)
         stats = fragment_stats(fragments, n, block_id, planes, plan.min_size)
         if plan.min_size:
-            write_record(plan.dataset, _path(WORK, "sizes", block_id),
+            write_record(plan.dataset, record_path(WORK, "sizes", block_id),
                          {"ids": stats.boundary_ids, "sizes": stats.boundary_sizes})
         return {"fragments": n, "small": stats.num_small}
 
@@ -160,7 +161,7 @@ class FragmentBlock:
 
 
 def _pending(plan: SegmentPlan, level: int, task: int) -> Pending:
-    return Pending(**read_record(plan.dataset, _path(WORK, "pending", level, task)))
+    return Pending(**read_record(plan.dataset, record_path(WORK, "pending", level, task)))
 
 
 def _sizes(pending: Pending, record: TaskRecord | None = None) -> dict[str, int]:
@@ -198,10 +199,10 @@ class LeafBlock:
         u, v = np.concatenate(us), np.concatenate(vs)
         sizes = None
         if plan.min_size:
-            got = read_record(plan.dataset, _path(WORK, "sizes", block_id))
+            got = read_record(plan.dataset, record_path(WORK, "sizes", block_id))
             sizes = (got["ids"], got["sizes"])
         pending = leaf(u, v, sizes)
-        write_record(plan.dataset, _path(WORK, "pending", 0, block_id), pending._asdict())
+        write_record(plan.dataset, record_path(WORK, "pending", 0, block_id), pending._asdict())
         unmerged = self._unmerged(block_id, pending, sizes)
         return {**_sizes(pending), "unmerged": unmerged}
 
@@ -221,7 +222,7 @@ class LeafBlock:
 
 
 def _record(plan: SegmentPlan, level: int, task: int) -> TaskRecord:
-    got = read_record(plan.dataset, _path(LOOKUP, level, task))
+    got = read_record(plan.dataset, record_path(LOOKUP, level, task))
     return TaskRecord(got["a"], got["b"], got["final"], got["keep"].astype(bool))
 
 
@@ -239,9 +240,9 @@ class TreeTask:
                                             *tree.extent(self.level, task),
                                             min_size=plan.min_size)
         if self.level < tree.num_levels - 1:
-            write_record(plan.dataset, _path(WORK, "pending", self.level, task),
+            write_record(plan.dataset, record_path(WORK, "pending", self.level, task),
                          pending._asdict())
-        write_record(plan.dataset, _path(LOOKUP, self.level, task),
+        write_record(plan.dataset, record_path(LOOKUP, self.level, task),
                      {**record._asdict(), "keep": record.keep.astype(np.int64)})
         return _sizes(pending, record)
 
@@ -252,7 +253,8 @@ def _cached_record(dataset: str, name: str, token: str) -> dict[str, NDArray[Any
 
 
 def _index(plan: SegmentPlan) -> dict[str, NDArray[Any]]:
-    """The run's O(blocks) numbering (block offsets, task bases), read once per worker
+    """The run's O(blocks) numbering (block offsets; task bases, level after level from
+    the leaves, each level in task order), read once per worker
     and run (the driver writes it before the cut)."""
     return _cached_record(plan.dataset, INDEX, plan.token)
 
@@ -267,7 +269,7 @@ def _labels(plan: SegmentPlan, level: int, task: int
     """The labels a task's parent gave its pending components (none at the root)."""
     if level == plan.tree.num_levels - 1:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-    got = read_record(plan.dataset, _path(LOOKUP, "labels", level, task))
+    got = read_record(plan.dataset, record_path(LOOKUP, "labels", level, task))
     return got["ids"], got["labels"]
 
 
@@ -282,14 +284,15 @@ class CutTask:
     def __call__(self, task: int) -> int:
         plan, tree = self.plan, self.plan.tree
         index = _index(plan)
-        base = int(index["bases"][int(index["level_start"][self.level]) + task])
+        first = sum(tree.num_tasks(k) for k in range(self.level))  # bases: level by level
+        base = int(index["bases"][first + task])
         record = _record(plan, self.level, task)
         labels = component_labels(record, base, *_labels(plan, self.level, task))
         owner = (record.a >> np.uint64(LOCAL_BITS)).astype(np.int64)
         for child in tree.children(self.level, task):
             lo, hi = tree.extent(self.level - 1, child)
             mine = inside_extent(owner, plan.grid.grid_shape, lo, hi)
-            write_record(plan.dataset, _path(LOOKUP, "labels", self.level - 1, child),
+            write_record(plan.dataset, record_path(LOOKUP, "labels", self.level - 1, child),
                          {"ids": record.a[mine], "labels": labels[mine]})
         return int(record.a.size)
 
