@@ -184,7 +184,8 @@ def test_ctrl_c_to_the_process_group_prints_one_line(tmp_path: Path) -> None:
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+                                start_new_session=True,  # a batch file per finished block
+                                env={**os.environ, "AFFINITY_DIST_RECORD_SECONDS": "0"})
     finally:
         signal.signal(signal.SIGINT, previous)
     done = path / "_run_state" / "predict" / "done" / "predict"

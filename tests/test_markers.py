@@ -9,6 +9,7 @@ forged, are never loaded.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shutil
@@ -20,11 +21,13 @@ import pytest
 
 from affinity_dist.geometry import BlockGrid, Box
 from affinity_dist.options import PredictOptions
+from affinity_dist.runtime.donelog import DoneLog
 from affinity_dist.runtime.markers import (
+    FORMAT,
     Marker,
     MarkerError,
-    decode_marker,
-    encode_marker,
+    decode_markers,
+    encode_markers,
     register_result,
 )
 from affinity_dist.runtime.scheduling import BlockCounts
@@ -65,7 +68,11 @@ def test_every_result_kind_round_trips() -> None:
     result = {"none": None, "flag": True, "n": 2**63 + 5, "x": 0.25, "s": "a",
               "list": [1, [2.5, None]], "pairs": np.arange(6, dtype=np.uint64).reshape(2, 3),
               "stats": stats, "pred": BlockPrediction(1, 2, 3, 0.5, 1.5)}
-    back = decode_marker(encode_marker(Marker("step", 4, "k", [["a/c/0", 3, 7]], result)))
+    other = Marker("step", 5, "k", [], {"pairs": np.ones(3, np.int64)})
+    (back, second), problems = decode_markers(encode_markers(
+        [Marker("step", 4, "k", [["a/c/0", 3, 7]], result), other]))
+    assert problems == [] and second.block == 5
+    np.testing.assert_array_equal(second.result["pairs"], [1, 1, 1])
     assert (back.step, back.block, back.key, back.files) == ("step", 4, "k", [["a/c/0", 3, 7]])
     got = back.result
     assert isinstance(got["stats"], FragmentStats) and isinstance(got["pred"], BlockPrediction)
@@ -79,7 +86,7 @@ def test_every_result_kind_round_trips() -> None:
 @pytest.mark.parametrize("value", [_Unregistered(1), np.array([object()]), {1: 2}, {3}])
 def test_what_is_not_plain_data_is_refused_when_recorded(value: Any) -> None:
     with pytest.raises(TypeError):
-        encode_marker(Marker("s", 0, "k", [], value))
+        encode_markers([Marker("s", 0, "k", [], value)])
 
 
 def _forgeries(sentinel: Path) -> dict[str, bytes]:
@@ -87,14 +94,32 @@ def _forgeries(sentinel: Path) -> dict[str, bytes]:
     with_object = io.BytesIO()
     np.savez(with_object, meta=np.frombuffer(b"{}", np.uint8), a0=np.array([evil]))
     return {"pickle": pickle.dumps(evil), "npz with an object array": with_object.getvalue(),
-            "garbage": b"PK\x03\x04 not a zip", "empty": b""}
+            "garbage": b"PK\x03\x04 not a zip", "empty": b"",
+            "a marker of the old format": _npz({"format": "affinity_dist.marker/1",
+                                                "step": "s", "block": 0, "key": "k",
+                                                "files": [], "result": None})}
+
+
+def _npz(meta: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+    return buffer.getvalue()
+
+
+def test_malformed_entries_of_a_batch_are_left_out_alone() -> None:
+    good = {"step": "s", "block": 1, "key": "k", "files": [], "result": 3}
+    entries = [good, {**good, "block": -1}, {**good, "block": True},
+               {**good, "files": [["../escape", 1, 2]]},
+               {**good, "result": {"tuple": "_Evil", "fields": {}}}, "not an entry"]
+    markers, problems = decode_markers(_npz({"format": FORMAT, "markers": entries}))
+    assert markers == [Marker("s", 1, "k", [], 3)] and len(problems) == 5
 
 
 def test_forged_markers_never_run_code(tmp_path: Path) -> None:
     sentinel = tmp_path / "pwned"
     for name, data in _forgeries(sentinel).items():
         with pytest.raises(MarkerError):
-            decode_marker(data)
+            decode_markers(data)
         assert not sentinel.exists(), name
 
 
@@ -137,14 +162,21 @@ def test_markers_whose_data_is_missing_changed_or_forged_are_redone(tmp_path: Pa
     data = bytearray(flipped.read_bytes())
     data[len(data) // 2] ^= 0xFF
     flipped.write_bytes(bytes(data))
-    shutil.copy(done / "0.npz", done / "3.npz")  # block 3: block 0's marker copied
-    for block, files in ((4, []), (5, decode_marker((done / "0.npz").read_bytes()).files)):
-        # a well-formed marker of the right key that lists nothing, or another block's data
-        (done / f"{block}.npz").write_bytes(encode_marker(Marker("fill", block, state.key,
-                                                                 files, block * 10)))
+    markers, _ = state.log("fill").read()
+    shutil.rmtree(done)  # blocks 3-7 lose their own markers
+    writer = DoneLog(done, seconds=0)  # one batch file per marker
+    for block in (0, 1, 2):
+        writer.add(markers[block])
+    for forged in (Marker("other", 3, state.key, markers[3].files, 30),  # another step's
+                   Marker("fill", 4, state.key, [], 40),  # the right key, lists nothing
+                   Marker("fill", 5, state.key, markers[0].files, 50)):  # block 0's data
+        writer.add(forged)
     sentinel = tmp_path / "pwned"
-    (done / "6.npz").write_bytes(pickle.dumps(_Evil(sentinel)))
-    (done / "7.npz").unlink()
+    (done / "000000090-0badc0de.npz").write_bytes(pickle.dumps(_Evil(sentinel)))
+    (done / "000000091-0badc0de.npz").write_bytes(_npz({"format": FORMAT, "markers": [
+        {"step": "fill", "block": 6, "key": state.key, "files": markers[6].files,
+         "result": {"tuple": "_Evil", "fields": {}}}]}))
+    (done / "7.npz").write_bytes(encode_markers([markers[7]]))  # not a batch's name
     (done / "7.pkl").write_bytes(pickle.dumps(_Evil(sentinel)))  # the old format: ignored
     calls.clear()
     counts = BlockCounts()
@@ -152,6 +184,7 @@ def test_markers_whose_data_is_missing_changed_or_forged_are_redone(tmp_path: Pa
     assert again == [b * 10 for b in blocks]
     assert sorted(calls) == [1, 2, 3, 4, 5, 6, 7] and counts.skipped == 1
     assert not sentinel.exists()
+    assert not (done / "000000090-0badc0de.npz").exists()  # an unreadable batch: removed
     out = open_volume(root, "out").read(Box((0, 0, 0), (8, 8, 8)))
     expected = np.zeros((8, 8, 8), np.uint16)
     for block in blocks:
@@ -184,14 +217,15 @@ def test_forged_predict_markers_are_recomputed_to_the_undisturbed_result(
     with pytest.raises(Exception, match="block"):
         predict(tmp_path / "a.zarr", options, scheduler="synchronous", progress=False)
     monkeypatch.setattr(stage, "predict_block", real_kernel)
-    done = Path(StageState.of(tmp_path / "a.zarr", "predict", {}).root) / "done" / "predict"
-    real = sorted(int(p.stem) for p in done.glob("*.npz"))
+    state = StageState.of(tmp_path / "a.zarr", "predict", {})
+    log_ = DoneLog(state.folder("predict"))  # the key is the stage's, read from a marker
+    real, _ = log_.read()
     assert 0 < len(real) < grid.num_blocks
-    key = decode_marker((done / f"{real[0]}.npz").read_bytes()).key
+    key = next(iter(real.values())).key
     for block in set(range(grid.num_blocks)) - set(real):
-        (done / f"{block}.npz").write_bytes(encode_marker(Marker(
-            "predict", block, key, [], BlockPrediction(0, 0, 0, 0.0, 0.0))))
-    files = decode_marker((done / f"{real[0]}.npz").read_bytes()).files
+        log_.add(Marker("predict", block, key, [], BlockPrediction(0, 0, 0, 0.0, 0.0)))
+    log_.flush()
+    files = next(iter(real.values())).files
     (tmp_path / "a.zarr" / files[0][0]).unlink()
     predict(tmp_path / "a.zarr", options, scheduler="synchronous", progress=False)
     a = open_volume(tmp_path / "a.zarr", "affinities")

@@ -22,6 +22,7 @@ import pytest
 
 from affinity_dist.errors import BlockFailedError
 from affinity_dist.geometry import Box
+from affinity_dist.runtime.donelog import DoneLog
 from affinity_dist.runtime.scheduling import BlockCounts
 from affinity_dist.runtime.state import STATE_DIR, StageState, run_recorded
 from affinity_dist.stages.sample import sample
@@ -126,19 +127,24 @@ def test_sigkill_mid_predict_then_rerun_is_bit_identical(tmp_path: Path) -> None
     killed = _workflow(tmp_path, "a.zarr", name="a.toml")
     clean = _workflow(tmp_path, "b.zarr", name="b.toml")
     done = tmp_path / "a.zarr" / STATE_DIR / "predict" / "done" / "predict"
+    def recorded() -> int:
+        return len(DoneLog(done).read()[0]) if done.is_dir() else 0
+
+    # every finished block recorded at once (a batch file each)
+    env = {**os.environ, "AFFINITY_DIST_RECORD_SECONDS": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "affinity_dist", "-q", "run", killed],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            if done.is_dir() and len(list(done.glob("*.npz"))) >= 4:
+            if recorded() >= 4:
                 break
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its Dask workers
         proc.wait()
-    recorded = len(list(done.glob("*.npz")))
+    recorded = recorded()
     assert 4 <= recorded < 27, "the run was not killed mid-predict"
     assert "affinities" not in list_arrays(tmp_path / "a.zarr")  # never looks finished
     resumed = run_cli("-q", "run", killed)

@@ -1,16 +1,19 @@
 """Done markers as data: a block's small result and the files it wrote, never pickle.
 
-A marker is an ``.npz`` file (read with ``allow_pickle=False``) holding one ``meta``
-member, UTF-8 JSON::
+Markers are stored in batches: an ``.npz`` file (read with ``allow_pickle=False``)
+holding one ``meta`` member, UTF-8 JSON::
 
-    {"format": "affinity_dist.marker/1", "step": ..., "block": ..., "key": ...,
-     "files": [[path relative to the dataset, size, crc32], ...], "result": ...}
+    {"format": "affinity_dist.markers/2", "markers": [
+        {"step": ..., "block": ..., "key": ...,
+         "files": [[path relative to the dataset, size, crc32], ...], "result": ...},
+        ...]}
 
-and the numeric arrays the result refers to (``a0``, ``a1``, ...). A result is built from
-``None``, bools, ints, floats, strings, numeric numpy arrays, lists, dicts with string
-keys and the named tuples a stage registered with :func:`register_result`; decoding
-accepts nothing else. Reading a marker runs no code from it: a forged one is at worst
-a marker that does not verify, and its block is computed again.
+and the numeric arrays the results refer to (``a0``, ``a1``, ...), shared by the batch.
+A result is built from ``None``, bools, ints, floats, strings, numeric numpy arrays,
+lists, dicts with string keys and the named tuples a stage registered with
+:func:`register_result`; decoding accepts nothing else. Reading a marker runs no code
+from it: a forged one is at worst a marker that does not verify, and its block is
+computed again.
 """
 
 from __future__ import annotations
@@ -18,15 +21,15 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-__all__ = ["FORMAT", "Marker", "MarkerError", "decode_marker", "encode_marker",
+__all__ = ["FORMAT", "Marker", "MarkerError", "decode_markers", "encode_markers",
            "register_result"]
 
-FORMAT = "affinity_dist.marker/1"
+FORMAT = "affinity_dist.markers/2"
 _RESULTS: dict[str, type[Any]] = {}
 N = TypeVar("N", bound=type)
 
@@ -81,14 +84,13 @@ def _encode(value: Any, arrays: list[np.ndarray[Any, Any]]) -> Any:
                     "register_result)")
 
 
-def encode_marker(marker: Marker) -> bytes:
-    """The bytes of a marker file."""
+def encode_markers(markers: Sequence[Marker]) -> bytes:
+    """The bytes of a batch file of markers."""
     arrays: list[np.ndarray[Any, Any]] = []
-    meta = {"format": FORMAT, "step": marker.step, "block": int(marker.block),
-            "key": marker.key, "files": marker.files,
-            "result": _encode(marker.result, arrays)}
+    entries = [{"step": m.step, "block": int(m.block), "key": m.key, "files": m.files,
+                "result": _encode(m.result, arrays)} for m in markers]
     buffer = io.BytesIO()
-    text = json.dumps(meta, allow_nan=True).encode()
+    text = json.dumps({"format": FORMAT, "markers": entries}, allow_nan=True).encode()
     members = {"meta": np.frombuffer(text, np.uint8),
                **{f"a{i}": a for i, a in enumerate(arrays)}}
     np.savez(buffer, **members)  # type: ignore[arg-type]
@@ -128,8 +130,20 @@ def _files(value: Any) -> list[list[Any]]:
     return value  # type: ignore[no-any-return]
 
 
-def decode_marker(data: bytes) -> Marker:
-    """A marker from its bytes; :class:`MarkerError` for anything else."""
+def _marker(entry: Any, arrays: Mapping[str, np.ndarray[Any, Any]]) -> Marker:
+    if not isinstance(entry, dict):
+        raise MarkerError("an entry is not an object")
+    step, block, key = entry.get("step"), entry.get("block"), entry.get("key")
+    if not (isinstance(step, str) and isinstance(block, int) and not isinstance(block, bool)
+            and block >= 0 and isinstance(key, str)):
+        raise MarkerError("its step, block or key is malformed")
+    return Marker(step, block, key, _files(entry.get("files")),
+                  _decode(entry.get("result"), arrays))
+
+
+def decode_markers(data: bytes) -> tuple[list[Marker], list[str]]:
+    """The markers of a batch file, and what is wrong with each entry that does not decode
+    (left out); :class:`MarkerError` for a file that is not a batch of markers at all."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             members = {name: npz[name] for name in npz.files}
@@ -137,12 +151,15 @@ def decode_marker(data: bytes) -> Marker:
     except (OSError, ValueError, KeyError, EOFError, UnicodeDecodeError,
             zipfile.BadZipFile) as err:
         raise MarkerError(f"unreadable ({type(err).__name__}: {err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise MarkerError(f"not a marker of format {FORMAT}")
-    step, block, key = meta.get("step"), meta.get("block"), meta.get("key")
-    if not (isinstance(step, str) and isinstance(block, int) and isinstance(key, str)):
-        raise MarkerError("its step, block or key is malformed")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT \
+            or not isinstance(meta.get("markers"), list):
+        raise MarkerError(f"not a batch of markers of format {FORMAT}")
     if any(a.dtype.kind not in "biuf" for a in members.values()):
         raise MarkerError("it holds a non-numeric array")
-    return Marker(step, block, key, _files(meta.get("files")),
-                  _decode(meta.get("result"), members))
+    markers, problems = [], []
+    for entry in meta["markers"]:
+        try:
+            markers.append(_marker(entry, members))
+        except MarkerError as err:
+            problems.append(str(err))
+    return markers, problems

@@ -3,25 +3,26 @@
 Every stage turns its work into a list of small, picklable block descriptions and one
 function; :func:`run_blocks` runs ``fn(item)`` for each, either on a
 ``distributed.Client`` (a LocalCluster by default from the CLI, an existing scheduler, or
-SLURM workers) or in this process with Dask's local threaded or synchronous scheduler
-(the debugging path). The graph is one task per block: O(number of blocks), no large
-payloads. The client itself comes from :mod:`.cluster`; the workers' memory tuning from
+SLURM workers), keeping a bounded window of tasks on the cluster, or in this process on a
+pool of threads or synchronously (the debugging path). Each task is one block: no
+large payloads, and neither the scheduler nor the client holds a task per block. The
+client itself comes from :mod:`.cluster`; the workers' memory tuning from
 :mod:`.memory`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from dask.base import compute
-from dask.callbacks import Callback
-from dask.delayed import delayed
 from tqdm import tqdm
 
 from ..errors import AffinityDistError, BlockFailedError
@@ -39,6 +40,9 @@ Scheduler = str
 
 #: Attempts of a block after an unexpected error (I/O hiccup, ...) before the run stops.
 RETRIES = 2
+#: Tasks submitted to a cluster at most at a time (and per ``client.map`` call): the
+#: scheduler and the client hold O(WINDOW) tasks and futures, not one per block.
+WINDOW, SUBMIT = 8192, 1024
 
 
 @dataclass
@@ -114,16 +118,6 @@ class _Guarded:
         raise AssertionError("unreachable")
 
 
-class _TqdmCallback(Callback):
-    def __init__(self, bar: _Progress) -> None:
-        super().__init__()
-        self.bar = bar
-
-    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
-        if isinstance(key, tuple) and key and str(key[0]).startswith("block-"):
-            self.bar.update(1)
-
-
 class _Progress:
     """A tqdm bar on a terminal; elsewhere (batch logs) an INFO line every 10 % or 60 s."""
 
@@ -156,6 +150,10 @@ class _Progress:
             self.bar.close()
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
 def run_blocks(
     fn: Callable[[T], R],
     items: Sequence[T],
@@ -168,7 +166,8 @@ def run_blocks(
     counts: BlockCounts | None = None,
     retries: int = RETRIES,
     release: bool = True,
-) -> list[R]:
+    collect: Callable[[R], Any] = _same,
+) -> list[Any]:
     """Run ``fn(item)`` for every item, one Dask task each; results in item order.
 
     Parameters
@@ -176,6 +175,7 @@ def run_blocks(
     fn : picklable function of one block description (runs on workers).
     items : small picklable block descriptions.
     client : a ``distributed.Client``; ``None`` runs in this process with ``scheduler``.
+        At most :data:`WINDOW` tasks are on the cluster at a time.
     stage : name used for task keys, the progress bar and error messages.
     resources : worker resources every task claims (e.g. ``{"GPU": 1}``), distributed only.
     counts : accumulates the blocks computed and retried.
@@ -183,55 +183,118 @@ def run_blocks(
         distributed itself: its tasks go to other workers).
     release : hand the workers' freed memory back to the OS at the end (a stage of several
         passes releases after its last: the next pass would fault the buffers in again).
+    collect : called on the client with each block's result as it arrives (in completion
+        order); what it returns is kept for the returned list.
 
     Raises
     ------
     BlockFailedError : naming the first block that failed (the others are cancelled).
     """
-    guarded = _Guarded(fn, stage, retries)
-    token = uuid.uuid4().hex[:8]
     counts = counts if counts is not None else BlockCounts()
     if not items:
         return []
+    token = uuid.uuid4().hex[:8]
     with _Progress(len(items), stage, progress) as bar:
+        kept = _Kept(len(items), collect, counts, bar)
         if client is None:
-            tasks = [delayed(guarded, pure=False)(i, item,
-                                                       dask_key_name=(f"block-{stage}-{token}", i))
-                     for i, item in enumerate(items)]
-            with _TqdmCallback(bar):
-                done = list(compute(*tasks, scheduler=scheduler))
+            threads = 1 if scheduler == "synchronous" else os.cpu_count() or 1
+            _run_local(_Guarded(fn, stage, retries), items, threads, kept)
             if release:
                 release_freed_memory()
-            return _unpack(done, counts)
-        from distributed import as_completed
-
-        keys = [f"{stage}-{token}-{i}" for i in range(len(items))]
-        guarded = _Guarded(fn, stage, retries, capture=True)
-        futures: list[Any] = client.map(guarded, range(len(items)), items, key=keys,
-                                        pure=False, resources=resources)
-        index = {key: i for i, key in enumerate(keys)}
-        pairs: list[Any] = [None] * len(items)
-        try:
-            for future in as_completed(futures):
-                i = index[future.key]
-                if future.status == "error":
-                    _raise_for(future, stage, items[i], i)
-                # fetch now and drop the future: the worker frees the result at once
-                # instead of holding every block's result until the stage ends
-                pairs[i] = future.result()
-                if isinstance(pairs[i][1], _Failed):
-                    raise pairs[i][1].error
-                futures[i] = None
-                del future
-                bar.update(1)
+        else:
+            _run_windowed(client, _Guarded(fn, stage, retries, capture=True), items,
+                          f"{stage}-{token}-", kept, resources=resources)
             if release:
                 client.run(release_freed_memory)  # a stage's buffers go back to the OS
-            return _unpack(pairs, counts)
-        except BaseException as err:
-            client.cancel([f for f in futures if f is not None and not f.done()])
-            if isinstance(err, AffinityDistError) and err.exit_code == 2:
-                _drain(client, f"{stage}-{token}-")  # its partial outputs are removed next
-            raise
+    counts.computed += len(items)
+    return kept.results
+
+
+class _Kept:
+    """The results as they arrive: ``collect(value)`` kept in item order, retries counted,
+    progress shown."""
+
+    def __init__(self, n: int, collect: Callable[[Any], Any], counts: BlockCounts,
+                 bar: _Progress) -> None:
+        self.results: list[Any] = [None] * n
+        self.collect, self.counts, self.bar = collect, counts, bar
+
+    def arrive(self, i: int, attempts: int, value: Any) -> None:
+        self.results[i] = self.collect(value)
+        self.counts.retried += attempts > 0
+        self.bar.update(1)
+
+
+def _run_local(guarded: _Guarded, items: Sequence[Any], threads: int, kept: _Kept
+               ) -> None:
+    """In this process: in order on one thread, or on a pool of ``threads`` with a few
+    tasks per thread queued (a graph of 10^5 tasks is never built)."""
+    if threads == 1:
+        for i, item in enumerate(items):
+            kept.arrive(i, *guarded(i, item))
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix=guarded.stage)
+    live: dict[Future[Any], int] = {}
+    queued = iter(enumerate(items))
+    try:
+        while True:
+            for i, item in itertools.islice(queued, max(0, 4 * threads - len(live))):
+                live[pool.submit(guarded, i, item)] = i
+            if not live:
+                break
+            finished, _ = wait(live, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i = live.pop(future)
+                kept.arrive(i, *future.result())  # a block's error is raised here
+    except BaseException as err:
+        for future in live:
+            future.cancel()
+        # bad input: its partial outputs are removed next, once nothing writes them
+        pool.shutdown(wait=isinstance(err, AffinityDistError) and err.exit_code == 2)
+        raise
+    pool.shutdown()
+
+
+def _run_windowed(client: Any, guarded: _Guarded, items: Sequence[Any], prefix: str,
+                  kept: _Kept, *, resources: dict[str, float] | None) -> None:
+    """Submit the tasks in order, keeping at most WINDOW on the cluster; fetch each
+    result as it completes and drop its future (the worker frees the result at once)."""
+    from distributed import as_completed
+
+    stage, done = guarded.stage, as_completed()
+    live: dict[int, Any] = {}
+    submitted = 0
+
+    def submit() -> None:
+        nonlocal submitted
+        while submitted < len(items) and len(live) <= WINDOW - SUBMIT:
+            part = range(submitted, min(submitted + SUBMIT, len(items)))
+            futures = client.map(guarded, part, [items[i] for i in part],
+                                 key=[f"{prefix}{i}" for i in part], pure=False,
+                                 resources=resources)
+            live.update(zip(part, futures, strict=True))
+            done.update(futures)
+            submitted = part.stop
+
+    try:
+        submit()
+        for future in done:
+            i = int(future.key[len(prefix):])
+            if future.status == "error":
+                _raise_for(future, stage, items[i], i)
+            attempts, value = future.result()
+            if isinstance(value, _Failed):
+                raise value.error
+            del live[i], future
+            kept.arrive(i, attempts, value)
+            submit()
+    except BaseException as err:
+        client.cancel([f for f in live.values() if not f.done()])
+        live.clear()  # the error's traceback holds this frame: no futures with it
+        done.clear()
+        if isinstance(err, AffinityDistError) and err.exit_code == 2:
+            _drain(client, prefix)  # its partial outputs are removed next
+        raise
 
 
 def _running(prefix: str, dask_worker: Any) -> int:
@@ -253,12 +316,6 @@ def _drain(client: Any, prefix: str, timeout: float = DRAIN_TIMEOUT) -> None:
         log.info("waiting for %d running tasks to stop", busy)
         time.sleep(0.1)
     log.warning("%d tasks of %s still running after %.0f s", busy, prefix, timeout)
-
-
-def _unpack(pairs: list[tuple[int, R]], counts: BlockCounts) -> list[R]:
-    counts.computed += len(pairs)
-    counts.retried += sum(1 for attempts, _ in pairs if attempts)
-    return [result for _, result in pairs]
 
 
 def _raise_for(future: Any, stage: str, item: Any, index: int) -> None:

@@ -6,10 +6,11 @@ the options that change the result (threshold, block, tile, ...) and the stage's
 version. The state lives beside the arrays, in ``<dataset>/_run_state/<stage>/``::
 
     key.json                 the key and the configuration it hashes (written first)
-    done/<pass>/<block>.npz  one marker per finished block, written after the block's
-                             data: its (small) result for the driver, and the files it
-                             wrote with their sizes and CRC-32 (:mod:`.markers`: data,
-                             never pickle)
+    done/<pass>/<seq>-<w>.npz  the markers of the pass's finished blocks, in batches
+                             written by the client as results arrive (:mod:`.donelog`),
+                             each after its block's data: the block's (small) result for
+                             the driver, and the files it wrote with their sizes and
+                             CRC-32 (:mod:`.markers`: data, never pickle)
     complete.json            written last, after a coverage check: every block has a
                              marker whose files are on disk with the recorded sizes
 
@@ -17,8 +18,9 @@ A rerun with the same key finds ``complete.json`` and skips the stage (0 blocks)
 an interruption it computes only the blocks without a marker that verifies: a marker of
 another key, step or block, or whose files are missing or changed (read back and their
 CRC-32 compared), is not trusted and its block is computed again. Nothing is inferred
-from which chunk files happen to exist. Markers are written atomically (temporary name,
-then rename), so a block killed halfway has no marker and is computed again.
+from which chunk files happen to exist. Batches are written atomically (temporary name,
+then rename), so a block killed halfway, or finished in the last seconds before the
+client was killed, has no marker and is computed again.
 """
 
 from __future__ import annotations
@@ -30,16 +32,19 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ..errors import AffinityDistError, BlockFailedError
-from ..storage import write_atomic, write_json
+from ..storage import write_json
 from ..storage.journal import chunk_files, digests, journal, mismatch
-from .markers import Marker, MarkerError, decode_marker, encode_marker
+from .donelog import DoneLog
+from .markers import Marker
 from .scheduling import BlockCounts, run_blocks
 
 __all__ = ["STATE_DIR", "StageState", "array_key", "digest", "recording", "run_recorded"]
@@ -75,21 +80,19 @@ def array_key(dataset: str | os.PathLike[str], name: str) -> str:
 
 @dataclass(frozen=True)
 class _Recorded:
-    """Run ``fn(block)`` on a worker, then record the block as done: its result and the
-    files it wrote (sizes and CRC-32, read back after the writes)."""
+    """Run ``fn(block)`` on a worker and return the block's marker for the client to
+    record: its result and the files it wrote (sizes and CRC-32, read back after the
+    writes)."""
 
     fn: Callable[[Any], Any]
-    folder: str
     dataset: str
     step: str
     key: str
 
-    def __call__(self, block: int) -> Any:
+    def __call__(self, block: int) -> Marker:
         with journal() as written:
             result = self.fn(block)
-        marker = Marker(self.step, block, self.key, digests(written, self.dataset), result)
-        write_atomic(Path(self.folder) / f"{block}.npz", encode_marker(marker))
-        return result
+        return Marker(self.step, block, self.key, digests(written, self.dataset), result)
 
 
 @dataclass(frozen=True)
@@ -153,65 +156,79 @@ class StageState:
         return Path(self.root).parent.parent
 
     def folder(self, step: str) -> Path:
-        path = Path(self.root) / "done" / step
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return Path(self.root) / "done" / step
+
+    def log(self, step: str) -> DoneLog:
+        """The batch files of ``step``'s markers (:mod:`.donelog`)."""
+        return DoneLog(self.folder(step))
 
     def done(self, step: str) -> set[int]:
-        """Blocks of ``step`` with a marker file (not yet verified: :meth:`verified`)."""
-        return {int(p.stem) for p in self.folder(step).iterdir()
-                if p.suffix == ".npz" and p.stem.isdigit()}
+        """Blocks of ``step`` with a marker (not yet verified: :meth:`verified`)."""
+        return set(self.log(step).read()[0])
 
-    def _check(self, step: str, block: int, content: bool, outputs: Outputs | None
-               ) -> tuple[Any, str | None]:
-        path = self.folder(step) / f"{block}.npz"
-        try:
-            marker = decode_marker(path.read_bytes())
-        except (OSError, MarkerError) as err:
-            return None, str(err)
-        if (marker.step, marker.block, marker.key) != (step, block, self.key):
-            return None, (f"it is the marker of {marker.step} block {marker.block} under key "
-                          f"{marker.key}")
+    def _check(self, step: str, marker: Marker, content: bool, outputs: Outputs | None
+               ) -> str | None:
+        if (marker.step, marker.key) != (step, self.key):
+            return f"it is a marker of {marker.step} under key {marker.key}"
         if outputs is not None:
             expected: set[str] = set()
-            for name, selection in outputs(block):
+            for name, selection in outputs(marker.block):
                 expected |= chunk_files(self.dataset, name, selection)
             absent = sorted(expected - {entry[0] for entry in marker.files})
             if absent:
-                return None, f"it does not list {absent[0]}, which the block writes"
-        return marker.result, mismatch(marker.files, self.dataset, content=content)
+                return f"it does not list {absent[0]}, which the block writes"
+        return mismatch(marker.files, self.dataset, content=content)
 
-    def verified(self, step: str, blocks: Iterable[int], *, content: bool = True,
+    def _verify(self, step: str, blocks: Sequence[int], keep: Callable[[Marker], None], *,
+                content: bool, outputs: Outputs | None) -> None:
+        """``keep(marker)`` for each block of ``blocks`` whose latest marker verifies,
+        reading the batches one at a time (the client never holds every marker)."""
+        ids = np.asarray(blocks, dtype=np.int64)
+        wanted = np.zeros(int(ids.max()) + 1 if ids.size else 0, bool)
+        wanted[ids] = True
+        unreadable: list[tuple[Path, str]] = []
+        bad: list[str] = []
+        with ThreadPoolExecutor(max_workers=8) as pool:  # zlib.crc32 releases the GIL
+            for batch in self.log(step).latest(wanted.size, unreadable):
+                mine = [m for m in batch if wanted[m.block]]
+                checks = pool.map(lambda m: self._check(step, m, content, outputs), mine)
+                for marker, problem in zip(mine, checks, strict=True):
+                    if problem is None:
+                        keep(marker)
+                    else:
+                        bad.append(f"block {marker.block}: {problem}")
+        for path, problem in unreadable:
+            bad.append(f"{path.name}: {problem}")
+            path.unlink(missing_ok=True)  # nothing in it can be used
+        if bad:  # a later marker of the same block, once it is computed again, supersedes
+            log.warning("%s: %d done markers not trusted, their blocks are computed again "
+                        "(first: %s)", step, len(bad), bad[0])
+
+    def verified(self, step: str, blocks: Sequence[int], *, content: bool = True,
                  outputs: Outputs | None = None) -> dict[int, Any]:
         """The results of the blocks of ``step`` whose markers verify against the disk:
         every file they list is there (with ``content``, read back and its CRC-32
         compared; else its size), and they list every chunk the block must write
-        (``outputs(block)``: ``(array, selection)`` pairs). A marker that does not verify
-        is removed and its block left out (logged)."""
-        wanted = sorted(self.done(step) & set(blocks))
-        with ThreadPoolExecutor(max_workers=8) as pool:  # zlib.crc32 releases the GIL
-            checks = list(pool.map(lambda b: self._check(step, b, content, outputs), wanted))
-        good, bad = {}, []
-        for block, (result, problem) in zip(wanted, checks, strict=True):
-            if problem is None:
-                good[block] = result
-            else:
-                bad.append((block, problem))
-                (self.folder(step) / f"{block}.npz").unlink(missing_ok=True)
-        if bad:
-            log.warning("%s: %d done markers not trusted, their blocks are computed again "
-                        "(first: block %d: %s)", step, len(bad), *bad[0])
+        (``outputs(block)``: ``(array, selection)`` pairs). A block's latest marker
+        counts; blocks whose marker does not verify are left out (logged), batch files
+        that cannot be read are removed."""
+        good: dict[int, Any] = {}
+        self._verify(step, blocks, lambda m: good.__setitem__(m.block, m.result),
+                     content=content, outputs=outputs)
         return good
 
     def check_coverage(self, step: str, blocks: Sequence[int], outputs: Outputs | None = None
                        ) -> None:
         """Refuse to go on while any block of ``step`` has no marker that lists what it
         must write, with those files on disk at the recorded sizes."""
-        missing = sorted(set(blocks) - set(self.verified(step, blocks, content=False,
-                                                         outputs=outputs)))
-        if missing:
-            raise BlockFailedError(f"{step}: {len(missing)} blocks have no verified done "
-                                   f"record (first: block {missing[0]}); the stage is not "
+        ids = np.asarray(blocks, dtype=np.int64)
+        covered = np.zeros(int(ids.max()) + 1 if ids.size else 0, bool)
+        self._verify(step, blocks, lambda m: covered.__setitem__(m.block, True),
+                     content=False, outputs=outputs)
+        missing = ids[~covered[ids]]
+        if missing.size:
+            raise BlockFailedError(f"{step}: {missing.size} blocks have no verified done "
+                                   f"record (first: block {missing.min()}); the stage is not "
                                    "complete")
 
     def finish(self, summary: Mapping[str, Any]) -> None:
@@ -256,10 +273,19 @@ def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: S
     cover those chunks: a marker that claims a block without its data is not trusted."""
     outputs = getattr(fn, "outputs", None)
     done = state.verified(step, blocks, outputs=outputs)
-    todo = [b for b in blocks if b not in done]
+    todo = [b for b in blocks if b not in done] if done else blocks
     counts.skipped += len(done)
-    recorded = _Recorded(fn, str(state.folder(step)), str(state.dataset), step, state.key)
-    computed = run_blocks(recorded, todo, stage=step, counts=counts, **run)
+    recorded = _Recorded(fn, str(state.dataset), step, state.key)
+    log_ = state.log(step)
+
+    def keep(marker: Marker) -> Any:  # on the client, as each block's result arrives
+        log_.add(marker)
+        return marker.result
+
+    try:
+        computed = run_blocks(recorded, todo, stage=step, counts=counts, collect=keep, **run)
+    finally:  # the blocks finished before a failure are kept for the rerun
+        log_.flush()
     state.check_coverage(step, todo, outputs)  # the others were verified just above
     if not previous:
         return computed
