@@ -300,8 +300,8 @@ class ReductionTree:
     >>> t = ReductionTree((3, 1, 2), (2, 2, 2))
     >>> t.num_levels, [t.num_tasks(k) for k in range(t.num_levels)], t.extent(1, 1)
     (3, [6, 2, 1], ((2, 0, 0), (3, 1, 2)))
-    >>> t.children(1, 0)
-    [0, 1, 2, 3]
+    >>> t.children(1, 0), t.parent(0, 3)
+    ([0, 1, 2, 3], (0, 3))
     """
 
     grid_shape: tuple[int, ...]
@@ -344,3 +344,11 @@ class ReductionTree:
         ranges = [range(int(i) * f, min((int(i) + 1) * f, n))
                   for i, f, n in zip(index, self.fanout, below, strict=True)]
         return [int(np.ravel_multi_index(c, below)) for c in itertools.product(*ranges)]
+
+    def parent(self, level: int, task: int) -> tuple[int, int]:
+        """The task of ``level + 1`` holding a task of ``level``, and the task's position
+        among that parent's :meth:`children`."""
+        index = np.unravel_index(task, self.task_grid(level))
+        up = tuple(int(i) // f for i, f in zip(index, self.fanout, strict=True))
+        parent = int(np.ravel_multi_index(up, self.task_grid(level + 1)))
+        return parent, self.children(level + 1, parent).index(task)

@@ -1,5 +1,14 @@
-"""Scale benchmark, part 1: the tree reduction of ``segment --method cc`` at 10^7-10^9
-synthetic fragments, and the memory of its largest task.
+"""Scale benchmark: Dask at 10^4-10^6 blocks, and the tree reduction of ``segment
+--method cc`` at 10^7-10^9 synthetic fragments with the memory of its largest task.
+
+``dask``: for each block count N, in a fresh process against a fresh scheduler and two
+single-thread workers (separate processes, as on SLURM): the plan (the block list and the
+reduction tree's tasks), then a recorded pass of N no-op block tasks through
+``run_recorded`` (windowed submission, results fetched, done markers batched); the
+seconds per block, the peak RSS of the client (this process) and of the scheduler above
+their start, and the marker files written. The peer, in the same run: bare
+``client.map`` of N no-op tasks, all submitted at once (up to 10^5: beyond, its
+scheduler's memory is the problem this avoids).
 
 Synthetic face pairs as the leaves see them: a G^3 grid of blocks, F fragments per block,
 P fragment pairs across every block face (random fragments on both sides; both sides
@@ -14,15 +23,23 @@ hold the pair). Two measurements:
   pending surface of its 8 children, i.e. both sides of every pair across the three
   central planes of the grid. Its peak memory is what the largest task needs.
 
-    .venv/bin/python benchmarks/bench_scale.py [--tree 20 40] [--root 100 200]
-        [--fragments 1000] [--pairs 300]
+    .venv/bin/python benchmarks/bench_scale.py [--blocks 10000 100000 1000000]
+        [--tree 20 40] [--root 100 200] [--fragments 1000] [--pairs 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
 import time
 import tracemalloc
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -146,6 +163,123 @@ def root(g: int, fragments: int, pairs: int) -> None:
           f"(input made in {made:.0f} s)")
 
 
+def _noop(block: int) -> None:
+    return None
+
+
+class _Sampler:
+    """Peak RSS (MB) of processes, sampled every 20 ms in a thread."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.start = {name: p.memory_info().rss / 1e6 for name, p in self.procs.items()}
+        self.peak = dict(self.start)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.02):
+            for name, proc in self.procs.items():
+                self.peak[name] = max(self.peak[name], proc.memory_info().rss / 1e6)
+
+    def above(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        return {name: self.peak[name] - self.start[name] for name in self.procs}
+
+
+def _cluster(folder: Path) -> tuple[list[subprocess.Popen[bytes]], Any]:
+    from distributed import Client
+
+    bin_dir = Path(sys.executable).parent
+    file = folder / "scheduler.json"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file",
+                               str(file)], **quiet)]  # type: ignore[call-overload]
+    while not file.exists():
+        time.sleep(0.1)
+    procs.append(subprocess.Popen(
+        [bin_dir / "dask", "worker", "--scheduler-file", str(file), "--nworkers", "2",
+         "--nthreads", "1", "--no-dashboard", "--memory-limit", "0", "--local-directory",
+         str(folder / "workers")], **quiet))  # type: ignore[call-overload]
+    client = Client(scheduler_file=str(file))
+    client.wait_for_workers(2)
+    return procs, client
+
+
+def dask_one(n: int, peer: bool) -> dict[str, float]:
+    """One block count, in this (fresh) process: see the module's docstring."""
+    from affinity_dist.runtime.scheduling import BlockCounts
+    from affinity_dist.runtime.state import StageState, run_recorded
+
+    out: dict[str, float] = {"blocks": n}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        procs, client = _cluster(Path(tmp))
+        try:
+            g = round(n ** (1 / 3))
+            shape = (n // (g * g), g, g)  # n blocks of 8^3 over a virtual volume
+            sampler = _Sampler({"client": os.getpid(), "scheduler": procs[0].pid})
+            t0 = time.perf_counter()
+            grid = BlockGrid(tuple(8 * k for k in shape), (8, 8, 8))
+            blocks = list(range(grid.num_blocks))
+            tree = ReductionTree(grid.grid_shape, (2, 2, 2))
+            tasks = sum(len(tree.children(level, k)) for level in range(1, tree.num_levels)
+                        for k in range(tree.num_tasks(level)))
+            out["plan_s"] = time.perf_counter() - t0
+            out["tree_children"] = tasks
+            state = StageState.of(tmp, "scale", {"n": n})
+            state.begin()
+            t0 = time.perf_counter()
+            run_recorded(state, "touch", _noop, blocks, BlockCounts(), client=client,
+                         progress=False, release=False)
+            out["run_s"] = time.perf_counter() - t0
+            out["marker_files"] = len(state.log("touch").files())
+            above = sampler.above()
+            out["client_mb"], out["scheduler_mb"] = above["client"], above["scheduler"]
+            if peer:
+                sampler = _Sampler({"client": os.getpid(), "scheduler": procs[0].pid})
+                t0 = time.perf_counter()
+                futures = client.map(_noop, blocks, pure=False)
+                client.gather(futures)
+                out["peer_s"] = time.perf_counter() - t0
+                del futures
+                above = sampler.above()
+                out["peer_client_mb"] = above["client"]
+                out["peer_scheduler_mb"] = above["scheduler"]
+        finally:
+            client.close()
+            for proc in reversed(procs):
+                proc.terminate()
+                proc.wait()
+    return out
+
+
+def dask_table(counts: list[int]) -> None:
+    print(f"\ndask: N no-op blocks on 2 single-thread workers ({os.cpu_count()} cores)")
+    print(f"{'blocks':>8} {'plan s':>7} {'run s':>7} {'ms/block':>9} {'client MB':>10} "
+          f"{'sched MB':>9} {'files':>6} | {'peer ms/block':>13} {'client MB':>10} "
+          f"{'sched MB':>9}")
+    for n in counts:
+        peer = n <= 100_000
+        line = subprocess.run([sys.executable, __file__, "--dask-one", str(n)]
+                              + (["--peer"] if peer else []), capture_output=True,
+                              text=True, check=True).stdout.strip().splitlines()[-1]
+        r = json.loads(line)
+        text = (f"{n:>8} {r['plan_s']:>7.2f} {r['run_s']:>7.1f} "
+                f"{1e3 * r['run_s'] / n:>9.3f} {r['client_mb']:>10.0f} "
+                f"{r['scheduler_mb']:>9.0f} {r['marker_files']:>6.0f} | ")
+        if peer:
+            text += (f"{1e3 * r['peer_s'] / n:>13.3f} {r['peer_client_mb']:>10.0f} "
+                     f"{r['peer_scheduler_mb']:>9.0f}")
+        else:
+            text += f"{'(not run)':>13}"
+        print(text, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=int, nargs="*", default=[20, 40],
@@ -154,7 +288,15 @@ def main() -> None:
                         help="grid sizes G for the root task alone")
     parser.add_argument("--fragments", type=int, default=1000, help="per block")
     parser.add_argument("--pairs", type=int, default=300, help="per block face")
+    parser.add_argument("--blocks", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
+                        help="block counts N for the Dask part")
+    parser.add_argument("--dask-one", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.dask_one:
+        print(json.dumps(dask_one(args.dask_one, args.peer)))
+        return
+    dask_table(args.blocks)
     for g in args.tree:
         tree(g, args.fragments, args.pairs)
     for g in args.root:

@@ -257,8 +257,9 @@ def _run_local(guarded: _Guarded, items: Sequence[Any], threads: int, kept: _Kep
 
 def _run_windowed(client: Any, guarded: _Guarded, items: Sequence[Any], prefix: str,
                   kept: _Kept, *, resources: dict[str, float] | None) -> None:
-    """Submit the tasks in order, keeping at most WINDOW on the cluster; fetch each
-    result as it completes and drop its future (the worker frees the result at once)."""
+    """Submit the tasks in order, keeping at most WINDOW on the cluster; fetch the results
+    as they complete, those that completed together in one gather, and drop their futures
+    (the workers free the results at once)."""
     from distributed import as_completed
 
     stage, done = guarded.stage, as_completed()
@@ -278,15 +279,18 @@ def _run_windowed(client: Any, guarded: _Guarded, items: Sequence[Any], prefix: 
 
     try:
         submit()
-        for future in done:
-            i = int(future.key[len(prefix):])
-            if future.status == "error":
-                _raise_for(future, stage, items[i], i)
-            attempts, value = future.result()
-            if isinstance(value, _Failed):
-                raise value.error
-            del live[i], future
-            kept.arrive(i, attempts, value)
+        for batch in done.batches():  # what finished meanwhile: one gather for them all
+            for future in batch:
+                if future.status == "error":
+                    i = int(future.key[len(prefix):])
+                    _raise_for(future, stage, items[i], i)
+            for future, (attempts, value) in zip(batch, client.gather(batch), strict=True):
+                if isinstance(value, _Failed):
+                    raise value.error
+                i = int(future.key[len(prefix):])
+                del live[i]
+                kept.arrive(i, attempts, value)
+            del batch, future
             submit()
     except BaseException as err:
         client.cancel([f for f in live.values() if not f.done()])

@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 #: Default threshold of either method when the affinities name none.
 DEFAULT_THRESHOLD = 0.5
 #: Bump when a change of this module changes what segment writes (keys the run state).
-VERSION = 3  # 2: face planes in one row per block; 3: the tree reduction
+VERSION = 4  # 2: face planes in one row per block; 3: the tree reduction; 4: labels per parent
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from ..errors import DataError
 from ..geometry import Box
 from ..kernels.agglomerate import inside_extent
 from ..kernels.cc_tree import (
@@ -266,11 +267,20 @@ def _counts(plan: SegmentPlan) -> dict[str, NDArray[Any]]:
 
 def _labels(plan: SegmentPlan, level: int, task: int
             ) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
-    """The labels a task's parent gave its pending components (none at the root)."""
+    """The labels a task's parent gave its pending components (none at the root): the
+    task's part of the parent's record (one per parent, not one per child: the blocks
+    under a parent read it once per worker)."""
     if level == plan.tree.num_levels - 1:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-    got = read_record(plan.dataset, record_path(LOOKUP, "labels", level, task))
-    return got["ids"], got["labels"]
+    parent, position = plan.tree.parent(level, task)
+    got = _cached_record(plan.dataset, record_path(LOOKUP, "labels", level, parent),
+                         plan.token)
+    starts = got["starts"]
+    if starts.size != len(plan.tree.children(level + 1, parent)) + 1:
+        raise DataError(f"{LOOKUP}/labels/{level}/{parent}: {starts.size} starts for "
+                        f"{len(plan.tree.children(level + 1, parent))} children")
+    part = slice(int(starts[position]), int(starts[position + 1]))
+    return got["ids"][part], got["labels"][part]
 
 
 @dataclass(frozen=True)
@@ -289,11 +299,16 @@ class CutTask:
         record = _record(plan, self.level, task)
         labels = component_labels(record, base, *_labels(plan, self.level, task))
         owner = (record.a >> np.uint64(LOCAL_BITS)).astype(np.int64)
+        ids, given, starts = [], [], [0]
         for child in tree.children(self.level, task):
             lo, hi = tree.extent(self.level - 1, child)
             mine = inside_extent(owner, plan.grid.grid_shape, lo, hi)
-            write_record(plan.dataset, record_path(LOOKUP, "labels", self.level - 1, child),
-                         {"ids": record.a[mine], "labels": labels[mine]})
+            ids.append(record.a[mine])
+            given.append(labels[mine])
+            starts.append(starts[-1] + ids[-1].size)
+        write_record(plan.dataset, record_path(LOOKUP, "labels", self.level - 1, task),
+                     {"ids": np.concatenate(ids), "labels": np.concatenate(given),
+                      "starts": np.asarray(starts, np.int64)})
         return int(record.a.size)
 
 
