@@ -105,6 +105,10 @@ def test_the_tree_reduction_holds_no_pair_list_at_any_fanout(
     assert (ids == np.arange(1, len(ids) + 1)).all() and summary.num_segments == len(ids)
     attrs = open_dataset(path)["lookup"].attrs
     assert attrs["fanout"] == list(fanout) and attrs["residuals"] == levels
+    # records per task above the leaves (its merges, its children's labels), none per
+    # block: the group's and the index's metadata besides
+    above = sum(plan.tree.num_tasks(k) for k in range(1, plan.tree.num_levels))
+    assert len(list((path / "lookup").rglob("zarr.json"))) <= 2 * above + 2 < 100
 
 
 def test_without_fragments_gives_the_same_segmentation(tmp_path: Path) -> None:

@@ -131,3 +131,37 @@ def test_tiled_writes_equal_box_writes(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="expected to cover"):
         open_volume(tmp_path / "t.zarr", "tiles", "r+").write(Box((0, 0, 0), (4, 12, 16)),
                                                              tiles)
+
+
+def test_records_round_trip_and_parts_are_checked_against_their_offsets(
+        tmp_path: Path) -> None:
+    from affinity_dist.storage import read_record, record_part, write_parts, write_record
+
+    write_record(tmp_path, "r/one", {"a": np.arange(3, dtype=np.uint64),
+                                     "s": np.array([0.5]), "n": np.zeros(0, np.int64)})
+    got = read_record(tmp_path, "r/one")
+    assert got["a"].tolist() == [0, 1, 2] and got["s"].tolist() == [0.5]
+    assert got["n"].dtype == np.int64 and got["n"].size == 0
+    parts = [{"ids": np.array([5, 7], np.uint64), "labels": np.array([1, 1], np.uint64)},
+             {"ids": np.zeros(0, np.uint64), "labels": np.zeros(0, np.uint64)},
+             {"ids": np.array([9], np.uint64), "labels": np.array([2], np.uint64)}]
+    write_parts(tmp_path, "r/parts", parts)
+    rec = read_record(tmp_path, "r/parts")
+    for k, part in enumerate(parts):
+        back = record_part(rec, "r/parts", k, 3)
+        assert {f: v.tolist() for f, v in back.items()} == \
+            {f: v.tolist() for f, v in part.items()}
+    with pytest.raises(DataError, match="do not match 4 children"):
+        record_part(rec, "r/parts", 0, 4)
+    with pytest.raises(DataError, match="part 3 wanted"):
+        record_part(rec, "r/parts", 3, 3)
+    assert rec["starts"].tolist() == [0, 2, 2, 3, 0, 2, 2, 3]
+    forged = {**rec, "starts": np.array([0, 3, 1, 3, 0, 2, 2, 3])}  # offsets out of order
+    with pytest.raises(DataError):
+        record_part(forged, "r/parts", 1, 3)
+    with pytest.raises(TypeError):
+        write_parts(tmp_path, "r/bad", [{"ids": np.zeros(2, np.uint64)}, {"other": 1}])
+    ragged = [{"u": np.arange(k, dtype=np.uint64), "w": np.ones(2 * k)} for k in range(4)]
+    write_parts(tmp_path, "r/ragged", ragged)  # fields of different lengths per part
+    rec = read_record(tmp_path, "r/ragged")
+    assert [record_part(rec, "r/ragged", k, 4)["w"].size for k in range(4)] == [0, 2, 4, 6]

@@ -27,8 +27,8 @@ from ..kernels.graph import (
 )
 from ..kernels.merge import fragment_sizes
 from ..kernels.watershed import watershed_block
-from ..storage import read_record, write_record
-from .segment_tasks import face_outputs, read_affinities, read_faces, write_faces
+from ..storage import read_record, write_parts, write_record
+from .segment_tasks import child_labels, face_outputs, read_affinities, read_faces, write_faces
 from .segment_tasks import open_cached as _open
 from .segment_tasks import record_path as _path
 
@@ -217,7 +217,7 @@ def _parent_labels(plan: AgglomeratePlan, level: int, task: int
     (none at the root)."""
     if level == plan.tree.num_levels - 1:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-    got = read_record(plan.dataset, _path(CUT, "labels", level, task))
+    got = child_labels(plan, _path(CUT, "labels"), level, task)
     return got["ids"], got["labels"]
 
 
@@ -241,11 +241,10 @@ class CutTask:
         labels = cut_labels(_record(read_tree(plan, self.level, task, self.size)),
                             ALL if self.size else plan.threshold,
                             *_parent_labels(plan, self.level, task), queries)
-        start = 0
-        for child, up in zip(kids, ups, strict=True):
-            write_record(plan.dataset, _path(CUT, "labels", self.level - 1, child),
-                         {"ids": up, "labels": labels[start:start + up.size]})
-            start += up.size
+        starts = np.cumsum([0, *(up.size for up in ups)])
+        write_parts(plan.dataset, _path(CUT, "labels", self.level - 1, task),
+                    [{"ids": up, "labels": labels[a:b]}
+                     for up, a, b in zip(ups, starts[:-1], starts[1:], strict=True)])
         return len(kids)
 
 

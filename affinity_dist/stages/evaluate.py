@@ -154,7 +154,8 @@ def evaluate(dataset: str | os.PathLike[str], options: EvaluateOptions | None = 
         fields as keyword arguments.
     json_path : also write the scores as JSON there (an existing file only with
         ``overwrite``).
-    client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
+    client : ``distributed.Client``; ``None`` runs in this process (``scheduler``:
+        threads or synchronous).
 
     Returns
     -------

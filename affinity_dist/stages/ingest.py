@@ -222,7 +222,8 @@ def ingest(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     src : HDF5 file (CREMI layout), multi-page TIFF, folder of TIFF/PNG slices, Zarr or N5.
     options : :class:`~affinity_dist.options.IngestOptions` (keys, voxel size, rescale,
         chunks), or its fields as keyword arguments.
-    client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
+    client : ``distributed.Client``; ``None`` runs in this process (``scheduler``:
+        threads or synchronous).
 
     Returns
     -------

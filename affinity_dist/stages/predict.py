@@ -365,7 +365,8 @@ def predict(data: str | os.PathLike[str] | Any, options: PredictOptions | None =
     options : :class:`~affinity_dist.options.PredictOptions` (model — default the shipped
         fib25 model —, block, tile, device, precision, dtype, batch, chunks), or its fields
         as keyword arguments. Results depend on the tile only by float rounding.
-    client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
+    client : ``distributed.Client``; ``None`` runs in this process (``scheduler``:
+        threads or synchronous).
     """
     o = PredictOptions.of(options, **kwargs)
     if isinstance(data, str | os.PathLike):

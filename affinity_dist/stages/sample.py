@@ -95,7 +95,7 @@ def sample(dst: str | os.PathLike[str], options: SampleOptions | None = None, *,
     ``seed``, ``voxel_size``, ``chunks``. Deterministic for (shape, seed, voxel_size),
     whatever the chunks or the cluster; the blocks are generated independently, so the
     volume may exceed memory. ``client``: a ``distributed.Client``; ``None`` runs with
-    Dask's local ``scheduler``.
+    this process's ``scheduler`` (threads or synchronous).
     """
     plan = prepare_sample(dst, SampleOptions.of(options, **kwargs), overwrite=overwrite)
     return run_sample(plan, client=client, scheduler=scheduler, progress=progress)

@@ -8,7 +8,8 @@ small payloads; :mod:`.segment_tasks` holds the tasks):
    ids (block id in the high bits), saves its six boundary planes and the affinities of
    its first planes to small face arrays, and returns its counts;
 2. **leaves** — every block pairs its planes with those of its six neighbours: the
-   fragment pairs joined across its faces, its leaf of the tree reduction;
+   fragment pairs joined across its faces, its leaf of the tree reduction (one task and
+   one record per group of blocks under a level-1 task, not per block);
 3. **tree** — each level of the :class:`~affinity_dist.geometry.ReductionTree` joins its
    children's components along the pairs inside its extent
    (:func:`~affinity_dist.kernels.cc_tree.reduce_components`); a component with a pair
@@ -67,10 +68,11 @@ from .segment_tasks import (
     WORK,
     CutTask,
     FragmentBlock,
-    LeafBlock,
+    LeafGroup,
     RelabelBlock,
     TreeTask,
     create_face_arrays,
+    leaf_groups,
 )
 
 __all__ = ["SegmentPlan", "prepare_segment", "run_segment", "segment"]
@@ -79,7 +81,8 @@ log = logging.getLogger(__name__)
 #: Default threshold of either method when the affinities name none.
 DEFAULT_THRESHOLD = 0.5
 #: Bump when a change of this module changes what segment writes (keys the run state).
-VERSION = 4  # 2: face planes in one row per block; 3: the tree reduction; 4: labels per parent
+VERSION = 4  # 2: face planes in one row per block; 3: the tree reduction; 4: leaves and labels
+# recorded per parent task
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,12 @@ def _reduce(plan: SegmentPlan, passes: Callable[..., list[Any]]
     """2.-3. The leaves (every block's face pairs) and the tree levels above them: each
     task's counts, level by level (the leaves first), and each level's largest residual."""
     clock = time.perf_counter()
-    leaves = passes("leaves", LeafBlock(plan), list(plan.grid))
+    groups = leaf_groups(plan)
+    leaves: list[dict[str, int]] = [{}] * plan.grid.num_blocks
+    for blocks, counts in zip(groups, passes("leaves", LeafGroup(plan),
+                                             list(range(len(groups)))), strict=True):
+        for block, count in zip(blocks, counts, strict=True):
+            leaves[block] = count
     levels = [leaves]
     for level in range(1, plan.tree.num_levels):
         levels.append(passes(f"tree{level}", TreeTask(plan, level),
@@ -327,7 +335,8 @@ def segment(data: str | os.PathLike[str] | Any, options: SegmentOptions | None =
     options : :class:`~affinity_dist.options.SegmentOptions` (threshold: voxels joined by an
         affinity above it belong to one segment; block; min_size; keep_fragments; chunks),
         or its fields as keyword arguments.
-    client : ``distributed.Client``; ``None`` runs with Dask's local ``scheduler``.
+    client : ``distributed.Client``; ``None`` runs in this process (``scheduler``:
+        threads or synchronous).
 
     Returns
     -------

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
-from ..errors import DataError
 from ..geometry import Box
 from ..kernels.agglomerate import inside_extent
 from ..kernels.cc_tree import (
@@ -38,7 +37,15 @@ from ..kernels.fragments import (
 )
 from ..kernels.merge import block_map, fragment_sizes, fragment_stats
 from ..kernels.values import require_unit_range
-from ..storage import Volume, create_work_array, open_volume, read_record, write_record
+from ..storage import (
+    Volume,
+    create_work_array,
+    open_volume,
+    read_record,
+    record_part,
+    write_parts,
+    write_record,
+)
 
 if TYPE_CHECKING:
     from .segment import SegmentPlan
@@ -161,8 +168,24 @@ class FragmentBlock:
 # ---- 2. leaves -------------------------------------------------------------------------
 
 
+def leaf_groups(plan: SegmentPlan) -> list[list[int]]:
+    """The blocks whose leaves one task computes and records together: the children of
+    each task of tree level 1 (one record per group, not one per block)."""
+    tree = plan.tree
+    if tree.num_levels == 1:
+        return [[0]]
+    return [tree.children(1, task) for task in range(tree.num_tasks(1))]
+
+
 def _pending(plan: SegmentPlan, level: int, task: int) -> Pending:
-    return Pending(**read_record(plan.dataset, record_path(WORK, "pending", level, task)))
+    if level > 0:
+        return Pending(**read_record(plan.dataset,
+                                     record_path(WORK, "pending", level, task)))
+    if plan.tree.num_levels == 1:  # one block: its group is task 0
+        name = record_path(WORK, "pending", 0, 0)
+        got = _cached_record(plan.dataset, name, plan.token)
+        return Pending(**record_part(got, name, 0, 1))
+    return Pending(**child_labels(plan, record_path(WORK, "pending"), 0, task))
 
 
 def _sizes(pending: Pending, record: TaskRecord | None = None) -> dict[str, int]:
@@ -172,13 +195,25 @@ def _sizes(pending: Pending, record: TaskRecord | None = None) -> dict[str, int]
 
 
 @dataclass(frozen=True)
-class LeafBlock:
-    """A block's pairs across all six faces (each pair is thus known from both sides):
-    its leaf of the tree; returns its unmerged kept fragments, which it numbers itself."""
+class LeafGroup:
+    """The leaves of a group of blocks (:func:`leaf_groups`): each block's pairs across
+    all six faces (each pair is thus known from both sides), recorded in one record;
+    returns each block's counts and unmerged kept fragments, which it numbers itself."""
 
     plan: SegmentPlan
 
-    def __call__(self, block_id: int) -> dict[str, int]:
+    def __call__(self, group: int) -> list[dict[str, int]]:
+        blocks = leaf_groups(self.plan)[group]
+        parts, out = [], []
+        for block_id in blocks:
+            pending, sizes = self._leaf(block_id)
+            parts.append(pending._asdict())
+            out.append({**_sizes(pending), "unmerged": self._unmerged(block_id, pending,
+                                                                       sizes)})
+        write_parts(self.plan.dataset, record_path(WORK, "pending", 0, group), parts)
+        return out
+
+    def _leaf(self, block_id: int) -> tuple[Pending, tuple[NDArray[Any], NDArray[Any]] | None]:
         plan, grid = self.plan, self.plan.grid
         planes, affs = read_faces(plan, block_id), read_faces(plan, block_id, True)
         us, vs = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
@@ -202,10 +237,7 @@ class LeafBlock:
         if plan.min_size:
             got = read_record(plan.dataset, record_path(WORK, "sizes", block_id))
             sizes = (got["ids"], got["sizes"])
-        pending = leaf(u, v, sizes)
-        write_record(plan.dataset, record_path(WORK, "pending", 0, block_id), pending._asdict())
-        unmerged = self._unmerged(block_id, pending, sizes)
-        return {**_sizes(pending), "unmerged": unmerged}
+        return leaf(u, v, sizes), sizes
 
     def _unmerged(self, block_id: int, pending: Pending,
                   sizes: tuple[NDArray[Any], NDArray[Any]] | None) -> int:
@@ -272,15 +304,18 @@ def _labels(plan: SegmentPlan, level: int, task: int
     under a parent read it once per worker)."""
     if level == plan.tree.num_levels - 1:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    got = child_labels(plan, record_path(LOOKUP, "labels"), level, task)
+    return got["ids"], got["labels"]
+
+
+def child_labels(plan: Any, root: str, level: int, task: int) -> dict[str, NDArray[Any]]:
+    """A task's part of its parent's record ``<root>/<level>/<parent>`` (one record per
+    parent, written by :func:`~affinity_dist.storage.write_parts`; the blocks under a
+    parent read it once per worker)."""
     parent, position = plan.tree.parent(level, task)
-    got = _cached_record(plan.dataset, record_path(LOOKUP, "labels", level, parent),
-                         plan.token)
-    starts = got["starts"]
-    if starts.size != len(plan.tree.children(level + 1, parent)) + 1:
-        raise DataError(f"{LOOKUP}/labels/{level}/{parent}: {starts.size} starts for "
-                        f"{len(plan.tree.children(level + 1, parent))} children")
-    part = slice(int(starts[position]), int(starts[position + 1]))
-    return got["ids"][part], got["labels"][part]
+    name = record_path(root, level, parent)
+    return record_part(_cached_record(plan.dataset, name, plan.token), name, position,
+                       len(plan.tree.children(level + 1, parent)))
 
 
 @dataclass(frozen=True)
@@ -299,16 +334,12 @@ class CutTask:
         record = _record(plan, self.level, task)
         labels = component_labels(record, base, *_labels(plan, self.level, task))
         owner = (record.a >> np.uint64(LOCAL_BITS)).astype(np.int64)
-        ids, given, starts = [], [], [0]
+        parts = []
         for child in tree.children(self.level, task):
-            lo, hi = tree.extent(self.level - 1, child)
-            mine = inside_extent(owner, plan.grid.grid_shape, lo, hi)
-            ids.append(record.a[mine])
-            given.append(labels[mine])
-            starts.append(starts[-1] + ids[-1].size)
-        write_record(plan.dataset, record_path(LOOKUP, "labels", self.level - 1, task),
-                     {"ids": np.concatenate(ids), "labels": np.concatenate(given),
-                      "starts": np.asarray(starts, np.int64)})
+            mine = inside_extent(owner, plan.grid.grid_shape,
+                                 *tree.extent(self.level - 1, child))
+            parts.append({"ids": record.a[mine], "labels": labels[mine]})
+        write_parts(plan.dataset, record_path(LOOKUP, "labels", self.level - 1, task), parts)
         return int(record.a.size)
 
 

@@ -50,7 +50,7 @@ from .datasets import (
     write_table,
 )
 from .metadata import register_levels
-from .records import read_record, write_record
+from .records import read_record, record_part, write_parts, write_record
 
 __all__ = [
     "DEFAULT_CHUNKS",
@@ -76,11 +76,13 @@ __all__ = [
     "read_table",
     "read_table_slice",
     "require_space",
+    "record_part",
     "register_levels",
     "rename_volume",
     "staged_dataset",
     "write_atomic",
     "write_json",
+    "write_parts",
     "write_record",
     "write_table",
 ]

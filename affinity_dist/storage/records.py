@@ -10,7 +10,7 @@ and accepts only those three types: a record is data, never code.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from .codecs import compressors
 from .integrity import read_checked
 from .journal import note_chunks, note_file
 
-__all__ = ["read_record", "write_record"]
+__all__ = ["read_record", "record_part", "write_parts", "write_record"]
 
 _TYPES = {"<u8": np.uint64, "<i8": np.int64, "<f8": np.float64}
 
@@ -76,3 +76,37 @@ def read_record(dataset: str | os.PathLike[str], name: str) -> dict[str, NDArray
         out[str(key)] = flat[start:start + length].view(_TYPES[kind]).copy()
         start += length
     return out
+
+
+def write_parts(dataset: str | os.PathLike[str], name: str,
+                parts: Sequence[Mapping[str, NDArray[Any]]]) -> None:
+    """Write one record holding several records of the same fields (one part per child
+    task, in order: one file for a parent's children instead of one each): each field
+    concatenated, and ``starts``, every field's offsets of the parts (fields x parts+1).
+    :func:`record_part` takes one back out."""
+    keys = list(parts[0]) if parts else []
+    if "starts" in keys or any(list(p) != keys for p in parts):
+        raise TypeError("record parts must have the same fields, not 'starts'")
+    fields = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in keys}
+    starts = [np.cumsum([0, *(np.asarray(p[k]).size for p in parts)]) for k in keys]
+    write_record(dataset, name, {**fields, "starts": np.concatenate(
+        [np.zeros(0, np.int64), *starts]).astype(np.int64)})
+
+
+def record_part(record: Mapping[str, NDArray[Any]], name: str, position: int, count: int
+                ) -> dict[str, NDArray[Any]]:
+    """Part ``position`` of ``count`` of a record written by :func:`write_parts`, after
+    checking its offsets against its fields."""
+    keys = [k for k in record if k != "starts"]
+    starts = record.get("starts")
+    ok = starts is not None and starts.size == len(keys) * (count + 1)
+    if ok and starts is not None and keys:
+        rows = starts.reshape(len(keys), count + 1)
+        ok = bool(np.all(rows[:, 0] == 0) and np.all(np.diff(rows, axis=1) >= 0)) and all(
+            int(row[-1]) == record[k].size for k, row in zip(keys, rows, strict=True))
+    if not ok or not 0 <= position < count:
+        raise DataError(f"record {name!r}: its parts do not match {count} children "
+                        f"(part {position} wanted)")
+    rows = np.asarray(starts).reshape(len(keys), count + 1)
+    return {k: record[k][int(row[position]):int(row[position + 1])]
+            for k, row in zip(keys, rows, strict=True)}
