@@ -194,9 +194,13 @@ class _Sampler:
 def _cluster(folder: Path) -> tuple[list[subprocess.Popen[bytes]], Any]:
     from distributed import Client
 
+    from affinity_dist.runtime.cluster import BOUNDED
+
     bin_dir = Path(sys.executable).parent
     file = folder / "scheduler.json"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    env = {**os.environ, **{"DASK_" + key.upper().replace(".", "__").replace("-", "_"): str(v)
+                            for key, v in BOUNDED.items()}}  # what the README advises
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
     procs = [subprocess.Popen([bin_dir / "dask", "scheduler", "--host", "127.0.0.1",
                                "--port", "0", "--no-dashboard", "--scheduler-file",
                                str(file)], **quiet)]  # type: ignore[call-overload]
@@ -206,6 +210,9 @@ def _cluster(folder: Path) -> tuple[list[subprocess.Popen[bytes]], Any]:
         [bin_dir / "dask", "worker", "--scheduler-file", str(file), "--nworkers", "2",
          "--nthreads", "1", "--no-dashboard", "--memory-limit", "0", "--local-directory",
          str(folder / "workers")], **quiet))  # type: ignore[call-overload]
+    import dask
+
+    dask.config.set(BOUNDED)  # as runtime.cluster sets it for every client
     client = Client(scheduler_file=str(file))
     client.wait_for_workers(2)
     return procs, client
@@ -225,7 +232,7 @@ def dask_one(n: int, peer: bool) -> dict[str, float]:
             sampler = _Sampler({"client": os.getpid(), "scheduler": procs[0].pid})
             t0 = time.perf_counter()
             grid = BlockGrid(tuple(8 * k for k in shape), (8, 8, 8))
-            blocks = list(range(grid.num_blocks))
+            blocks = grid.blocks
             tree = ReductionTree(grid.grid_shape, (2, 2, 2))
             tasks = sum(len(tree.children(level, k)) for level in range(1, tree.num_levels)
                         for k in range(tree.num_tasks(level)))

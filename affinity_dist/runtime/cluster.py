@@ -15,13 +15,21 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from .scheduling import Scheduler
 
-__all__ = ["cluster", "local_gpus"]
+__all__ = ["BOUNDED", "cluster", "local_gpus"]
 
 log = logging.getLogger(__name__)
 
 #: What a worker logs, with a traceback, when the scheduler closes before its last
 #: heartbeat: the normal end of every local run on a loaded machine, not an error.
 HEARTBEAT_NOISE = "Failed to communicate with scheduler during heartbeat."
+
+
+#: Dask settings of every client (and a local cluster's scheduler): distributed keeps the
+#: last ``low-level-log-length`` message batches of each stream "for developers"; at its
+#: default, 1000, a client that releases 10^5 keys holds them all (12 MB of release
+#: messages and a cancelled-future error per key at 10^5 blocks): the client's memory
+#: grew with the blocks (benchmarks/bench_scale.py).
+BOUNDED = {"distributed.admin.low-level-log-length": 10}
 
 
 class _HeartbeatNoise(logging.Filter):
@@ -90,6 +98,14 @@ def cluster(scheduler: Scheduler | None = None, *, n_workers: int | None = None,
     if scheduler in ("threads", "synchronous"):
         yield None
         return
+    import dask
+
+    with dask.config.set(BOUNDED):
+        yield from _clients(scheduler, n_workers, threads_per_worker, memory_limit, gpus)
+
+
+def _clients(scheduler: Scheduler | None, n_workers: int | None, threads_per_worker: int,
+             memory_limit: str, gpus: int | Literal["auto"]) -> Iterator[Any]:
     from distributed import Client, LocalCluster
 
     if scheduler in (None, "local"):

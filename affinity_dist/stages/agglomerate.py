@@ -30,7 +30,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,7 +223,7 @@ def _build_tree(plan: AgglomeratePlan, group: Any, passes: Callable[..., list[An
     state, tree = plan.tree_state, plan.tree
     if not state.begin(keep=_tree_usable(plan, group)):
         _create_tree_outputs(plan, group)
-    blocks = list(plan.grid)
+    blocks = plan.grid.blocks
     with recording(state, "segment", lambda: _discard(group, (*STAGED.values(), WORK))):
         clock = time.perf_counter()
         counts = passes(state, "fragments", FragmentBlock(plan), blocks=blocks)
@@ -277,7 +277,7 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
     counts = counts if counts is not None else BlockCounts()
 
     def passes(state: StageState, step: str, fn: Callable[[int], Any], *,
-               blocks: list[int], previous: bool = True) -> list[Any]:
+               blocks: Sequence[int], previous: bool = True) -> list[Any]:
         return run_recorded(state, step, fn, blocks, counts, previous=previous,
                             client=client, scheduler=scheduler, progress=progress,
                             release=False)
@@ -302,7 +302,7 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
     size = plan.min_size > 0
     with recording(state, "segment", lambda: _discard(group, (STAGED["segmentation"], CUT))):
         if size:  # the size tree of this threshold: small segments into their neighbours
-            sizes = passes(state, "size0", SizeLeaf(plan), blocks=list(plan.grid))
+            sizes = passes(state, "size0", SizeLeaf(plan), blocks=plan.grid.blocks)
             summary.size_levels = [level_sizes(sizes)]
             for level in range(1, tree.num_levels):
                 sizes = passes(state, f"size{level}", TreeTask(plan, level, size=True),
@@ -311,7 +311,7 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
         for level in range(tree.num_levels - 1, 0, -1):
             passes(state, f"cut{level}", CutTask(plan, level, size),
                    blocks=list(range(tree.num_tasks(level))))
-        segments = passes(state, "relabel", RelabelBlock(plan, size), blocks=list(plan.grid))
+        segments = passes(state, "relabel", RelabelBlock(plan, size), blocks=plan.grid.blocks)
     summary.num_segments = int(sum(segments))
     group[STAGED["segmentation"]].attrs.update({"threshold": plan.threshold,
                                                 "min_size": plan.min_size,

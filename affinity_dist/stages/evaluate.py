@@ -133,7 +133,7 @@ def _drop_small_truth(table: Contingency, min_size: int) -> Contingency:
 def run_evaluate(plan: EvaluatePlan, *, client: Any | None = None,
                  scheduler: LocalScheduler = "threads", progress: bool = True) -> Scores:
     """Execute a validated plan; see :func:`evaluate`."""
-    tables = run_blocks(_ContingencyBlock(plan), list(plan.grid), stage="evaluate",
+    tables = run_blocks(_ContingencyBlock(plan), plan.grid.blocks, stage="evaluate",
                         client=client, scheduler=scheduler, progress=progress)
     table = _drop_small_truth(merge_contingency(tables), plan.min_truth_size)
     log.info("evaluate: %d blocks, %d overlapping id pairs", plan.grid.num_blocks,

@@ -190,7 +190,7 @@ def run_ingest(plan: IngestPlan, *, client: Any | None = None,
     with staged_dataset(plan.dst, overwrite=plan.overwrite) as group:
         value_range = None
         if plan.rescale and raw.dtype != np.uint8:
-            ranges = run_blocks(_MinMax(raw, grid), list(grid), client=client,
+            ranges = run_blocks(_MinMax(raw, grid), grid.blocks, client=client,
                                 stage="ingest-range", scheduler=scheduler, progress=progress)
             value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
             log.info("rescaling raw from [%g, %g] to [0, 255]", *value_range)
@@ -206,7 +206,7 @@ def run_ingest(plan: IngestPlan, *, client: Any | None = None,
                                         "labels_key": labels.key if labels else None,
                                         "mask_key": plan.mask.key if plan.mask else None}
         run_blocks(_CopyBlock(raw, labels, grid, group_path(group), value_range, plan.mask),
-                   list(grid),
+                   grid.blocks,
                    client=client, stage="ingest", scheduler=scheduler, progress=progress)
     return Path(plan.dst)
 

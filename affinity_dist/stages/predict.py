@@ -341,7 +341,7 @@ def run_predict(plan: PredictPlan, *, client: Any | None = None,
     counts = BlockCounts()
     clock = time.perf_counter()
     with recording(state, "predict", lambda: delete_node(group, STAGED)):
-        done = run_recorded(state, "predict", PredictBlock(plan), list(plan.grid), counts,
+        done = run_recorded(state, "predict", PredictBlock(plan), plan.grid.blocks, counts,
                             previous=False, client=client, scheduler=scheduler,
                             progress=progress, resources=resources)
     seconds = time.perf_counter() - clock

@@ -185,7 +185,7 @@ def _levels(plan: PyramidPlan, group: Any, name: str, staged: str, **run: Any
         grid = BlockGrid(shape, tuple(c * max(1, b // c)
                                       for b, c in zip(plan.block, chunks, strict=True)))
         run_blocks(_LevelBlock(plan.dataset, source, target, factor, grid, labels),
-                   list(grid), stage=f"pyramid {name} s{k}", **run)
+                   grid.blocks, stage=f"pyramid {name} s{k}", **run)
         entries.append((target, list(voxel), list(offset)))
         source = target
     return entries

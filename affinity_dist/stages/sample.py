@@ -80,7 +80,7 @@ def run_sample(plan: SamplePlan, *, client: Any | None = None,
         create_volume(group, "labels", dtype=np.uint64, **common)
         group.attrs["affinity_dist"] = {"sample": {"shape": list(spec.shape), "seed": spec.seed,
                                                    "voxel_size": list(spec.voxel_size)}}
-        run_blocks(_SampleBlock(spec, grid, group_path(group)), list(grid), client=client,
+        run_blocks(_SampleBlock(spec, grid, group_path(group)), grid.blocks, client=client,
                    stage="sample", scheduler=scheduler, progress=progress)
     return Path(plan.dst)
 

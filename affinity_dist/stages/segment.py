@@ -210,7 +210,7 @@ def _fragments(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[dict
     """1. Every block's fragments and face planes, written; its counts, stored for the
     leaves (O(blocks) numbers)."""
     clock = time.perf_counter()
-    counts = passes("fragments", FragmentBlock(plan), list(plan.grid))
+    counts = passes("fragments", FragmentBlock(plan), plan.grid.blocks)
     write_record(plan.dataset, COUNTS, {
         key: np.array([c[key] for c in counts], np.int64) for key in ("fragments", "small")})
     log.info("fragments: %d in %d blocks, %.2f s", sum(c["fragments"] for c in counts),
@@ -257,7 +257,7 @@ def _cut(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> None:
     clock = time.perf_counter()
     for level in range(plan.tree.num_levels - 1, 0, -1):
         passes(f"cut{level}", CutTask(plan, level), list(range(plan.tree.num_tasks(level))))
-    passes("relabel", RelabelBlock(plan), list(plan.grid), previous=False, release=True)
+    passes("relabel", RelabelBlock(plan), plan.grid.blocks, previous=False, release=True)
     log.info("cut and relabel: %.2f s", time.perf_counter() - clock)
 
 
