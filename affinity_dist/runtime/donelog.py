@@ -101,18 +101,25 @@ class DoneLog:
         write_atomic(path, encode_markers(markers))
         return path
 
+    def _batches(self, paths: list[Path], unreadable: list[tuple[Path, str]]
+                 ) -> Iterator[list[Marker]]:
+        """The markers of each file in ``paths`` that decodes; the files and entries that
+        do not, and why, are added to ``unreadable``."""
+        for path in paths:
+            try:
+                batch, bad = decode_markers(path.read_bytes())
+            except (OSError, MarkerError) as err:
+                unreadable.append((path, str(err)))
+                continue
+            unreadable.extend((path, problem) for problem in bad)
+            yield batch
+
     def read(self) -> tuple[dict[int, Marker], list[tuple[Path, str]]]:
         """Every block's latest marker, and the problems of what could not be read (a
         batch file, or an entry of one: left out; their blocks are computed again)."""
         markers: dict[int, Marker] = {}
         problems: list[tuple[Path, str]] = []
-        for path in self.files():
-            try:
-                batch, bad = decode_markers(path.read_bytes())
-            except (OSError, MarkerError) as err:
-                problems.append((path, str(err)))
-                continue
-            problems.extend((path, problem) for problem in bad)
+        for batch in self._batches(self.files(), problems):
             markers.update((m.block, m) for m in batch)
         return markers, problems
 
@@ -122,13 +129,7 @@ class DoneLog:
         newest first; the files that cannot be read, and why, are added to
         ``unreadable``."""
         seen = np.zeros(size, bool)
-        for path in reversed(self.files()):
-            try:
-                batch, bad = decode_markers(path.read_bytes())
-            except (OSError, MarkerError) as err:
-                unreadable.append((path, str(err)))
-                continue
-            unreadable.extend((path, problem) for problem in bad)
+        for batch in self._batches(self.files()[::-1], unreadable):
             fresh = []
             for marker in reversed(batch):
                 if marker.block < size and not seen[marker.block]:

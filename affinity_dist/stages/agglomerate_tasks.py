@@ -28,7 +28,7 @@ from ..kernels.graph import (
 from ..kernels.merge import fragment_sizes
 from ..kernels.watershed import watershed_block
 from ..storage import read_record, write_parts, write_record
-from .segment_tasks import child_labels, face_outputs, read_affinities, read_faces, write_faces
+from .segment_tasks import face_outputs, parent_part, read_affinities, read_faces, write_faces
 from .segment_tasks import open_cached as _open
 from .segment_tasks import record_path as _path
 
@@ -217,7 +217,7 @@ def _parent_labels(plan: AgglomeratePlan, level: int, task: int
     (none at the root)."""
     if level == plan.tree.num_levels - 1:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-    got = child_labels(plan, _path(CUT, "labels"), level, task)
+    got = parent_part(plan, _path(CUT, "labels"), level, task)
     return got["ids"], got["labels"]
 
 

@@ -181,11 +181,7 @@ def _pending(plan: SegmentPlan, level: int, task: int) -> Pending:
     if level > 0:
         return Pending(**read_record(plan.dataset,
                                      record_path(WORK, "pending", level, task)))
-    if plan.tree.num_levels == 1:  # one block: its group is task 0
-        name = record_path(WORK, "pending", 0, 0)
-        got = _cached_record(plan.dataset, name, plan.token)
-        return Pending(**record_part(got, name, 0, 1))
-    return Pending(**child_labels(plan, record_path(WORK, "pending"), 0, task))
+    return Pending(**parent_part(plan, record_path(WORK, "pending"), 0, task))
 
 
 def _sizes(pending: Pending, record: TaskRecord | None = None) -> dict[str, int]:
@@ -304,18 +300,22 @@ def _labels(plan: SegmentPlan, level: int, task: int
     under a parent read it once per worker)."""
     if level == plan.tree.num_levels - 1:
         return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
-    got = child_labels(plan, record_path(LOOKUP, "labels"), level, task)
+    got = parent_part(plan, record_path(LOOKUP, "labels"), level, task)
     return got["ids"], got["labels"]
 
 
-def child_labels(plan: Any, root: str, level: int, task: int) -> dict[str, NDArray[Any]]:
-    """A task's part of its parent's record ``<root>/<level>/<parent>`` (one record per
-    parent, written by :func:`~affinity_dist.storage.write_parts`; the blocks under a
-    parent read it once per worker)."""
-    parent, position = plan.tree.parent(level, task)
+def parent_part(plan: Any, root: str, level: int, task: int) -> dict[str, NDArray[Any]]:
+    """A task's part of the record ``<root>/<level>/<parent>`` its parent wrote for all its
+    children (:func:`~affinity_dist.storage.write_parts`; the blocks under a parent read
+    it once per worker). A task of the top level is the only part of record 0."""
+    tree = plan.tree
+    if level == tree.num_levels - 1:
+        parent, position, count = 0, 0, 1
+    else:
+        parent, position = tree.parent(level, task)
+        count = len(tree.children(level + 1, parent))
     name = record_path(root, level, parent)
-    return record_part(_cached_record(plan.dataset, name, plan.token), name, position,
-                       len(plan.tree.children(level + 1, parent)))
+    return record_part(_cached_record(plan.dataset, name, plan.token), name, position, count)
 
 
 @dataclass(frozen=True)

@@ -99,14 +99,12 @@ def record_part(record: Mapping[str, NDArray[Any]], name: str, position: int, co
     checking its offsets against its fields."""
     keys = [k for k in record if k != "starts"]
     starts = record.get("starts")
-    ok = starts is not None and starts.size == len(keys) * (count + 1)
-    if ok and starts is not None and keys:
-        rows = starts.reshape(len(keys), count + 1)
-        ok = bool(np.all(rows[:, 0] == 0) and np.all(np.diff(rows, axis=1) >= 0)) and all(
-            int(row[-1]) == record[k].size for k, row in zip(keys, rows, strict=True))
-    if not ok or not 0 <= position < count:
+    ok = starts is not None and starts.size == len(keys) * (count + 1) and 0 <= position < count
+    rows = np.asarray(starts).reshape(len(keys), count + 1) if ok else None
+    if rows is None or not (np.all(rows[:, 0] == 0) and np.all(np.diff(rows, axis=1) >= 0)
+                            and all(int(row[-1]) == record[k].size
+                                    for k, row in zip(keys, rows, strict=True))):
         raise DataError(f"record {name!r}: its parts do not match {count} children "
                         f"(part {position} wanted)")
-    rows = np.asarray(starts).reshape(len(keys), count + 1)
     return {k: record[k][int(row[position]):int(row[position + 1])]
             for k, row in zip(keys, rows, strict=True)}
