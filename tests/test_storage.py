@@ -165,3 +165,32 @@ def test_records_round_trip_and_parts_are_checked_against_their_offsets(
     write_parts(tmp_path, "r/ragged", ragged)  # fields of different lengths per part
     rec = read_record(tmp_path, "r/ragged")
     assert [record_part(rec, "r/ragged", k, 4)["w"].size for k in range(4)] == [0, 2, 4, 6]
+
+
+def test_a_broken_member_leaves_no_listing_pending(tmp_path: Path) -> None:
+    """zarr lists members concurrently and stops at the first broken one; the reads left
+    pending were logged as "Task was destroyed but it is pending" after the error line
+    when the CLI exited. The listing waits for them before it raises."""
+    import asyncio
+
+    import zarr
+    from zarr.core.sync import _get_loop
+
+    from affinity_dist.storage import describe_dataset, list_arrays
+
+    group = zarr.open_group(tmp_path / "d.zarr", mode="w")
+    for i in range(120):
+        group.create_array(f"a{i:03d}", shape=(2,), dtype="u1")
+    (tmp_path / "d.zarr" / "a000" / "zarr.json").write_text("{not json")
+    loop = _get_loop()
+    for listing in (list_arrays, describe_dataset):
+        with pytest.raises(DataError, match=r"a000/zarr\.json is not valid Zarr metadata"):
+            listing(tmp_path / "d.zarr")
+        pending = asyncio.run_coroutine_threadsafe(_others(), loop).result(10)
+        assert pending == 0, listing
+
+
+async def _others() -> int:
+    import asyncio
+
+    return len(asyncio.all_tasks() - {asyncio.current_task()})

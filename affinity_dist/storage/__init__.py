@@ -32,6 +32,7 @@ from .arrays import (
     open_dataset,
     open_volume,
     rename_volume,
+    zarr_listing,
 )
 from .codecs import Codec, default_codec, match_codec_threads
 from .datasets import (
@@ -85,4 +86,5 @@ __all__ = [
     "write_parts",
     "write_record",
     "write_table",
+    "zarr_listing",
 ]

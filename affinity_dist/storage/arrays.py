@@ -6,6 +6,7 @@ Imports :mod:`.metadata` and :mod:`.codecs`, never :mod:`.datasets`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -45,6 +46,7 @@ __all__ = [
     "open_dataset",
     "open_volume",
     "rename_volume",
+    "zarr_listing",
 ]
 
 DEFAULT_CHUNKS: tuple[int, int, int] = (128, 128, 128)
@@ -200,12 +202,37 @@ def metadata_error(path: str | os.PathLike[str], err: Exception) -> DataError:
 
 
 @contextlib.contextmanager
-def quiet_listing() -> Iterator[None]:
-    """Silence zarr's warning about files beside the arrays that are not Zarr nodes (the
-    run state ``_run_state/``, webKnossos' ``datasource-properties.json``)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Object at .* is not recognized", category=UserWarning)
-        yield
+def zarr_listing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Around a listing of the members of the dataset at ``path``: silence zarr's warning
+    about files beside the arrays that are not Zarr nodes (the run state ``_run_state/``,
+    webKnossos' ``datasource-properties.json``), and turn a broken member's metadata into
+    one :class:`DataError` naming its file."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Object at .* is not recognized",
+                                    category=UserWarning)
+            yield
+    except (ValueError, KeyError, TypeError) as err:  # a member's zarr.json is broken
+        _settle_sibling_reads()
+        raise metadata_error(path, err) from None
+
+
+def _settle_sibling_reads(timeout: float = 30.0) -> None:
+    """Let the reads a failed listing started beside the failing one finish on zarr's
+    event loop. zarr lists members concurrently and stops at the first error; the others
+    are left pending, and when the process exits asyncio logs each one as "Task was
+    destroyed but it is pending" after the error line."""
+    from zarr.core.sync import _get_loop
+
+    async def settle() -> None:
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        if others:
+            done, _ = await asyncio.wait(others, timeout=timeout)
+            for task in done:  # their errors are the same broken listing: mark them seen
+                if not task.cancelled():
+                    task.exception()
+
+    asyncio.run_coroutine_threadsafe(settle(), _get_loop()).result(timeout + 5)
 
 
 def list_arrays(path: str | os.PathLike[str], *, top_level: bool = False) -> list[str]:
@@ -217,11 +244,8 @@ def list_arrays(path: str | os.PathLike[str], *, top_level: bool = False) -> lis
         raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
     if isinstance(node, zarr.Array):
         return [""]
-    try:
-        with quiet_listing():
-            members = node.members(max_depth=0 if top_level else None)
-    except (ValueError, KeyError, TypeError) as err:  # a member's zarr.json is broken
-        raise metadata_error(path, err) from None
+    with zarr_listing(path):
+        members = node.members(max_depth=0 if top_level else None)
     return sorted(name for name, member in members if isinstance(member, zarr.Array))
 
 

@@ -32,9 +32,8 @@ from .arrays import (
     Volume,
     create_volume,
     group_path,
-    metadata_error,
     open_dataset,
-    quiet_listing,
+    zarr_listing,
 )
 from .codecs import compressors
 from .integrity import read_checked
@@ -176,11 +175,8 @@ def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per array of a dataset: name, shape, dtype, chunks, voxel size, bytes."""
     group = open_dataset(path)
     rows = []
-    try:
-        with quiet_listing():
-            arrays = sorted(group.arrays())
-    except (ValueError, KeyError, TypeError) as err:  # a member's zarr.json is broken
-        raise metadata_error(path, err) from None
+    with zarr_listing(path):
+        arrays = sorted(group.arrays())
     for name, array in arrays:
         stored = sum(p.stat().st_size for p in (Path(path) / name).rglob("*") if p.is_file())
         vol = Volume(array, name)

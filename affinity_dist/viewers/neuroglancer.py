@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import AffinityDistError, ConfigError, DataError, bad_value
-from ..storage import Volume, list_arrays, open_dataset, open_volume, write_atomic
+from ..storage import Volume, list_arrays, open_dataset, open_volume, write_atomic, zarr_listing
 
 __all__ = ["AFFINITY_SHADER", "CHROMIUM_FLAGS", "Layer", "add_layers", "find_browser",
            "open_viewer", "take_screenshot", "view", "viewable_layers"]
@@ -82,7 +82,8 @@ def viewable_layers(dataset: str | os.PathLike[str]) -> list[Layer]:
     arrays of DESIGN.md or one of them has the wrong rank or dtype.
     """
     group = open_dataset(dataset)
-    present = [n for n in LAYER_ORDER if n in group]
+    with zarr_listing(dataset):
+        present = [n for n in LAYER_ORDER if n in group]
     if not present:
         arrays = list_arrays(dataset, top_level=True)
         raise DataError(f"dataset: got {str(dataset)!r} with arrays {arrays}, "

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from ..storage import Volume, list_arrays, open_dataset, open_volume, write_json
+from ..storage import Volume, list_arrays, open_dataset, open_volume, write_json, zarr_listing
 
 __all__ = ["FILENAME", "webknossos_properties", "write_webknossos_metadata"]
 
@@ -148,7 +148,8 @@ def webknossos_properties(dataset: str | os.PathLike[str]) -> dict[str, Any]:
     """The ``datasource-properties.json`` content for ``dataset`` (see the module doc)."""
     group = open_dataset(dataset)
     attrs: dict[str, Any] = dict(group.attrs)
-    names = [n for n in LAYER_ARRAYS if n in group]
+    with zarr_listing(dataset):
+        names = [n for n in LAYER_ARRAYS if n in group]
     if not names:
         arrays = list_arrays(dataset, top_level=True)
         raise DataError(f"dataset: got {str(dataset)!r} with arrays {arrays}, "
