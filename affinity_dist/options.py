@@ -45,6 +45,15 @@ __all__ = ["EvaluateOptions", "IngestOptions", "PredictOptions", "PyramidOptions
 
 _BLOCK_HELP = "write block, a multiple of the chunk shape (default 256^3 rounded up to chunks)"
 _CHUNK_HELP = "chunk shape of the arrays written"
+_SHARDS = ("auto", "block", "none")
+_SHARD_HELP = ("files of the arrays written: block: one Zarr v3 shard per write block (a "
+               "file holding its chunks); none: one file per chunk; auto: shards where an "
+               "array would have more than 16384 chunk files")
+
+
+def _shards() -> Literal["auto", "block", "none"]:
+    return _opt("auto", _choice(*_SHARDS), "str", "--shards", _SHARD_HELP,  # type: ignore
+                choices=_SHARDS)
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class SampleOptions(StageOptions):
     voxel_size: Vec3f = _opt((10.0, 10.0, 10.0), _vector, "vector", "--voxel-size",
                              "nm per voxel")
     chunks: Vec3 = _opt((128, 128, 128), _shape, "shape", "--chunks", _CHUNK_HELP)
+    shards: Literal["auto", "block", "none"] = _shards()
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class IngestOptions(StageOptions):
     rescale: bool = _opt(False, _flag, "bool", "--rescale", "map a non-uint8 raw's "
                          "[min, max] onto 0-255", action="store_true")
     chunks: Vec3 = _opt((128, 128, 128), _shape, "shape", "--chunks", _CHUNK_HELP)
+    shards: Literal["auto", "block", "none"] = _shards()
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,7 @@ class PredictOptions(StageOptions):
     batch: int = _opt(1, _int(1), "int", "--batch", "tiles per forward pass")
     chunks: Vec3 | None = _opt(None, _shape, "shape", "--chunks", _CHUNK_HELP +
                                " (default: raw's chunks)", optional=True)
+    shards: Literal["auto", "block", "none"] = _shards()
     normalize: Literal["none", "histogram", "percentiles"] = _opt(
         "none", _choice("none", "histogram", "percentiles"), "str", "--normalize",
         "map raw's intensities onto the model's training intensities first: histogram "
@@ -141,6 +153,7 @@ class SegmentOptions(StageOptions):
                                 action="store_false")
     chunks: Vec3 | None = _opt(None, _shape, "shape", "--chunks", _CHUNK_HELP +
                                " (default: the affinities' chunks)", optional=True)
+    shards: Literal["auto", "block", "none"] = _shards()
     seeds: Literal["cores", "distance"] = _opt(
         "cores", _choice("cores", "distance"), "str", "--seeds", "agglomerate: watershed "
         "seeds: cores (components of affinities above the seed threshold, at least "
@@ -212,6 +225,7 @@ class PyramidOptions(StageOptions):
     chunks: Vec3 | None = _opt(None, _shape, "shape", "--chunks", _CHUNK_HELP + " (default: "
                                "each array's chunks, clipped to the level's shape)",
                                optional=True)
+    shards: Literal["auto", "block", "none"] = _shards()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,15 @@ of --repeats runs.
 "zstd 1 + crc32c" is the default of every array the project writes (a CRC-32C of each
 compressed chunk, checked on read); "zstd 1" beside it gives the checksum's cost.
 
-    .venv/bin/python benchmarks/bench_storage.py [--size 512] [--repeats 3]
+``--layouts`` compares instead how the arrays are laid out in files, with the default
+codec: one file per chunk against Zarr v3 shards (sharding_indexed: one file per block of
+chunks, an index of the chunks at its end), for 128^3 and 64^3 chunks. Figures: files
+written; writing block by block (256^3 blocks, one write per block, as the stages do);
+reading everything; reading halo'd windows (each 256^3 block grown by 32 voxels, as
+predict reads raw: partial reads of up to 27 shards); removing the array (rm -rf, the cost
+of many files to a file system).
+
+    .venv/bin/python benchmarks/bench_storage.py [--size 512] [--repeats 3] [--layouts]
 """
 
 from __future__ import annotations
@@ -84,12 +92,83 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _blocks(size: int, block: int) -> list[tuple[slice, ...]]:
+    r = range(0, size, block)
+    return [tuple(slice(a, min(a + block, size)) for a in corner)
+            for corner in ((z, y, x) for z in r for y in r for x in r)]
+
+
+def layouts(data: dict[str, np.ndarray], size: int, repeats: int, tmp: Path) -> None:
+    """Files and MB/s of one file per chunk against shards (see the module doc)."""
+    print(f"{'array':<28} {'layout':<24} {'files':>6} {'write MB/s':>10} {'read MB/s':>10} "
+          f"{'halo MB/s':>10} {'rm ms':>7}")
+    for kind, arr in data.items():
+        for chunk, shard in ((128, None), (64, None), (128, 256), (64, 256)):
+            name = (f"chunks {chunk}^3" if shard is None else f"shards {shard}^3 of {chunk}^3")
+            files, *rates, t_rm = _layout(arr, chunk, shard, size, repeats=repeats, tmp=tmp)
+            print(f"{kind:<28} {name:<24} {files:>6} "
+                  + " ".join(f"{r:>10.0f}" for r in rates) + f" {t_rm * 1e3:>7.1f}",
+                  flush=True)
+
+
+def _layout(arr: np.ndarray, chunk: int, shard: int | None, size: int, *, repeats: int,
+            tmp: Path) -> tuple[int, float, float, float, float]:
+    """Files, write, read and halo'd-read MB/s, and seconds to remove, of one layout."""
+    block, halo = 256, 32
+    lead = arr.shape[:-3]
+    path = tmp / "l.zarr"
+    comp = codecs(arr.dtype)["zstd 1 + crc32c (default)"]
+    whole = (slice(None),) * len(lead)
+
+    def write() -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        a = zarr.create_array(store=str(path), shape=arr.shape, dtype=arr.dtype,
+                              chunks=(*lead, chunk, chunk, chunk),
+                              shards=None if shard is None else (*lead, shard, shard, shard),
+                              compressors=comp, fill_value=0,
+                              config={"write_empty_chunks": True})
+        for sel in _blocks(size, block):
+            a[whole + sel] = arr[whole + sel]
+
+    t_write = median_time(write, repeats)
+    files = sum(1 for p in path.rglob("*") if p.is_file())
+    opened = zarr.open_array(str(path), mode="r")
+    t_read = median_time(lambda: opened[...], repeats)
+    windows = [whole + tuple(slice(max(0, s.start - halo), min(size, s.stop + halo))
+                             for s in sel) for sel in _blocks(size, block)]
+    per_voxel = arr.nbytes / size ** 3
+    window_mb = sum(np.prod([s.stop - s.start for s in w[len(lead):]]) for w in windows
+                    ) * per_voxel / 1e6
+
+    def halo_read() -> None:
+        for w in windows:
+            opened[w]
+
+    t_halo = median_time(halo_read, repeats)
+    copies = [tmp / f"rm{i}.zarr" for i in range(repeats)]
+    for c in copies:
+        shutil.copytree(path, c)
+    t_rm = median_time(lambda: shutil.rmtree(copies.pop()), repeats)
+    mb = arr.nbytes / 1e6
+    return files, mb / t_write, mb / t_read, window_mb / t_halo, t_rm
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layouts", action="store_true",
+                        help="files and speed of one file per chunk against shards")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_storage_"))
+    if args.layouts:
+        print(f"# zarr {zarr.__version__}, {args.size}^3, zstd 1 + crc32c, "
+              f"median of {args.repeats}")
+        try:
+            layouts(arrays(args.size), args.size, args.repeats, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     print(f"# zarr {zarr.__version__}, {args.size}^3, chunks 128^3, median of {args.repeats}")
     print(f"{'array':<28} {'codec':<30} {'write MB/s':>10} {'read MB/s':>10} {'ratio':>7}")
     try:

@@ -36,10 +36,10 @@ stages = ["predict", "segment", "evaluate"]
 dataset = "{dataset}"
 [predict]
 {model}block = [16, 32, 32]
-[segment]
+{shards}[segment]
 threshold = {threshold}
 block = [16, 32, 32]
-[evaluate]
+{shards}[evaluate]
 preview = false
 [cluster]
 scheduler = "{scheduler}"
@@ -48,10 +48,14 @@ workers = 2
 
 
 def _workflow(folder: Path, dataset: str, *, threshold: float = 0.5, model: Path | None = None,
-              scheduler: str = "local", name: str = "wf.toml") -> Path:
+              scheduler: str = "local", name: str = "wf.toml", sharded: bool = False) -> Path:
+    """``sharded``: predict and segment write shards of 16x32x32 (one per block) holding
+    16x16x16 chunks."""
     wf = folder / name
+    shards = 'chunks = [16, 16, 16]\nshards = "block"\n' if sharded else ""
     wf.write_text(WORKFLOW.format(dataset=dataset, threshold=threshold, scheduler=scheduler,
-                                  model=f'model = "{model}"\n' if model else ""))
+                                  model=f'model = "{model}"\n' if model else "",
+                                  shards=shards))
     return wf
 
 
@@ -119,14 +123,19 @@ def test_changed_threshold_redoes_only_segment(run_dir: Path) -> None:
     assert not np.array_equal(_read(run_dir / "s.zarr", "segmentation"), seg_before)
 
 
-def test_sigkill_mid_predict_then_rerun_is_bit_identical(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sharded", [False, True], ids=["chunk files", "shards"])
+def test_sigkill_mid_predict_then_rerun_is_bit_identical(tmp_path: Path, sharded: bool
+                                                         ) -> None:
     # the shipped model on 27 small blocks: each block takes long enough to kill mid-stage
     sample(tmp_path / "a.zarr", shape=(48, 96, 96), seed=5, chunks=(16, 32, 32),
            progress=False)
     shutil.copytree(tmp_path / "a.zarr", tmp_path / "b.zarr")
-    killed = _workflow(tmp_path, "a.zarr", name="a.toml")
-    clean = _workflow(tmp_path, "b.zarr", name="b.toml")
+    killed = _workflow(tmp_path, "a.zarr", name="a.toml", sharded=sharded)
+    clean = _workflow(tmp_path, "b.zarr", name="b.toml")  # unsharded: the same data
     done = tmp_path / "a.zarr" / STATE_DIR / "predict" / "done" / "predict"
+    import affinity_dist.stages.predict_tasks  # noqa: F401 - registers BlockPrediction,
+    # the result type of predict's markers (decoding accepts registered types only)
+
     def recorded() -> int:
         return len(DoneLog(done).read()[0]) if done.is_dir() else 0
 
@@ -156,6 +165,7 @@ def test_sigkill_mid_predict_then_rerun_is_bit_identical(tmp_path: Path) -> None
     for name in ("affinities", "fragments", "segmentation"):
         assert np.array_equal(_read(tmp_path / "a.zarr", name),
                               _read(tmp_path / "b.zarr", name)), name
+        assert (open_volume(tmp_path / "a.zarr", name).shards is not None) == sharded
 
 
 def test_block_that_keeps_failing_stops_the_run(run_dir: Path) -> None:

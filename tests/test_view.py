@@ -30,16 +30,20 @@ SHAPE = (16, 128, 128)
 VOXEL = (40.0, 10.0, 10.0)  # anisotropic, z coarsest
 
 
-def segmented_dataset(path: Path) -> Path:
+def segmented_dataset(path: Path, *, sharded: bool = False) -> Path:
     """A synthetic sample with affinities derived from its labels (uint8, as predict
-    writes them), segmented blockwise: raw, labels, affinities, fragments, segmentation."""
-    ad.sample(path, shape=SHAPE, seed=3, voxel_size=VOXEL, chunks=(16, 64, 64), progress=False)
+    writes them), segmented blockwise: raw, labels, affinities, fragments, segmentation.
+    ``sharded``: every array in shards of 16x64x64 holding 16x32x32 chunks."""
+    chunks, shards = ((16, 32, 32), "block") if sharded else ((16, 64, 64), "none")
+    ad.sample(path, shape=SHAPE, seed=3, voxel_size=VOXEL, chunks=chunks, shards=shards,
+              progress=False)
     labels = open_volume(path, "labels")
     target, _ = affinity_targets(labels.read(Box((0, 0, 0), SHAPE)))
     group = open_dataset(path, "r+")
     create_volume(group, "affinities", shape=SHAPE, channels=3, dtype=np.uint8,
-                  voxel_size=VOXEL, chunks=(16, 64, 64)).store((target * 255).astype(np.uint8))
-    ad.segment(path, block=(16, 64, 64), progress=False)
+                  voxel_size=VOXEL, chunks=chunks, shards=(16, 64, 64) if sharded else None
+                  ).store((target * 255).astype(np.uint8))
+    ad.segment(path, block=(16, 64, 64), shards=shards, progress=False)
     return path
 
 
@@ -173,6 +177,34 @@ def test_screenshot_shows_the_segmentation(dataset: Path, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr
     grey = np.asarray(Image.open(tmp_path / "raw.png"))
     assert saturated_hues(grey)[0] < 0.01
+
+
+def test_a_sharded_dataset_has_the_same_layers_and_webknossos_metadata(
+        dataset: Path, tmp_path: Path) -> None:
+    from affinity_dist.viewers.webknossos import webknossos_properties
+
+    sharded = segmented_dataset(tmp_path / f"{dataset.stem}.zarr", sharded=True)
+    assert [(la.name, la.kind, la.visible) for la in viewable_layers(sharded)] == [
+        (la.name, la.kind, la.visible) for la in viewable_layers(dataset)]
+    assert webknossos_properties(sharded) == webknossos_properties(dataset)
+
+
+@pytest.mark.slow
+def test_a_sharded_dataset_looks_the_same(dataset: Path, tmp_path: Path) -> None:
+    """Zarr v3 shards (every array: one file per 16x64x64 block of 16x32x32 chunks) render
+    as the one-file-per-chunk dataset does, pixel for pixel."""
+    needs_browser()
+    sharded = segmented_dataset(tmp_path / "sharded.zarr", sharded=True)
+    for name in ("raw", "labels", "affinities", "fragments", "segmentation"):
+        assert open_volume(sharded, name).shards is not None, name
+    images = []
+    for path in (dataset, sharded):
+        png = tmp_path / f"{path.stem}.png"
+        result = run_cli("view", path, "--screenshot", png, "--size", "480", "400")
+        assert result.returncode == 0, result.stderr
+        images.append(np.asarray(Image.open(png)))
+    assert saturated_hues(images[1])[0] > 0.4
+    assert np.array_equal(images[0], images[1])
 
 
 @pytest.mark.slow

@@ -189,8 +189,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
         shape = "x".join(map(str, row["shape"]))
         voxel = "x".join(f"{v:g}" for v in row["voxel_size"])
         print(f"  {row['name']:<14} {shape:<18} {row['dtype']:<8} axes {','.join(row['axes'])}"
-              f"  voxel {voxel} nm  chunks {row['chunks']}  {row['stored_bytes'] / 1e6:.1f} MB"
-              f" on disk ({ratio:.1f}x)")
+              f"  voxel {voxel} nm  chunks {row['chunks']}"
+              + (f" in shards {row['shards']}" if row["shards"] else "")
+              + f"  {row['stored_bytes'] / 1e6:.1f} MB on disk ({ratio:.1f}x)")
 
 
 def _cmd_verify(args: argparse.Namespace) -> None:
@@ -202,8 +203,8 @@ def _cmd_verify(args: argparse.Namespace) -> None:
         report = verify(args.dataset, client=client, **run)
     for line in report.bad:
         print(line)
-    summary = (f"{args.dataset}: {report.chunks} chunks of {report.arrays} arrays checked, "
-               f"{len(report.bad)} bad")
+    summary = (f"{args.dataset}: {report.chunks} chunks of {report.arrays} arrays checked "
+               f"(a shard counts as one), {len(report.bad)} bad")
     if report.bad:
         raise DamageFoundError(summary)
     print(summary)

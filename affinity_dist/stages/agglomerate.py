@@ -93,6 +93,7 @@ class AgglomeratePlan:
     voxel_size: tuple[float, ...] = (1.0, 1.0, 1.0)
     offset: tuple[float, ...] = (0.0, 0.0, 0.0)
     min_size: int = 0  # > 0: the size tree (small segments into their best neighbour)
+    shards: tuple[int, int, int] | None = None  # of the outputs (one per block), or none
 
     @property
     def scale(self) -> int:
@@ -114,7 +115,8 @@ class AgglomeratePlan:
             "version": VERSION, "affinities": self.affinities_key,
             "block": list(self.grid.block_shape), "chunks": list(self.chunks),
             "halo": list(self.halo), "watershed": self.watershed,
-            "fanout": list(self.fanout), "floor": self.floor})
+            "fanout": list(self.fanout), "floor": self.floor,
+            **({"shards": list(self.shards)} if self.shards else {})})
 
     @property
     def state(self) -> StageState:
@@ -165,7 +167,8 @@ def default_halo(voxel_size: tuple[float, ...]) -> tuple[int, int, int]:
 
 def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, affs: Volume,
                         grid: BlockGrid, chunks: tuple[int, int, int], *, threshold: float,
-                        overwrite: bool = False) -> AgglomeratePlan:
+                        overwrite: bool = False, shards: tuple[int, int, int] | None = None
+                        ) -> AgglomeratePlan:
     """The agglomeration part of :func:`~affinity_dist.stages.segment.prepare_segment`,
     which checks the affinities, block, chunks and existing outputs and resolves the
     threshold first."""
@@ -185,7 +188,8 @@ def prepare_agglomerate(dataset: str | os.PathLike[str], o: SegmentOptions, affs
     return AgglomeratePlan(str(dataset), float(threshold), grid, chunks, str(affs.dtype),
                            halo, watershed, o.fanout, o.floor,
                            overwrite, uuid.uuid4().hex, array_key(dataset, "affinities"),
-                           voxel_size, tuple(float(v) for v in affs.offset), o.min_size)
+                           voxel_size, tuple(float(v) for v in affs.offset), o.min_size,
+                           shards)
 
 
 def _tree_ready(plan: AgglomeratePlan, group: Any) -> bool:
@@ -201,7 +205,8 @@ def _create_tree_outputs(plan: AgglomeratePlan, group: Any) -> None:
     key = plan.tree_state.key
     create_volume(group, STAGED["fragments"], shape=plan.grid.shape, dtype=np.uint64,
                   voxel_size=plan.voxel_size, offset=plan.offset, chunks=plan.chunks,
-                  register=False, overwrite=True, attributes={"run_key": key})
+                  shards=plan.shards, register=False, overwrite=True,
+                  attributes={"run_key": key})
     for name in (STAGED["merge_tree"], STAGED["region_graph"]):
         group.require_group(name, overwrite=True).attrs["run_key"] = key
     work = group.require_group(WORK, overwrite=True)
@@ -297,7 +302,8 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
         affs = open_volume(plan.dataset, "affinities")
         create_volume(group, STAGED["segmentation"], shape=plan.grid.shape, dtype=np.uint64,
                       voxel_size=affs.voxel_size, offset=affs.offset, chunks=plan.chunks,
-                      register=False, overwrite=True, attributes={"run_key": key})
+                      shards=plan.shards, register=False, overwrite=True,
+                      attributes={"run_key": key})
         group.require_group(CUT, overwrite=True).attrs["run_key"] = key
     size = plan.min_size > 0
     with recording(state, "segment", lambda: _discard(group, (STAGED["segmentation"], CUT))):

@@ -35,6 +35,7 @@ from ..storage import (
     group_path,
     open_volume,
     require_space,
+    shard_shape,
     staged_dataset,
 )
 from ..storage.sources import Source, open_source
@@ -142,11 +143,17 @@ class IngestPlan:
     rescale: bool
     overwrite: bool
     mask: Source | None = None  # the labels mask, with labels only
+    shards_mode: str = "none"  # --shards
 
     @property
     def grid(self) -> BlockGrid:
         slices = self.raw.format == "slices"
         return BlockGrid(self.raw.shape, _ingest_block_shape(self.raw.shape, self.chunks, slices))
+
+    @property
+    def shards(self) -> tuple[int, int, int] | None:
+        """One shard per ingest block, or one file per chunk."""
+        return shard_shape(self.shards_mode, self.raw.shape, self.chunks, self.grid.block_shape)
 
 
 def prepare_ingest(src: str | os.PathLike[str], dst: str | os.PathLike[str],
@@ -180,7 +187,7 @@ def prepare_ingest(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     if o.voxel_size is None and raw.voxel_size is None:
         log.warning("no voxel size in %s and none given: assuming 1 nm (pass --voxel-size)", src)
     return IngestPlan(raw, labels, str(dst), (vz, vy, vx), (oz, oy, ox), o.chunks,
-                      o.rescale, overwrite, mask)
+                      o.rescale, overwrite, mask, o.shards)
 
 
 def run_ingest(plan: IngestPlan, *, client: Any | None = None,
@@ -195,7 +202,8 @@ def run_ingest(plan: IngestPlan, *, client: Any | None = None,
             value_range = (min(r[0] for r in ranges), max(r[1] for r in ranges))
             log.info("rescaling raw from [%g, %g] to [0, 255]", *value_range)
         common: dict[str, Any] = {"shape": raw.shape, "voxel_size": plan.voxel_size,
-                                  "offset": plan.offset, "chunks": plan.chunks}
+                                  "offset": plan.offset, "chunks": plan.chunks,
+                                  "shards": plan.shards}
         create_volume(group, "raw", dtype=np.uint8, **common)
         if labels is not None:
             create_volume(group, "labels", dtype=np.uint64, **common)

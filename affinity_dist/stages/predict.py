@@ -52,6 +52,7 @@ from ..storage import (
     open_volume,
     rename_volume,
     require_space,
+    shard_shape,
 )
 from .predict_tasks import STAGED, BlockPrediction, PredictBlock, to_uint8
 from .stats import check_voxel_size, normalization_table
@@ -94,6 +95,7 @@ class PredictPlan:
     normalize: str = "none"
     lut: str = ""  # --normalize: raw's uint8 lookup table (hex), applied before the network
     resample: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # raw's, model's nm
+    shards: Vec | None = None  # of the affinities (one per block), or one file per chunk
 
     @property
     def model_shape(self) -> tuple[int, ...]:
@@ -119,7 +121,8 @@ class PredictPlan:
             "net_output": list(self.net_output), "chunks": list(self.chunks),
             "dtype": self.dtype, "precision": self.precision, "device": self.device,
             **({"normalize": self.normalize, "lut": self.lut} if self.lut else {}),
-            **({"resample": [list(v) for v in self.resample]} if self.resample else {})})
+            **({"resample": [list(v) for v in self.resample]} if self.resample else {}),
+            **({"shards": list(self.shards)} if self.shards else {})})
 
     @property
     def offsets(self) -> tuple[Vec, ...]:
@@ -259,7 +262,8 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     return PredictPlan(str(dataset), str(path.absolute()), file_sha256(path), config,
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),
                        o.dtype, o.device, precision, o.batch, array_key(dataset, "raw"),
-                       json.dumps(state.get("segment", {})), o.normalize, lut, resample)
+                       json.dumps(state.get("segment", {})), o.normalize, lut, resample,
+                       shard_shape(o.shards, shape, (cz, cy, cx), block))
 
 
 def _gpu_resources(client: Any | None) -> dict[str, float] | None:
@@ -293,7 +297,8 @@ def _create_staging(plan: PredictPlan, group: Any, raw: Any, key: str) -> None:
     """1. The staging array the blocks write into, stamped with the run key."""
     create_volume(group, STAGED, shape=raw.spatial_shape, channels=len(plan.offsets),
                   dtype=plan.dtype, voxel_size=raw.voxel_size, offset=raw.offset,
-                  chunks=plan.chunks, attributes=_attributes(plan, key), overwrite=True,
+                  chunks=plan.chunks, shards=plan.shards, attributes=_attributes(plan, key),
+                  overwrite=True,
                   register=False)
 
 

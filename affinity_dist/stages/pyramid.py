@@ -33,6 +33,7 @@ from ..storage import (
     open_dataset,
     open_volume,
     register_levels,
+    shard_shape,
 )
 
 __all__ = ["PyramidPlan", "downsample", "level_factors", "prepare_pyramid", "pyramid",
@@ -113,6 +114,7 @@ class PyramidPlan:
     levels: int | None
     block: Vec
     chunks: Vec | None
+    shards: str = "auto"  # --shards: one shard per block of a level, or one file per chunk
 
 
 def prepare_pyramid(dataset: str | os.PathLike[str], options: PyramidOptions | None = None,
@@ -134,7 +136,7 @@ def prepare_pyramid(dataset: str | os.PathLike[str], options: PyramidOptions | N
         raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
                                      f"pyramid levels of {existing}; expected none (or pass "
                                      "--overwrite)")
-    return PyramidPlan(str(dataset), tuple(names), o.levels, o.block, o.chunks)
+    return PyramidPlan(str(dataset), tuple(names), o.levels, o.block, o.chunks, o.shards)
 
 
 @leased("pyramid")
@@ -180,10 +182,11 @@ def _levels(plan: PyramidPlan, group: Any, name: str, staged: str, **run: Any
         chunks = tuple(min(c, n) for c, n in zip(plan.chunks or base.chunks[-3:], shape,
                                                  strict=True))
         channels = base.shape[0] if len(base.shape) == 4 else None
-        create_volume(group, target, shape=shape, dtype=base.dtype, voxel_size=voxel,
-                      offset=offset, chunks=chunks, channels=channels, register=False)
         grid = BlockGrid(shape, tuple(c * max(1, b // c)
                                       for b, c in zip(plan.block, chunks, strict=True)))
+        create_volume(group, target, shape=shape, dtype=base.dtype, voxel_size=voxel,
+                      offset=offset, chunks=chunks, channels=channels, register=False,
+                      shards=shard_shape(plan.shards, shape, chunks, grid.block_shape))
         run_blocks(_LevelBlock(plan.dataset, source, target, factor, grid, labels),
                    grid.blocks, stage=f"pyramid {name} s{k}", **run)
         entries.append((target, list(voxel), list(offset)))

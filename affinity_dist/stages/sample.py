@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..geometry import BlockGrid
+from ..geometry import BlockGrid, default_block
 from ..kernels.synthetic import SampleSpec, generate_region
 from ..options import SampleOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
@@ -26,6 +26,7 @@ from ..storage import (
     group_path,
     open_volume,
     require_space,
+    shard_shape,
     staged_dataset,
 )
 
@@ -54,6 +55,7 @@ class SamplePlan:
     dst: str
     chunks: tuple[int, int, int]
     overwrite: bool
+    shards: tuple[int, int, int] | None = None  # one per write block, or one file per chunk
 
 
 def prepare_sample(dst: str | os.PathLike[str], options: SampleOptions | None = None, *,
@@ -64,18 +66,19 @@ def prepare_sample(dst: str | os.PathLike[str], options: SampleOptions | None = 
     # raw uint8 noise stores ~1:1, the uint64 labels at >= 80x (bench_storage)
     require_space(dst, math.prod(o.shape) * 1.1, f"--shape {list(o.shape)}")
     spec = SampleSpec(shape=o.shape, seed=o.seed, voxel_size=o.voxel_size)
-    return SamplePlan(spec, str(dst), o.chunks, overwrite)
+    shards = shard_shape(o.shards, o.shape, o.chunks, default_block(o.chunks))
+    return SamplePlan(spec, str(dst), o.chunks, overwrite, shards)
 
 
 def run_sample(plan: SamplePlan, *, client: Any | None = None,
                scheduler: LocalScheduler = "threads", progress: bool = True) -> Path:
     """Execute a validated plan; see :func:`sample`."""
     spec = plan.spec
-    grid = BlockGrid(spec.shape, tuple(min(c, n) for c, n in
-                                       zip(plan.chunks, spec.shape, strict=True)))
+    grid = BlockGrid(spec.shape, plan.shards or tuple(
+        min(c, n) for c, n in zip(plan.chunks, spec.shape, strict=True)))
     with staged_dataset(plan.dst, overwrite=plan.overwrite) as group:
         common: dict[str, Any] = {"shape": spec.shape, "voxel_size": spec.voxel_size,
-                                  "chunks": plan.chunks}
+                                  "chunks": plan.chunks, "shards": plan.shards}
         create_volume(group, "raw", dtype=np.uint8, **common)
         create_volume(group, "labels", dtype=np.uint64, **common)
         group.attrs["affinity_dist"] = {"sample": {"shape": list(spec.shape), "seed": spec.seed,

@@ -57,6 +57,7 @@ from ..storage import (
     open_dataset,
     open_volume,
     rename_volume,
+    shard_shape,
     write_record,
 )
 from .agglomerate import SegmentSummary, level_sizes
@@ -100,6 +101,7 @@ class SegmentPlan:
     token: str = ""  # unique per prepared run: keys the per-process cache of open arrays
     affinities_key: str = ""
     fanout: tuple[int, int, int] = (2, 2, 2)
+    shards: tuple[int, int, int] | None = None  # of the outputs (one per block), or none
 
     @property
     def tree(self) -> ReductionTree:
@@ -112,7 +114,8 @@ class SegmentPlan:
             "version": VERSION, "affinities": self.affinities_key,
             "threshold": self.threshold, "block": list(self.grid.block_shape),
             "chunks": list(self.chunks), "min_size": self.min_size,
-            "keep_fragments": self.keep_fragments, "fanout": list(self.fanout)})
+            "keep_fragments": self.keep_fragments, "fanout": list(self.fanout),
+            **({"shards": list(self.shards)} if self.shards else {})})
 
     @property
     def outputs(self) -> dict[str, str]:
@@ -164,6 +167,7 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
     shape = affs.spatial_shape
     block = o.block if o.block is not None else default_block((cz, cy, cx))
     check_chunk_alignment(block, (cz, cy, cx), shape)
+    shards = shard_shape(o.shards, shape, (cz, cy, cx), block)
     group = open_dataset(dataset)
     existing = [n for n in ("fragments", "segmentation") if n in group]
     if existing and not overwrite:
@@ -173,10 +177,10 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
         from .agglomerate import prepare_agglomerate
 
         return prepare_agglomerate(dataset, o, affs, BlockGrid(shape, block), (cz, cy, cx),
-                                   threshold=threshold, overwrite=overwrite)
+                                   threshold=threshold, overwrite=overwrite, shards=shards)
     return SegmentPlan(str(dataset), threshold, BlockGrid(shape, block), (cz, cy, cx),
                        str(affs.dtype), o.min_size, overwrite, o.keep_fragments,
-                       uuid.uuid4().hex, array_key(dataset, "affinities"), o.fanout)
+                       uuid.uuid4().hex, array_key(dataset, "affinities"), o.fanout, shards)
 
 
 def _usable(group: Any, plan: SegmentPlan) -> bool:
@@ -191,6 +195,7 @@ def _create_outputs(plan: SegmentPlan, group: Any, affs: Volume) -> None:
     grid, key = plan.grid, plan.state.key
     common: dict[str, Any] = {"shape": grid.shape, "voxel_size": affs.voxel_size,
                               "offset": affs.offset, "chunks": plan.chunks,
+                              "shards": plan.shards,
                               "register": False, "attributes": {"run_key": key}}
     for name in plan.outputs.values():
         create_volume(group, name, dtype=np.uint64, overwrite=True, **common)

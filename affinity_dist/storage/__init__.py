@@ -21,6 +21,7 @@ Modules import one way: :mod:`.metadata` (attributes, OME-Zarr multiscales) and
 """
 
 from .arrays import (
+    AUTO_SHARD_FILES,
     DEFAULT_CHUNKS,
     Volume,
     check_chunk_alignment,
@@ -32,6 +33,7 @@ from .arrays import (
     open_dataset,
     open_volume,
     rename_volume,
+    shard_shape,
     zarr_listing,
 )
 from .codecs import Codec, default_codec, match_codec_threads
@@ -54,6 +56,7 @@ from .metadata import register_levels
 from .records import read_record, record_part, write_parts, write_record
 
 __all__ = [
+    "AUTO_SHARD_FILES",
     "DEFAULT_CHUNKS",
     "Codec",
     "Volume",
@@ -80,6 +83,7 @@ __all__ = [
     "record_part",
     "register_levels",
     "rename_volume",
+    "shard_shape",
     "staged_dataset",
     "write_atomic",
     "write_json",

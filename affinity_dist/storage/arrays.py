@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -35,6 +36,7 @@ from .metadata import (
 )
 
 __all__ = [
+    "AUTO_SHARD_FILES",
     "DEFAULT_CHUNKS",
     "Volume",
     "check_chunk_alignment",
@@ -46,10 +48,19 @@ __all__ = [
     "open_dataset",
     "open_volume",
     "rename_volume",
+    "shard_shape",
     "zarr_listing",
 ]
 
 DEFAULT_CHUNKS: tuple[int, int, int] = (128, 128, 128)
+
+#: ``--shards auto`` shards an array that would otherwise have more chunk files than this
+#: (at 128^3 chunks, volumes above about 3200^3). Below it one file per chunk is kept:
+#: zarr-python 3.1 reads a sharded array up to 1.5x slower (halo'd windows of uint8
+#: affinities 164 against 245 MB/s, bench_storage.py --layouts), and 10^4 files cost a
+#: local file system little (about 20 us each to remove). Above it the file count is
+#: what parallel file systems and object stores choke on.
+AUTO_SHARD_FILES = 2**14
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,20 @@ class Volume:
 
     @property
     def chunks(self) -> tuple[int, ...]:
+        """The chunk shape (of the chunks inside the shards, for a sharded array)."""
         return tuple(self.array.chunks)
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shard shape of a sharded array (one file per shard), else None."""
+        shards = self.array.shards
+        return None if shards is None else tuple(shards)
+
+    @property
+    def write_unit(self) -> tuple[int, ...]:
+        """What one file holds, the unit two writers must never share: the shard shape
+        of a sharded array, else the chunk shape."""
+        return self.shards or self.chunks
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -125,7 +149,7 @@ class Volume:
         if tuple(data.shape) != self.shape:
             raise DataError(f"write to {self.name}: got shape {tuple(data.shape)}, "
                             f"expected {self.shape}")
-        source = da.asarray(data).rechunk(self.chunks)  # type: ignore[no-untyped-call]
+        source = da.asarray(data).rechunk(self.write_unit)  # type: ignore[no-untyped-call]
         da.store(source, self.array, lock=False)  # type: ignore[arg-type]
 
     def write(self, box: Box, data: NDArray[Any]) -> None:
@@ -135,13 +159,17 @@ class Volume:
         of shape (tz, ty, tx) covering the box (``fragments.untile`` gives the box). Tiles
         of the chunk shape are written one by one without a copy: Zarr otherwise fills a
         new buffer per chunk and copies the chunk into it (256^3 uint64: 34 ms tiled,
-        55 ms box-shaped).
+        55 ms box-shaped). A sharded array gets the box in one write: a write of part of
+        a shard reads, decodes and rewrites the whole shard.
         """
         if data.ndim == 6 and len(self.shape) == 3:
             grid, tile = data.shape[:3], data.shape[3:]
             if tuple(g * t for g, t in zip(grid, tile, strict=True)) != box.shape:
                 raise DataError(f"write to {self.name}: got tiles {data.shape}, expected "
                                 f"to cover {box.shape}")
+        if data.ndim == 6 and len(self.shape) == 3 and self.shards is not None:
+            data = data.transpose(0, 3, 1, 4, 2, 5).reshape(box.shape)
+        if data.ndim == 6 and len(self.shape) == 3:
             for index in np.ndindex(*grid):
                 start = tuple(s + i * t for s, i, t in zip(box.start, index, tile, strict=True))
                 tile_box = Box(start, tuple(s + t for s, t in zip(start, tile, strict=True)))
@@ -266,6 +294,7 @@ def create_volume(
     voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
     offset: Sequence[float] = (0.0, 0.0, 0.0),
     chunks: Sequence[int] = DEFAULT_CHUNKS,
+    shards: Sequence[int] | None = None,
     channels: int | None = None,
     codec: Codec | None = None,
     attributes: dict[str, Any] | None = None,
@@ -277,6 +306,8 @@ def create_volume(
     Parameters
     ----------
     shape, chunks : spatial (z, y, x) shape and chunk shape; chunks are clipped to shape.
+    shards : spatial shard shape (Zarr v3 sharding: one file per shard), a multiple of the
+        clipped chunks (:func:`shard_shape` makes one); None: one file per chunk.
     channels : if given, a leading channel axis ``c`` of this length (one chunk).
     voxel_size, offset : nm per axis (z, y, x); voxel size must be positive.
     codec : compressor; default per dtype from :func:`default_codec`.
@@ -289,12 +320,18 @@ def create_volume(
     off = as_vector("offset", offset, positive=False)
     dt = np.dtype(dtype)
     chunks = tuple(min(c, n) for c, n in zip(chunks, shape, strict=True))
+    if shards is not None:
+        shards = as_shape(shards, "shards", ndim=3)
+        if any(s % c for s, c in zip(shards, chunks, strict=True)):
+            raise ConfigError(f"shards: got {tuple(shards)}, expected a multiple of the "
+                              f"chunk shape {chunks}")
     axes: tuple[str, ...] = SPATIAL_AXES
     if channels is not None:
         shape, chunks, axes = (channels, *shape), (channels, *chunks), ("c", *axes)
+        shards = None if shards is None else (channels, *shards)
     attrs = {**array_attributes(axes, voxel, off), **(attributes or {})}
     array = group.create_array(
-        name, shape=shape, dtype=dt, chunks=chunks, fill_value=0,
+        name, shape=shape, dtype=dt, chunks=chunks, shards=shards, fill_value=0,
         compressors=compressors(codec or default_codec(dt), dt), dimension_names=axes,
         attributes=attrs, overwrite=overwrite,
     )
@@ -337,6 +374,25 @@ def group_path(group: zarr.Group) -> str:
     if root is None:
         raise ConfigError(f"dataset: got store {group.store!r}, expected a local directory")
     return str(Path(root) / group.path)
+
+
+def shard_shape(mode: str, shape: Sequence[int], chunks: Sequence[int],
+                block: Sequence[int]) -> tuple[int, int, int] | None:
+    """The spatial shard shape of an array of ``shape`` and ``chunks`` written in
+    ``block``s (a multiple of the chunks), for ``--shards`` ``mode``: ``block`` gives one
+    shard per block (the block rounded up to whole chunks where it covers an axis whole),
+    ``none`` one file per chunk (None), ``auto`` shards above :data:`AUTO_SHARD_FILES`
+    chunks. One shard is written by one block only, so no two writers share a file."""
+    if mode not in ("auto", "block", "none"):
+        raise ConfigError(f"--shards: got {mode!r}, expected auto, block or none")
+    clipped = [min(c, n) for c, n in zip(chunks, shape, strict=True)]
+    shard = tuple(-(-min(b, n) // c) * c for b, n, c in zip(block, shape, clipped, strict=True))
+    files = math.prod(-(-n // c) for n, c in zip(shape, clipped, strict=True))
+    if mode == "none" or shard == tuple(clipped) or (mode == "auto" and
+                                                      files <= AUTO_SHARD_FILES):
+        return None
+    z, y, x = shard
+    return z, y, x
 
 
 def check_chunk_alignment(block: Sequence[int], chunks: Sequence[int], shape: Sequence[int],

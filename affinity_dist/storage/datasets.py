@@ -172,7 +172,8 @@ def staged_dataset(dst: str | os.PathLike[str], *, overwrite: bool = False
 
 
 def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """One row per array of a dataset: name, shape, dtype, chunks, voxel size, bytes."""
+    """One row per array of a dataset: name, shape, dtype, chunks, shards (None where
+    unsharded), voxel size, bytes."""
     group = open_dataset(path)
     rows = []
     with zarr_listing(path):
@@ -181,7 +182,8 @@ def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         stored = sum(p.stat().st_size for p in (Path(path) / name).rglob("*") if p.is_file())
         vol = Volume(array, name)
         rows.append({"name": name, "shape": vol.shape, "dtype": str(vol.dtype),
-                     "chunks": vol.chunks, "voxel_size": vol.voxel_size, "offset": vol.offset,
+                     "chunks": vol.chunks, "shards": vol.shards, "voxel_size": vol.voxel_size,
+                     "offset": vol.offset,
                      "axes": vol.axis_names, "nbytes": array.nbytes, "stored_bytes": stored})
     return rows
 

@@ -6,14 +6,23 @@ chunk file that is missing, truncated or altered is damage, never data: Zarr wou
 a missing chunk as the fill value and may decode altered zstd bytes without error. Reads
 through :class:`~.arrays.Volume` check presence and name the first bad chunk;
 :func:`verify_chunks` checks every chunk of an array (the ``verify`` command).
+
+A sharded array (Zarr v3 ``sharding_indexed``) keeps many chunks in one file with an index
+of them at its end (itself with a CRC-32C). Its unit here is the shard: the file must be
+there and decode, and (``verify``) its index must list every chunk inside the array, as
+the project writes every chunk; zarr reads a chunk missing from the index as zeros.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import DataError
 
@@ -62,12 +71,14 @@ def _slices(array: Any, coords: tuple[int, ...]) -> tuple[slice, ...]:
 
 def _damage(name: str, array: Any, coords: tuple[int, ...], what: str) -> CorruptChunkError:
     key = array.metadata.encode_chunk_key(coords)
-    return CorruptChunkError(f"{name}: chunk {key} {what} ({chunk_path(array, coords)}); the "
-                             "dataset is damaged: affinity-dist verify lists every bad chunk")
+    return CorruptChunkError(f"{name}: {_unit(array)} {key} {what} "
+                             f"({chunk_path(array, coords)}); the dataset is damaged: "
+                             "affinity-dist verify lists every bad chunk")
 
 
 def _problem(array: Any, coords: tuple[int, ...], *, decode: bool = True) -> str | None:
-    """What is wrong with one chunk: "is missing", "does not decode (...)" or None."""
+    """What is wrong with one chunk (shard): "is missing", "does not decode (...)",
+    "lacks N of its M chunks" or None."""
     path = chunk_path(array, coords)
     if path is not None and not path.is_file():
         return "is missing"
@@ -76,7 +87,34 @@ def _problem(array: Any, coords: tuple[int, ...], *, decode: bool = True) -> str
             array[_slices(array, coords)]
         except Exception as err:  # any decoder error is damage
             return f"does not decode ({type(err).__name__}: {err})"
+        if path is not None:
+            return _missing_inner(array, coords, path)
     return None
+
+
+_EMPTY = np.uint64(2**64 - 1)
+
+
+def _missing_inner(array: Any, coords: tuple[int, ...], path: Path) -> str | None:
+    """For a shard as the project writes them (index at the end: little-endian
+    (offset, length) pairs and a CRC-32C, checked by the decode before): the chunks
+    inside the array that its index lacks."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec
+
+    codec = array.metadata.codecs[0] if len(array.metadata.codecs) == 1 else None
+    if not isinstance(codec, ShardingCodec) or codec.index_location.value != "end" or [
+            type(c) for c in codec.index_codecs] != [BytesCodec, Crc32cCodec]:
+        return None
+    shard = array.metadata.chunk_grid.chunk_shape
+    inner = codec.chunk_shape
+    per = tuple(s // c for s, c in zip(shard, inner, strict=True))
+    with path.open("rb") as f:
+        f.seek(-(16 * math.prod(per) + 4), os.SEEK_END)
+        index = np.frombuffer(f.read(16 * math.prod(per)), "<u8").reshape(*per, 2)
+    starts = np.indices(per).reshape(len(per), -1).T * inner + np.multiply(coords, shard)
+    inside = (starts < np.asarray(array.shape)).all(axis=1).reshape(per)
+    missing = int(((index[..., 0] == _EMPTY) & inside).sum())
+    return f"lacks {missing} of its {int(inside.sum())} chunks" if missing else None
 
 
 def require_chunks(array: Any, name: str, selection: Sequence[slice]) -> None:
@@ -102,8 +140,6 @@ def decode_error(array: Any, name: str, selection: Sequence[slice], error: Excep
 def read_checked(array: Any, name: str, selection: tuple[slice, ...]) -> Any:
     """``array[selection]`` as numpy, refusing a missing chunk and naming one that does
     not decode (every read of the project's arrays goes through here)."""
-    import numpy as np
-
     require_chunks(array, name, selection)  # never a missing chunk as zeros
     try:
         return np.asarray(array[selection])
@@ -114,5 +150,9 @@ def read_checked(array: Any, name: str, selection: tuple[slice, ...]) -> Any:
 def verify_chunks(array: Any, name: str, coords: Sequence[tuple[int, ...]]) -> list[str]:
     """One line per bad chunk among ``coords`` of ``array``: missing, or not decoding
     (checksum, compressor or size)."""
-    return [f"{name}: chunk {array.metadata.encode_chunk_key(c)} {what}" for c in coords
-            if (what := _problem(array, c)) is not None]
+    return [f"{name}: {_unit(array)} {array.metadata.encode_chunk_key(c)} {what}"
+            for c in coords if (what := _problem(array, c)) is not None]
+
+
+def _unit(array: Any) -> str:
+    return "chunk" if array.shards is None else "shard"

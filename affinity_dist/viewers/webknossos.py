@@ -96,7 +96,7 @@ def _largest_id(volume: Volume) -> int:
     """Maximum of a label array, chunk by chunk (Dask, in this process)."""
     import dask.array as da
 
-    data = da.from_array(volume.array, chunks=volume.chunks)  # type: ignore[no-untyped-call]
+    data = da.from_array(volume.array, chunks=volume.write_unit)  # type: ignore[no-untyped-call]
     largest = int(data.max().compute(scheduler="threads"))
     if largest > MAX_SAFE_ID:
         log.warning("webknossos: %s holds id %d above 2^53 - 1, which webKnossos cannot "
