@@ -4,11 +4,13 @@
 ``dask``: for each block count N, in a fresh process against a fresh scheduler and two
 single-thread workers (separate processes, as on SLURM): the plan (the block list and the
 reduction tree's tasks), then a recorded pass of N no-op block tasks through
-``run_recorded`` (windowed submission, results fetched, done markers batched); the
-seconds per block, the peak RSS of the client (this process) and of the scheduler above
-their start, and the marker files written. The peer, in the same run: bare
-``client.map`` of N no-op tasks, all submitted at once (up to 10^5: beyond, its
-scheduler's memory is the problem this avoids).
+``run_recorded`` (windowed submission, results fetched and handed to a counter as
+they arrive, as predict sums its blocks', done markers batched); the seconds per block,
+the peak RSS of the client (this process) and of the scheduler above their start (after a
+warm-up pass of 1000 blocks: imports and caches; "(RSS)": the client's whole peak RSS), and
+the marker files written. The peer, in the same run: bare ``client.map`` of N no-op
+tasks, all submitted at once (up to 10^5: beyond, its scheduler's memory is the problem
+this avoids).
 
 Synthetic face pairs as the leaves see them: a G^3 grid of blocks, F fragments per block,
 P fragment pairs across every block face (random fragments on both sides; both sides
@@ -167,6 +169,14 @@ def _noop(block: int) -> None:
     return None
 
 
+class _Count:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, _: None) -> None:
+        self.n += 1
+
+
 class _Sampler:
     """Peak RSS (MB) of processes, sampled every 20 ms in a thread."""
 
@@ -229,6 +239,10 @@ def dask_one(n: int, peer: bool) -> dict[str, float]:
         try:
             g = round(n ** (1 / 3))
             shape = (n // (g * g), g, g)  # n blocks of 8^3 over a virtual volume
+            state = StageState.of(tmp, "scale", {"n": n})
+            state.begin()
+            run_recorded(state, "warm-up", _noop, range(1000), BlockCounts(), client=client,
+                         progress=False, release=False, reduce=_Count())  # imports, caches
             sampler = _Sampler({"client": os.getpid(), "scheduler": procs[0].pid})
             t0 = time.perf_counter()
             grid = BlockGrid(tuple(8 * k for k in shape), (8, 8, 8))
@@ -238,15 +252,18 @@ def dask_one(n: int, peer: bool) -> dict[str, float]:
                         for k in range(tree.num_tasks(level)))
             out["plan_s"] = time.perf_counter() - t0
             out["tree_children"] = tasks
-            state = StageState.of(tmp, "scale", {"n": n})
-            state.begin()
             t0 = time.perf_counter()
+            arrived = _Count()
             run_recorded(state, "touch", _noop, blocks, BlockCounts(), client=client,
-                         progress=False, release=False)
+                         progress=False, release=False, reduce=arrived)
             out["run_s"] = time.perf_counter() - t0
+            out["blocks"] = len(blocks)
+            if arrived.n != len(blocks):
+                raise SystemExit(f"{arrived.n} results of {len(blocks)} blocks arrived")
             out["marker_files"] = len(state.log("touch").files())
             above = sampler.above()
             out["client_mb"], out["scheduler_mb"] = above["client"], above["scheduler"]
+            out["client_peak_mb"] = sampler.peak["client"]
             if peer:
                 sampler = _Sampler({"client": os.getpid(), "scheduler": procs[0].pid})
                 t0 = time.perf_counter()
@@ -268,16 +285,19 @@ def dask_one(n: int, peer: bool) -> dict[str, float]:
 def dask_table(counts: list[int]) -> None:
     print(f"\ndask: N no-op blocks on 2 single-thread workers ({os.cpu_count()} cores)")
     print(f"{'blocks':>8} {'plan s':>7} {'run s':>7} {'ms/block':>9} {'client MB':>10} "
+          f"{'(RSS)':>6} "
           f"{'sched MB':>9} {'files':>6} | {'peer ms/block':>13} {'client MB':>10} "
           f"{'sched MB':>9}")
-    for n in counts:
-        peer = n <= 100_000
-        line = subprocess.run([sys.executable, __file__, "--dask-one", str(n)]
+    for asked in counts:
+        peer = asked <= 100_000
+        line = subprocess.run([sys.executable, __file__, "--dask-one", str(asked)]
                               + (["--peer"] if peer else []), capture_output=True,
                               text=True, check=True).stdout.strip().splitlines()[-1]
         r = json.loads(line)
+        n = int(r["blocks"])  # the grid nearest N: (N // G^2) x G x G blocks
         text = (f"{n:>8} {r['plan_s']:>7.2f} {r['run_s']:>7.1f} "
                 f"{1e3 * r['run_s'] / n:>9.3f} {r['client_mb']:>10.0f} "
+                f"{r['client_peak_mb']:>6.0f} "
                 f"{r['scheduler_mb']:>9.0f} {r['marker_files']:>6.0f} | ")
         if peer:
             text += (f"{1e3 * r['peer_s'] / n:>13.3f} {r['peer_client_mb']:>10.0f} "

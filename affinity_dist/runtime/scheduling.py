@@ -167,6 +167,7 @@ def run_blocks(
     retries: int = RETRIES,
     release: bool = True,
     collect: Callable[[R], Any] = _same,
+    keep: bool = True,
 ) -> list[Any]:
     """Run ``fn(item)`` for every item, one Dask task each; results in item order.
 
@@ -185,6 +186,8 @@ def run_blocks(
         passes releases after its last: the next pass would fault the buffers in again).
     collect : called on the client with each block's result as it arrives (in completion
         order); what it returns is kept for the returned list.
+    keep : False: nothing is kept and ``[]`` returned (``collect`` sees every result): the
+        client's memory then does not grow with the number of blocks.
 
     Raises
     ------
@@ -195,7 +198,7 @@ def run_blocks(
         return []
     token = uuid.uuid4().hex[:8]
     with _Progress(len(items), stage, progress) as bar:
-        kept = _Kept(len(items), collect, counts, bar)
+        kept = _Kept(len(items) if keep else 0, collect, counts, bar)
         if client is None:
             threads = 1 if scheduler == "synchronous" else os.cpu_count() or 1
             _run_local(_Guarded(fn, stage, retries), items, threads, kept)
@@ -211,8 +214,8 @@ def run_blocks(
 
 
 class _Kept:
-    """The results as they arrive: ``collect(value)`` kept in item order, retries counted,
-    progress shown."""
+    """The results as they arrive: ``collect(value)`` kept in item order (none kept for
+    ``n`` 0), retries counted, progress shown."""
 
     def __init__(self, n: int, collect: Callable[[Any], Any], counts: BlockCounts,
                  bar: _Progress) -> None:
@@ -220,7 +223,9 @@ class _Kept:
         self.collect, self.counts, self.bar = collect, counts, bar
 
     def arrive(self, i: int, attempts: int, value: Any) -> None:
-        self.results[i] = self.collect(value)
+        kept = self.collect(value)
+        if self.results:
+            self.results[i] = kept
         self.counts.retried += attempts > 0
         self.bar.update(1)
 

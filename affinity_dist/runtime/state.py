@@ -265,10 +265,13 @@ def recording(state: StageState, stage: str, partial: Callable[[], None]) -> Ite
 
 
 def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: Sequence[int],
-                 counts: BlockCounts, *, previous: bool = True, **run: Any) -> list[R]:
+                 counts: BlockCounts, *, previous: bool = True,
+                 reduce: Callable[[R], None] | None = None, **run: Any) -> list[R]:
     """Run ``fn`` on the blocks of ``step`` that have no verified done record, record each
     after its data, and return every block's result in order (recorded ones read back;
-    with ``previous`` False only the results computed now). A task object with an
+    with ``previous`` False only the results computed now). With ``reduce``, each result
+    is handed to it instead (computed ones as they arrive, then the recorded ones) and
+    nothing is returned: the client keeps nothing per block. A task object with an
     ``outputs(block)`` method (``(array, selection)`` pairs) has its markers checked to
     cover those chunks: a marker that claims a block without its data is not trusted."""
     outputs = getattr(fn, "outputs", None)
@@ -280,15 +283,22 @@ def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: S
 
     def keep(marker: Marker) -> Any:  # on the client, as each block's result arrives
         log_.add(marker)
+        if reduce is not None:
+            reduce(marker.result)
+            return None
         return marker.result
 
     try:
-        computed = run_blocks(recorded, todo, stage=step, counts=counts, collect=keep, **run)
+        computed = run_blocks(recorded, todo, stage=step, counts=counts, collect=keep,
+                              keep=reduce is None, **run)
     finally:  # the blocks finished before a failure are kept for the rerun
         log_.flush()
     state.check_coverage(step, todo, outputs)  # the others were verified just above
-    if not previous:
+    if reduce is not None:
+        for result in done.values() if previous else ():
+            reduce(result)
+        return []
+    if not previous or not done:
         return computed
-    results: dict[int, Any] = dict(zip(todo, computed, strict=True))
-    results.update(done)
-    return [results[b] for b in blocks]
+    results = iter(computed)
+    return [done[b] if b in done else next(results) for b in blocks]

@@ -310,13 +310,24 @@ def _publish(plan: PredictPlan, group: Any, state: StageState, counts: BlockCoun
         log.info("predict: resumed, %d blocks were done already", counts.skipped)
 
 
-def _stats(done: list[BlockPrediction], seconds: float, counts: BlockCounts) -> PredictStats:
+class _Totals:
+    """The sums of the blocks' results, added up as they arrive (nothing kept per block)."""
+
+    def __init__(self) -> None:
+        self.blocks = 0
+        self.sums = BlockPrediction(0, 0, 0, 0.0, 0.0)
+
+    def __call__(self, done: BlockPrediction) -> None:
+        self.blocks += 1
+        self.sums = BlockPrediction._make(a + b for a, b in zip(self.sums, done, strict=True))
+
+
+def _stats(totals: _Totals, seconds: float, counts: BlockCounts) -> PredictStats:
     """4. The run's statistics from its blocks' results, logged."""
-    stats = PredictStats(len(done), seconds, voxels=sum(d.voxels for d in done),
-                         read_voxels=sum(d.read_voxels for d in done),
-                         network_voxels=sum(d.network_voxels for d in done),
-                         model_seconds=sum(d.model_seconds for d in done),
-                         task_seconds=sum(d.task_seconds for d in done), counts=counts)
+    d = totals.sums
+    stats = PredictStats(totals.blocks, seconds, voxels=d.voxels, read_voxels=d.read_voxels,
+                         network_voxels=d.network_voxels, model_seconds=d.model_seconds,
+                         task_seconds=d.task_seconds, counts=counts)
     log.info("predict: %.2f Mvox/s; halo overhead %.2f (raw read / written), compute "
              "overhead %.2f (network input / output), %.0f %% of task time in the model",
              stats.voxels_per_second / 1e6, stats.halo_overhead, stats.compute_overhead,
@@ -345,13 +356,14 @@ def run_predict(plan: PredictPlan, *, client: Any | None = None,
         _create_staging(plan, group, raw, state.key)
     counts = BlockCounts()
     clock = time.perf_counter()
+    totals = _Totals()
     with recording(state, "predict", lambda: delete_node(group, STAGED)):
-        done = run_recorded(state, "predict", PredictBlock(plan), plan.grid.blocks, counts,
-                            previous=False, client=client, scheduler=scheduler,
-                            progress=progress, resources=resources)
+        run_recorded(state, "predict", PredictBlock(plan), plan.grid.blocks, counts,
+                     previous=False, reduce=totals, client=client, scheduler=scheduler,
+                     progress=progress, resources=resources)
     seconds = time.perf_counter() - clock
     _publish(plan, group, state, counts)
-    return _stats(done, seconds, counts)
+    return _stats(totals, seconds, counts)
 
 
 def predict(data: str | os.PathLike[str] | Any, options: PredictOptions | None = None, *,
