@@ -199,6 +199,8 @@ CASES: dict[str, Case] = {
                                        _write("d.zarr/raw/zarr.json", "{not json")),
     "verify broken array metadata": Case(["verify", "{d}", *SYNC], "zarr.json",
                                          _write("d.zarr/raw/zarr.json", "{not json")),
+    "info array metadata without keys": Case(["info", "{d}"], "raw/zarr.json", _write(
+        "d.zarr/raw/zarr.json", '{"zarr_format": 3, "node_type": "array"}')),
     "view broken array metadata": Case(["view", "{d}"],
                                        "zarr.json", _write("d.zarr/raw/zarr.json", "[1]")),
     "view webknossos broken metadata": Case(["view", "{d}", "--webknossos"], "zarr.json",

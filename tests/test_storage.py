@@ -167,10 +167,14 @@ def test_records_round_trip_and_parts_are_checked_against_their_offsets(
     assert [record_part(rec, "r/ragged", k, 4)["w"].size for k in range(4)] == [0, 2, 4, 6]
 
 
-def test_a_broken_member_leaves_no_listing_pending(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["{not json", '{"zarr_format": 3, "node_type": "array"}'],
+                         ids=["not JSON", "no array keys"])
+def test_a_broken_member_leaves_no_listing_pending(tmp_path: Path, text: str) -> None:
     """zarr lists members concurrently and stops at the first broken one; the reads left
-    pending were logged as "Task was destroyed but it is pending" after the error line
-    when the CLI exited. The listing waits for them before it raises."""
+    behind were logged ("Task was destroyed but it is pending", "Task exception was never
+    retrieved") after the error line when the CLI exited. An array's metadata without its
+    required keys was worse: zarr left the array out of the listing without a word. The
+    metadata files are checked before zarr lists anything."""
     import asyncio
 
     import zarr
@@ -181,7 +185,8 @@ def test_a_broken_member_leaves_no_listing_pending(tmp_path: Path) -> None:
     group = zarr.open_group(tmp_path / "d.zarr", mode="w")
     for i in range(120):
         group.create_array(f"a{i:03d}", shape=(2,), dtype="u1")
-    (tmp_path / "d.zarr" / "a000" / "zarr.json").write_text("{not json")
+    (tmp_path / "d.zarr" / "_run_state" / "x").mkdir(parents=True)  # not a node
+    (tmp_path / "d.zarr" / "a000" / "zarr.json").write_text(text)
     loop = _get_loop()
     for listing in (list_arrays, describe_dataset):
         with pytest.raises(DataError, match=r"a000/zarr\.json is not valid Zarr metadata"):

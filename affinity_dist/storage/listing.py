@@ -18,23 +18,55 @@ import zarr
 
 from ..errors import DataError
 
-__all__ = ["list_arrays", "metadata_error", "zarr_listing"]
+__all__ = ["broken_metadata", "list_arrays", "metadata_error", "zarr_listing"]
 
 
-def metadata_error(path: str | os.PathLike[str], err: Exception) -> DataError:
-    """The error for a dataset whose listing failed on broken metadata, naming the first
-    ``zarr.json`` under ``path`` that is not a JSON object."""
-    where = "the metadata of a member"
-    for meta in sorted(Path(path).rglob("zarr.json")):
+#: The keys every Zarr v3 array's metadata must have (zarr-specs v3, "array metadata").
+_ARRAY_KEYS = {"shape", "data_type", "chunk_grid", "chunk_key_encoding", "fill_value",
+               "codecs"}
+
+
+def broken_metadata(path: str | os.PathLike[str]) -> Path | None:
+    """The first ``zarr.json`` of the hierarchy at ``path`` that is not a JSON object,
+    or is Zarr v3 metadata without a node type or an array's required keys (zarr would
+    leave such a member out of a listing without a word); None if there is none. Reads
+    the metadata files only: the group's, its members', and those below each member
+    group; never an array's chunk folders."""
+    folders = [Path(path)]
+    while folders:
+        folder = folders.pop(0)
+        meta = folder / "zarr.json"
         try:
-            ok = isinstance(json.loads(meta.read_text()), dict)
+            node = json.loads(meta.read_text())
+        except FileNotFoundError:
+            continue  # not a node (zarr skips it with a warning)
         except (OSError, ValueError):
-            ok = False
-        if not ok:
-            where = str(meta)
-            break
-    return DataError(f"dataset {str(path)!r}: {where} is not valid Zarr metadata "
-                     f"({type(err).__name__}: {err})")
+            return meta
+        if not isinstance(node, dict) or _incomplete(node):
+            return meta
+        if node.get("node_type") == "group":
+            try:
+                folders += sorted(p for p in folder.iterdir() if p.is_dir())
+            except OSError:
+                return meta
+    return None
+
+
+def _incomplete(node: dict[str, object]) -> bool:
+    """Zarr v3 metadata without a node type, or an array's without its required keys."""
+    if node.get("zarr_format") != 3:
+        return False  # another format: zarr judges it
+    kind = node.get("node_type")
+    return kind not in ("array", "group") or (kind == "array" and not set(node) >= _ARRAY_KEYS)
+
+
+def metadata_error(path: str | os.PathLike[str], err: Exception | None = None) -> DataError:
+    """The error for a dataset with broken metadata, naming its first ``zarr.json`` that
+    is not a JSON object (``err``: what zarr raised, if it was zarr that found it)."""
+    bad = broken_metadata(path)
+    where = "the metadata of a member" if bad is None else str(bad)
+    why = "" if err is None else f" ({type(err).__name__}: {err})"
+    return DataError(f"dataset {str(path)!r}: {where} is not valid Zarr metadata{why}")
 
 
 @contextlib.contextmanager
@@ -42,7 +74,15 @@ def zarr_listing(path: str | os.PathLike[str]) -> Iterator[None]:
     """Around a listing of the members of the dataset at ``path``: silence zarr's warning
     about files beside the arrays that are not Zarr nodes (the run state ``_run_state/``,
     webKnossos' ``datasource-properties.json``), and turn a broken member's metadata into
-    one :class:`DataError` naming its file."""
+    one :class:`DataError` naming its file.
+
+    The metadata files are checked first (:func:`broken_metadata`): zarr lists members
+    concurrently and stops at the first error, and the reads it leaves behind are logged
+    by asyncio when the process exits ("Task exception was never retrieved", "Task was
+    destroyed but it is pending"), after the one error line. For metadata that parses but
+    zarr still refuses, its pending reads are waited for before the error."""
+    if broken_metadata(path) is not None:
+        raise metadata_error(path)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Object at .* is not recognized",
