@@ -298,8 +298,7 @@ def _create_staging(plan: PredictPlan, group: Any, raw: Any, key: str) -> None:
     create_volume(group, STAGED, shape=raw.spatial_shape, channels=len(plan.offsets),
                   dtype=plan.dtype, voxel_size=raw.voxel_size, offset=raw.offset,
                   chunks=plan.chunks, shards=plan.shards, attributes=_attributes(plan, key),
-                  overwrite=True,
-                  register=False)
+                  overwrite=True, register=False)
 
 
 def _publish(plan: PredictPlan, group: Any, state: StageState, counts: BlockCounts) -> None:

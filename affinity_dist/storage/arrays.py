@@ -164,15 +164,16 @@ class Volume:
             if tuple(g * t for g, t in zip(grid, tile, strict=True)) != box.shape:
                 raise DataError(f"write to {self.name}: got tiles {data.shape}, expected "
                                 f"to cover {box.shape}")
-        if data.ndim == 6 and len(self.shape) == 3 and self.shards is not None:
-            data = data.transpose(0, 3, 1, 4, 2, 5).reshape(box.shape)
-        if data.ndim == 6 and len(self.shape) == 3:
-            for index in np.ndindex(*grid):
-                start = tuple(s + i * t for s, i, t in zip(box.start, index, tile, strict=True))
-                tile_box = Box(start, tuple(s + t for s, t in zip(start, tile, strict=True)))
-                self.array[tile_box.slices] = data[index]
-            note_chunks(self.array, box.slices)
-            return
+            if self.shards is not None:
+                data = data.transpose(0, 3, 1, 4, 2, 5).reshape(box.shape)
+            else:
+                for index in np.ndindex(*grid):
+                    start = tuple(s + i * t
+                                  for s, i, t in zip(box.start, index, tile, strict=True))
+                    tile_box = Box(start, tuple(s + t for s, t in zip(start, tile, strict=True)))
+                    self.array[tile_box.slices] = data[index]
+                note_chunks(self.array, box.slices)
+                return
         lead = (slice(None),) * (len(self.shape) - len(box.start))
         if data.shape[-len(box.start):] != box.shape:
             raise DataError(f"write to {self.name}: got data of shape {data.shape}, "

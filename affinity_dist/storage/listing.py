@@ -60,10 +60,12 @@ def _incomplete(node: dict[str, object]) -> bool:
     return kind not in ("array", "group") or (kind == "array" and not set(node) >= _ARRAY_KEYS)
 
 
-def metadata_error(path: str | os.PathLike[str], err: Exception | None = None) -> DataError:
+def metadata_error(path: str | os.PathLike[str], err: Exception | None = None, *,
+                   bad: Path | None = None) -> DataError:
     """The error for a dataset with broken metadata, naming its first ``zarr.json`` that
-    is not a JSON object (``err``: what zarr raised, if it was zarr that found it)."""
-    bad = broken_metadata(path)
+    is not valid (``bad``, when already found by :func:`broken_metadata`; ``err``: what
+    zarr raised, if it was zarr that found it)."""
+    bad = bad or broken_metadata(path)
     where = "the metadata of a member" if bad is None else str(bad)
     why = "" if err is None else f" ({type(err).__name__}: {err})"
     return DataError(f"dataset {str(path)!r}: {where} is not valid Zarr metadata{why}")
@@ -81,8 +83,8 @@ def zarr_listing(path: str | os.PathLike[str]) -> Iterator[None]:
     by asyncio when the process exits ("Task exception was never retrieved", "Task was
     destroyed but it is pending"), after the one error line. For metadata that parses but
     zarr still refuses, its pending reads are waited for before the error."""
-    if broken_metadata(path) is not None:
-        raise metadata_error(path)
+    if (bad := broken_metadata(path)) is not None:
+        raise metadata_error(path, bad=bad)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Object at .* is not recognized",
