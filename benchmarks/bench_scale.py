@@ -25,8 +25,16 @@ hold the pair). Two measurements:
   pending surface of its 8 children, i.e. both sides of every pair across the three
   central planes of the grid. Its peak memory is what the largest task needs.
 
+* ``end to end`` (``--end-to-end 512 1536``): fib25_sample2's raw mirror-tiled to N^3
+  (real texture; the synthetic ``sample`` cannot make 1536^3 here: its neurite model
+  is built over the whole volume, 8.6 GB at 1024^3), then ``affinity-dist run`` of
+  predict and segment (the default agglomeration) on a local cluster of 2 workers,
+  256^3 blocks: seconds per stage and the run report's peak worker RSS, each size in a
+  fresh cluster; the smallest size is the peer of the largest.
+
     .venv/bin/python benchmarks/bench_scale.py [--blocks 10000 100000 1000000]
         [--tree 20 40] [--root 100 200] [--fragments 1000] [--pairs 300]
+        [--end-to-end 512 1536 [--scratch DIR]]
 """
 
 from __future__ import annotations
@@ -307,6 +315,41 @@ def dask_table(counts: list[int]) -> None:
         print(text, flush=True)
 
 
+def end_to_end(sizes: list[int], scratch: str | None) -> None:
+    """See the module's docstring."""
+    from _common import fib25, tile_to
+
+    from affinity_dist.storage import dataset_from_array
+
+    raw = fib25()
+    if raw is None:
+        print("\nend to end: ../shared/data/fib25_sample2.h5 not found: not run")
+        return
+    print(f"\nend to end (fib25 mirror-tiled, 2 workers, 256^3 blocks)\n{'size':>6} "
+          f"{'Gvox':>6} {'write s':>8} {'predict s':>9} {'segment s':>9} {'Mvox/s':>13} "
+          f"{'peak worker MB':>14}")
+    cli = str(Path(sys.executable).with_name("affinity-dist"))
+    for n in sizes:
+        with tempfile.TemporaryDirectory(dir=scratch, prefix="bench-e2e-") as tmp:
+            dataset = Path(tmp) / f"fib25-{n}.zarr"
+            clock = time.perf_counter()
+            dataset_from_array(dataset, "raw", tile_to(raw, n), voxel_size=(8.0, 8.0, 8.0),
+                               chunks=(128, 128, 128))
+            wrote = time.perf_counter() - clock
+            flow = Path(tmp) / "run.toml"
+            flow.write_text(f'stages = ["predict", "segment"]\n[input]\ndataset = '
+                            f'"{dataset}"\n[predict]\nblock = [256, 256, 256]\n'
+                            '[cluster]\nscheduler = "local"\nworkers = 2\n')
+            subprocess.run([cli, "run", str(flow)], check=True, capture_output=True)
+            report = json.loads(Path(f"{dataset.with_suffix('')}-report.json").read_text())
+            took = {s["stage"]: s for s in report["stages"]}
+            rates = "/".join(f"{took[k]['voxels_per_second'] / 1e6:.1f}"
+                             for k in ("predict", "segment"))
+            print(f"{n:>6} {n**3 / 1e9:>6.2f} {wrote:>8.0f} {took['predict']['seconds']:>9.0f} "
+                  f"{took['segment']['seconds']:>9.0f} {rates:>13} "
+                  f"{report['peak_worker_mb']:>14.0f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tree", type=int, nargs="*", default=[20, 40],
@@ -317,6 +360,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=300, help="per block face")
     parser.add_argument("--blocks", type=int, nargs="*", default=[10_000, 100_000, 1_000_000],
                         help="block counts N for the Dask part")
+    parser.add_argument("--end-to-end", type=int, nargs="*", default=[],
+                        help="volume sizes N (N^3 of tiled fib25) for predict + segment runs")
+    parser.add_argument("--scratch", help="folder for the end-to-end datasets (default: TMPDIR)")
     parser.add_argument("--dask-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -328,6 +374,8 @@ def main() -> None:
         tree(g, args.fragments, args.pairs)
     for g in args.root:
         root(g, args.fragments, args.pairs)
+    if args.end_to_end:
+        end_to_end(args.end_to_end, args.scratch)
 
 
 if __name__ == "__main__":

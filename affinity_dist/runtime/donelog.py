@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..storage import write_atomic
+from ..storage.location import as_path, make_dirs
 from .markers import Marker, MarkerError, decode_markers, encode_markers
 
 __all__ = ["BATCH", "DoneLog", "flush_seconds"]
@@ -60,8 +61,8 @@ class DoneLog:
 
     def __init__(self, folder: str | os.PathLike[str], batch: int = BATCH,
                  seconds: float | None = None) -> None:
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = as_path(folder)
+        make_dirs(self.folder)
         self.batch = batch
         self.seconds = flush_seconds() if seconds is None else seconds
         self.writer = uuid.uuid4().hex[:8]
@@ -71,7 +72,11 @@ class DoneLog:
 
     def _files(self) -> list[tuple[int, Path]]:
         found = []
-        for path in self.folder.iterdir():
+        try:
+            paths = list(self.folder.iterdir())
+        except (FileNotFoundError, NotADirectoryError):  # an empty object-store prefix
+            paths = []
+        for path in paths:
             match = _NAME.match(path.name)
             if match:
                 found.append((int(match.group(1)), path))

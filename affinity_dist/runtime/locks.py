@@ -8,7 +8,10 @@ start time and a random token, and a daemon thread of the run touches it every
 unless the lease is **stale**: its holder was on this host and its pid is gone, or its
 heartbeat is older than :data:`STALE` seconds (a killed run on another node). A stale
 lease is taken over by renaming it away (one taker wins the rename) and creating a new
-one. Readers never take a lease and are never blocked. The holder removes its lease at
+one. On an object store the lease is created by a conditional PUT (``If-None-Match: *``),
+the heartbeat rewrites it, and a stale one is deleted (if it still holds the stale
+holder's token) before the conditional create, which has one winner. Readers never take
+a lease and are never blocked. The holder removes its lease at
 the end, whatever the outcome; a SIGKILL leaves it behind, stale.
 """
 
@@ -30,6 +33,7 @@ from typing import Any, TypeVar
 
 from ..errors import DatasetBusyError
 from ..storage import process_alive
+from ..storage.location import as_path, create_exclusive, is_remote, make_dirs, remove_empty_dir
 
 __all__ = ["HEARTBEAT", "STALE", "check_free", "lease_path", "leased", "writer_lease"]
 
@@ -43,7 +47,7 @@ STALE = 120.0  # a lease untouched this long belongs to a dead run
 def lease_path(dataset: str | os.PathLike[str], stage: str) -> Path:
     from .state import STATE_DIR
 
-    return Path(dataset) / STATE_DIR / f"{stage}.lease"
+    return as_path(dataset) / STATE_DIR / f"{stage}.lease"
 
 
 def _holder(path: Path) -> dict[str, Any] | None:
@@ -73,18 +77,11 @@ def _describe(info: dict[str, Any]) -> str:
 
 
 def _create(path: Path, record: dict[str, Any]) -> bool:
-    """Create the lease with its whole content at once (a hard link of a written file
-    fails if the lease exists): a run stopped or killed mid-creation never leaves a
+    """Create the lease with its whole content at once, unless it exists
+    (:func:`~affinity_dist.storage.location.create_exclusive`: a hard link of a written
+    file, or a conditional PUT): a run stopped or killed mid-creation never leaves a
     half-written lease that another run could not attribute."""
-    tmp = path.with_name(f".{path.name}.{record['token']}.new")
-    tmp.write_text(json.dumps(record))
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-    return True
+    return create_exclusive(path, json.dumps(record).encode())
 
 
 def _busy(path: Path, stage: str, info: dict[str, Any]) -> DatasetBusyError:
@@ -111,6 +108,9 @@ def _acquire(path: Path, stage: str, record: dict[str, Any]) -> None:
             continue
         if not _stale(info):
             raise _busy(path, stage, info)
+        if is_remote(path):
+            _take_over_remote(path, stage, info)
+            continue
         stale = path.with_name(f".{path.name}.stale-{record['token']}")
         with contextlib.suppress(FileNotFoundError):  # another taker may win the rename
             path.rename(stale)
@@ -125,11 +125,29 @@ def _acquire(path: Path, stage: str, record: dict[str, Any]) -> None:
     raise DatasetBusyError(f"{stage}: could not take the writer lease {path} (contended)")
 
 
+def _take_over_remote(path: Path, stage: str, info: dict[str, Any]) -> None:
+    """Remove a stale lease on an object store (no rename: deleted if it still holds the
+    stale holder's token; the conditional create that follows has one winner)."""
+    again = _holder(path)
+    if again is not None and again.get("token") == info.get("token"):
+        path.unlink(missing_ok=True)
+        log.warning("%s: took over the stale writer lease of %s", stage, _describe(info))
+
+
+def _touch(path: Path, record: dict[str, Any]) -> None:
+    """The heartbeat: a new modification time (on an object store, the lease rewritten
+    while it is still this run's)."""
+    if not is_remote(path):
+        os.utime(path)
+    elif json.loads(path.read_text()).get("token") == record["token"]:
+        path.write_text(json.dumps(record))
+
+
 @contextlib.contextmanager
 def writer_lease(dataset: str | os.PathLike[str], stage: str) -> Iterator[Path]:
     """Hold the writer lease of ``stage`` in ``dataset`` for the body (see the module)."""
     path = lease_path(dataset, stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     record = {"owner": getpass.getuser(), "host": socket.gethostname(), "pid": os.getpid(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stage": stage,
               "token": secrets.token_hex(8)}
@@ -138,8 +156,8 @@ def writer_lease(dataset: str | os.PathLike[str], stage: str) -> Iterator[Path]:
 
     def beat() -> None:
         while not stop.wait(HEARTBEAT):
-            with contextlib.suppress(OSError):
-                os.utime(path)
+            with contextlib.suppress(OSError, ValueError):
+                _touch(path, record)
 
     thread = threading.Thread(target=beat, name=f"lease-{stage}", daemon=True)
     thread.start()
@@ -151,8 +169,7 @@ def writer_lease(dataset: str | os.PathLike[str], stage: str) -> Iterator[Path]:
         with contextlib.suppress(OSError, ValueError):
             if json.loads(path.read_text()).get("token") == record["token"]:
                 path.unlink()
-        with contextlib.suppress(OSError):  # the state folder, when the lease was all of it
-            path.parent.rmdir()
+        remove_empty_dir(path.parent)  # the state folder, when the lease was all of it
 
 
 def leased(stage: str) -> Callable[[F], F]:

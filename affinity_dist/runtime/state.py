@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,14 @@ import numpy as np
 from ..errors import AffinityDistError, BlockFailedError
 from ..storage import write_json
 from ..storage.journal import chunk_files, digests, journal, mismatch
+from ..storage.location import (
+    as_path,
+    make_dirs,
+    move_tree,
+    mtime_ns,
+    remove_empty_dir,
+    remove_tree,
+)
 from .donelog import DoneLog
 from .markers import Marker
 from .scheduling import BlockCounts, run_blocks
@@ -73,8 +80,7 @@ def array_key(dataset: str | os.PathLike[str], name: str) -> str:
     key = volume.attrs.get("run_key")
     if isinstance(key, str):
         return key
-    meta = Path(dataset) / name / "zarr.json"
-    stamp = meta.stat().st_mtime_ns if meta.exists() else 0
+    stamp = mtime_ns(as_path(dataset) / name / "zarr.json")
     return digest({"shape": list(volume.shape), "dtype": str(volume.dtype), "mtime": stamp})
 
 
@@ -108,11 +114,11 @@ class StageState:
            config: Mapping[str, Any]) -> StageState:
         """The state of ``stage`` for ``config`` (reads nothing, writes nothing)."""
         full = {"stage": stage, **config}
-        return cls(str(Path(dataset) / STATE_DIR / stage), digest(full), full)
+        return cls(str(as_path(dataset) / STATE_DIR / stage), digest(full), full)
 
     def _read(self, name: str) -> dict[str, Any]:
         try:
-            data = json.loads((Path(self.root) / name).read_text())
+            data = json.loads((as_path(self.root) / name).read_text())
         except (OSError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
@@ -126,37 +132,35 @@ class StageState:
         """Prepare to run: keep the blocks done under this key (returns True: resuming) or
         start afresh (a different or no key, a finished stage, or ``keep`` False because
         the caller's partial outputs are gone: earlier records are removed)."""
-        root = Path(self.root)
+        root = as_path(self.root)
         if keep and self._read("key.json").get("key") == self.key and not self.complete:
             return True
         if (root / "complete.json").exists():  # the finished run whose outputs stand:
-            shutil.rmtree(self._previous, ignore_errors=True)  # kept until this one finishes
-            root.rename(self._previous)
-        elif root.exists():
-            shutil.rmtree(root)
-        root.mkdir(parents=True)
+            move_tree(root, self._previous)  # kept until this one finishes
+        else:
+            remove_tree(root)
+        make_dirs(root)
         write_json(root / "key.json", {"key": self.key, "config": self.config})
         return False
 
     @property
     def _previous(self) -> Path:
-        return Path(f"{self.root}.previous")
+        return as_path(f"{self.root}.previous")
 
     def discard(self) -> None:
         """Forget this stage's records (a run stopped by bad input: nothing to resume); the
         record of the finished run it was to replace is put back, as its outputs are."""
-        shutil.rmtree(self.root, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self._previous.rename(self.root)
-        with contextlib.suppress(OSError):  # and the state folder, when it held only this
-            Path(self.root).parent.rmdir()
+        remove_tree(as_path(self.root))
+        if self._previous.exists():
+            move_tree(self._previous, as_path(self.root))
+        remove_empty_dir(as_path(self.root).parent)  # when it held only this
 
     @property
     def dataset(self) -> Path:
-        return Path(self.root).parent.parent
+        return as_path(self.root).parent.parent
 
     def folder(self, step: str) -> Path:
-        return Path(self.root) / "done" / step
+        return as_path(self.root) / "done" / step
 
     def log(self, step: str) -> DoneLog:
         """The batch files of ``step``'s markers (:mod:`.donelog`)."""
@@ -234,11 +238,11 @@ class StageState:
     def finish(self, summary: Mapping[str, Any]) -> None:
         """Mark the stage complete (after its outputs are in place) and drop the per-block
         records: a rerun with this key now skips the stage."""
-        root = Path(self.root)
+        root = as_path(self.root)
         write_json(root / "complete.json", {
             "key": self.key, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **summary})
-        shutil.rmtree(root / "done", ignore_errors=True)
-        shutil.rmtree(self._previous, ignore_errors=True)
+        remove_tree(root / "done")
+        remove_tree(self._previous)
 
     def summary(self) -> dict[str, Any]:
         """What the completing run recorded (blocks, ...)."""

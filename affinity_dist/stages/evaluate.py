@@ -40,6 +40,7 @@ from ..kernels.values import require_labels
 from ..options import EvaluateOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
 from ..storage import check_chunk_alignment, open_volume, write_json
+from ..storage.location import as_path, is_remote
 
 __all__ = ["EvaluatePlan", "check_report_path", "evaluate", "prepare_evaluate", "run_evaluate",
            "write_report"]
@@ -175,8 +176,8 @@ def check_report_path(path: str | os.PathLike[str], argument: str = "--json", *,
                       overwrite: bool = True) -> Path:
     """Refuse an output path whose directory does not exist, or (without ``overwrite``)
     an existing file, before any work is done."""
-    target = Path(path)
-    if not target.parent.is_dir():
+    target = as_path(path)
+    if not is_remote(target) and not target.parent.is_dir():
         raise ConfigError(f"{argument}: got {str(path)!r}, expected a path in an existing "
                           "directory")
     if not overwrite and target.exists():

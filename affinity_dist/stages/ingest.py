@@ -38,6 +38,7 @@ from ..storage import (
     shard_shape,
     staged_dataset,
 )
+from ..storage.location import as_path, is_remote
 from ..storage.sources import Source, open_source
 
 __all__ = ["IngestPlan", "ingest", "prepare_ingest", "rescale_to_uint8", "run_ingest"]
@@ -209,14 +210,15 @@ def run_ingest(plan: IngestPlan, *, client: Any | None = None,
             create_volume(group, "labels", dtype=np.uint64, **common)
         if plan.mask is not None:
             create_volume(group, "labels_mask", dtype=np.uint8, **common)
-        group.attrs["affinity_dist"] = {"ingested_from": str(Path(raw.path).absolute()),
+        source = raw.path if is_remote(raw.path) else Path(raw.path).absolute()
+        group.attrs["affinity_dist"] = {"ingested_from": str(source),
                                         "raw_key": raw.key,
                                         "labels_key": labels.key if labels else None,
                                         "mask_key": plan.mask.key if plan.mask else None}
         run_blocks(_CopyBlock(raw, labels, grid, group_path(group), value_range, plan.mask),
                    grid.blocks,
                    client=client, stage="ingest", scheduler=scheduler, progress=progress)
-    return Path(plan.dst)
+    return as_path(plan.dst)
 
 
 def ingest(src: str | os.PathLike[str], dst: str | os.PathLike[str],

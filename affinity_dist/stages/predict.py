@@ -54,6 +54,7 @@ from ..storage import (
     require_space,
     shard_shape,
 )
+from ..storage.location import as_path
 from .predict_tasks import STAGED, BlockPrediction, PredictBlock, to_uint8
 from .stats import check_voxel_size, normalization_table
 
@@ -392,4 +393,4 @@ def predict(data: str | os.PathLike[str] | Any, options: PredictOptions | None =
                                      chunks=o.chunks or DEFAULT_CHUNKS, overwrite=overwrite)
     plan = prepare_predict(dataset, o, overwrite=overwrite, local=client is None)
     run_predict(plan, client=client, scheduler=scheduler, progress=progress)
-    return Path(dataset)
+    return as_path(dataset)

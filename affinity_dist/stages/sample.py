@@ -29,6 +29,7 @@ from ..storage import (
     shard_shape,
     staged_dataset,
 )
+from ..storage.location import as_path
 
 __all__ = ["SamplePlan", "prepare_sample", "run_sample", "sample"]
 
@@ -85,7 +86,7 @@ def run_sample(plan: SamplePlan, *, client: Any | None = None,
                                                    "voxel_size": list(spec.voxel_size)}}
         run_blocks(_SampleBlock(spec, grid, group_path(group)), grid.blocks, client=client,
                    stage="sample", scheduler=scheduler, progress=progress)
-    return Path(plan.dst)
+    return as_path(plan.dst)
 
 
 def sample(dst: str | os.PathLike[str], options: SampleOptions | None = None, *,

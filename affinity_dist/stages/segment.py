@@ -60,6 +60,7 @@ from ..storage import (
     shard_shape,
     write_record,
 )
+from ..storage.location import as_path
 from .agglomerate import SegmentSummary, level_sizes
 from .segment_tasks import (
     COUNTS,
@@ -361,4 +362,4 @@ def segment(data: str | os.PathLike[str] | Any, options: SegmentOptions | None =
                                      chunks=o.chunks or DEFAULT_CHUNKS, overwrite=overwrite)
     plan = prepare_segment(dataset, o, overwrite=overwrite)
     run_segment(plan, client=client, scheduler=scheduler, progress=progress)
-    return Path(dataset)
+    return as_path(dataset)

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..options import EvaluateOptions, SegmentOptions, TuneOptions
 from ..runtime.scheduling import LocalScheduler
 from ..storage import write_json
+from ..storage.location import as_path, is_remote
 
 __all__ = ["plot_tuning", "tune"]
 
@@ -42,7 +43,7 @@ def tune(dataset: str | os.PathLike[str], options: TuneOptions | None = None,
     if seg.method != "agglomerate":
         raise ConfigError(f"--method: got {seg.method!r}, expected 'agglomerate' (tune cuts "
                           "its merge tree at every threshold)")
-    stem = Path(dataset).with_suffix("")
+    stem = (Path(as_path(dataset).name) if is_remote(dataset) else Path(dataset)).with_suffix("")
     json_out = Path(json_path) if json_path is not None else Path(f"{stem}-tune.json")
     plot_out = Path(plot_path) if plot_path is not None else Path(f"{stem}-tune.png")
     for path, flag in ((json_out, "--json"), (plot_out, "--plot")):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import AffinityDistError
 from ..runtime.scheduling import LocalScheduler, run_blocks
+from ..storage.location import as_path
 
 __all__ = ["CHUNKS_PER_TASK", "DamageFoundError", "VerifyReport", "verify"]
 
@@ -68,6 +68,6 @@ def verify(dataset: str | os.PathLike[str], *, client: Any | None = None,
         n = math.prod(chunk_counts(open_volume(dataset, name).array))
         total += n
         items += [(name, a, min(a + CHUNKS_PER_TASK, n)) for a in range(0, n, CHUNKS_PER_TASK)]
-    found = run_blocks(_Task(str(Path(dataset))), items, client=client, stage="verify",
+    found = run_blocks(_Task(str(as_path(dataset))), items, client=client, stage="verify",
                        scheduler=scheduler, progress=progress, retries=0)
     return VerifyReport(len(names), total, [line for lines in found for line in lines])

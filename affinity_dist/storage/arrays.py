@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from .codecs import Codec, compressors, default_codec
 from .integrity import read_checked
 from .journal import note_chunks
 from .listing import list_arrays, metadata_error, zarr_listing
+from .location import PUBLISHING, as_path, move_tree
 from .metadata import (
     SPATIAL_AXES,
     array_attributes,
@@ -190,12 +189,18 @@ class Volume:
 
 def open_dataset(path: str | os.PathLike[str], mode: Literal["r", "r+"] = "r") -> zarr.Group:
     """Open an existing dataset group."""
-    if not Path(path).exists():
+    if not as_path(path).exists():
         raise InputNotFoundError(f"dataset: got {str(path)!r}, expected an existing Zarr group")
     try:
-        return zarr.open_group(store=str(path), mode=mode)
+        group = zarr.open_group(store=str(as_path(path)), mode=mode)
     except (FileNotFoundError, ValueError, KeyError, TypeError) as err:
         raise DataError(f"dataset: got {str(path)!r}, expected a Zarr group ({err})") from None
+    writer = group.attrs.get(PUBLISHING) if mode == "r" else None
+    if writer is not None:  # only the writer's own tasks open it, to write
+        raise DataError(f"dataset: got {str(path)!r}, which a run has not finished writing "
+                        f"({writer}); expected a published dataset (rerun that run, with "
+                        "--overwrite if it was killed)")
+    return group
 
 
 def open_volume(path: str | os.PathLike[str], name: str, mode: Literal["r", "r+"] = "r") -> Volume:
@@ -292,22 +297,25 @@ def rename_volume(group: zarr.Group, old: str, new: str) -> None:
 
 
 def move_node(group: zarr.Group, old: str, new: str) -> None:
-    """Rename a node (array or group) of a local dataset, replacing ``new``: the old
-    ``new`` is first renamed aside, then deleted, so it never stays half-deleted."""
-    root = Path(group_path(group))
-    if (root / new).exists():
-        trash = root / f"_trash_{new.replace('/', '_')}_{uuid.uuid4().hex[:8]}"
-        (root / new).rename(trash)
-        shutil.rmtree(trash)
-    (root / old).rename(root / new)
+    """Rename a node (array or group) of a dataset, replacing ``new``
+    (:func:`.location.move_tree`: locally the old ``new`` is renamed aside, then deleted,
+    so it never stays half-deleted; on an object store a server-side copy, its metadata
+    last)."""
+    root = as_path(group_path(group))
+    move_tree(root / old, root / new)
 
 
 def group_path(group: zarr.Group) -> str:
-    """Filesystem path of a group opened from a local directory (workers reopen it)."""
+    """The path or store URL of a group opened from a directory or an fsspec store
+    (workers reopen it)."""
     root = getattr(group.store, "root", None)
-    if root is None:
-        raise ConfigError(f"dataset: got store {group.store!r}, expected a local directory")
-    return str(Path(root) / group.path)
+    if root is not None:
+        return str(Path(root) / group.path)
+    fs, key = getattr(group.store, "fs", None), getattr(group.store, "path", None)
+    if fs is None or key is None:
+        raise ConfigError(f"dataset: got store {group.store!r}, expected a local directory "
+                          "or a store URL")
+    return "/".join(p for p in (fs.unstrip_protocol(key).rstrip("/"), group.path) if p)
 
 
 def shard_shape(mode: str, shape: Sequence[int], chunks: Sequence[int],

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import logging
 import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,6 +39,14 @@ from .arrays import (
 )
 from .codecs import compressors
 from .integrity import read_checked
+from .location import (
+    PUBLISHING,
+    as_path,
+    is_remote,
+    remove_tree,
+    stored_bytes,
+    write_object,
+)
 
 __all__ = [
     "check_destination",
@@ -60,7 +70,7 @@ log = logging.getLogger(__name__)
 def open_external(path: str | os.PathLike[str], key: str | None) -> zarr.Array[Any]:
     """Open an array of any Zarr (v2 or v3) store for reading, e.g. an ingest source."""
     try:
-        node = zarr.open(store=str(path), mode="r")
+        node = zarr.open(store=str(as_path(path)), mode="r")
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
     if key:
@@ -74,6 +84,8 @@ def open_external(path: str | os.PathLike[str], key: str | None) -> zarr.Array[A
 
 def check_destination(dst: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Refuse a destination that exists (without ``overwrite``) or cannot be created."""
+    if is_remote(dst):
+        return _check_remote(dst, overwrite=overwrite)
     target = Path(dst).absolute()
     if target.exists() and not overwrite:
         raise DestinationExistsError(f"DST: got {str(dst)!r}, which exists; "
@@ -87,6 +99,44 @@ def check_destination(dst: str | os.PathLike[str], *, overwrite: bool = False) -
         raise bad_value("DST", str(dst), f"a path in a writable directory ({err.strerror})"
                         ) from None
     return target
+
+
+def _check_remote(dst: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """:func:`check_destination` for a store URL: the prefix must hold nothing (but the
+    leftovers of a killed run of this host), and a probe object must be writable."""
+    target = as_path(dst)
+    writer = publishing_writer(target)
+    if writer is not None and not overwrite and not writer_dead(writer):
+        raise DestinationExistsError(f"DST: got {str(dst)!r}, which a live run is writing "
+                                     f"({writer}); expected a new path")
+    if writer is None and target.exists() and not overwrite:
+        raise DestinationExistsError(f"DST: got {str(dst)!r}, which exists; "
+                                     "expected a new path (or pass --overwrite)")
+    probe = target.parent / f".{target.name}.probe-{uuid.uuid4().hex[:8]}"
+    try:
+        write_object(probe, b"")
+        remove_tree(probe)
+    except Exception as err:  # no bucket, no credentials, no endpoint: botocore's own types
+        raise bad_value("DST", str(dst), "a writable store location "
+                        f"({type(err).__name__}: {err})") from None
+    return target
+
+
+def publishing_writer(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The writer of a dataset on an object store that is not yet published (its group
+    metadata still names it: :func:`staged_dataset`), else None."""
+    try:
+        meta = json.loads((as_path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    writer = meta.get("attributes", {}).get(PUBLISHING) if isinstance(meta, dict) else None
+    return writer if isinstance(writer, dict) else None
+
+
+def writer_dead(writer: dict[str, Any]) -> bool:
+    """Whether the writer a :data:`PUBLISHING` record names was on this host and is gone."""
+    pid = writer.get("pid")
+    return writer.get("host") == _host() and isinstance(pid, int) and not process_alive(pid)
 
 
 def process_alive(pid: int) -> bool:
@@ -118,7 +168,9 @@ def _remove_dead_staging(target: Path) -> None:
 
 def require_space(dst: str | os.PathLike[str], nbytes: float, what: str) -> None:
     """Refuse a write of about ``nbytes`` where the file system of ``dst`` (or of its
-    nearest existing parent) has less free space."""
+    nearest existing parent) has less free space. Object stores have no such limit here."""
+    if is_remote(dst):
+        return
     place = Path(dst).absolute()
     while not place.exists() and place != place.parent:
         place = place.parent
@@ -145,7 +197,16 @@ def staged_dataset(dst: str | os.PathLike[str], *, overwrite: bool = False
     a hidden staging directory beside ``dst``, and moves it into place only when the block
     exits without error. On error the staging directory is removed and ``dst`` is left
     exactly as it was.
+
+    On an object store (no rename) the group is written in place, its metadata naming
+    the writer (:data:`PUBLISHING`) until the block exits without error: the last write
+    removes it and so publishes the dataset. Readers refuse a dataset that is not
+    published; on error it is removed. ``overwrite`` removes the old dataset first.
     """
+    if is_remote(dst):
+        with _published(dst, overwrite=overwrite) as group:
+            yield group
+        return
     target = check_destination(dst, overwrite=overwrite)
     parent = target.parent
     _remove_dead_staging(target)
@@ -171,6 +232,22 @@ def staged_dataset(dst: str | os.PathLike[str], *, overwrite: bool = False
     log.info("wrote %s", target)
 
 
+@contextlib.contextmanager
+def _published(dst: str | os.PathLike[str], *, overwrite: bool) -> Iterator[zarr.Group]:
+    target = check_destination(dst, overwrite=overwrite)
+    remove_tree(target)  # the old dataset (overwrite) or a killed run's leftovers
+    group = zarr.open_group(store=str(target), mode="w", zarr_format=3)
+    group.attrs[PUBLISHING] = {"host": _host(), "pid": os.getpid(),
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        yield group
+        del group.attrs[PUBLISHING]  # the last write: the dataset is published
+    except BaseException:
+        remove_tree(target)
+        raise
+    log.info("wrote %s", target)
+
+
 def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """One row per array of a dataset: name, shape, dtype, chunks, shards (None where
     unsharded), voxel size, bytes."""
@@ -179,7 +256,7 @@ def describe_dataset(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     with zarr_listing(path):
         arrays = sorted(group.arrays())
     for name, array in arrays:
-        stored = sum(p.stat().st_size for p in (Path(path) / name).rglob("*") if p.is_file())
+        stored = stored_bytes(as_path(path) / name)
         vol = Volume(array, name)
         rows.append({"name": name, "shape": vol.shape, "dtype": str(vol.dtype),
                      "chunks": vol.chunks, "shards": vol.shards, "voxel_size": vol.voxel_size,
@@ -223,16 +300,14 @@ def read_table(path: str | os.PathLike[str], name: str = "lookup") -> dict[str, 
 def read_table_slice(path: str | os.PathLike[str], name: str, key: str,
                      start: int | None = None, stop: int | None = None) -> np.ndarray:
     """``[start:stop]`` of one array of a stored table (a block's part of the lookup)."""
-    array = zarr.open_array(store=str(Path(path) / name / key), mode="r")
+    array = zarr.open_array(store=str(as_path(path) / name / key), mode="r")
     out: np.ndarray = read_checked(array, f"{name}/{key}", (slice(start, stop),))
     return out
 
 
 def delete_node(group: zarr.Group, name: str) -> None:
-    """Remove an array or group of a local dataset, if present."""
-    path = Path(group_path(group)) / name
-    if path.exists():
-        shutil.rmtree(path)
+    """Remove an array or group of a dataset, if present."""
+    remove_tree(as_path(group_path(group)) / name)
 
 
 def dataset_from_array(out: str | os.PathLike[str] | None, name: str, data: Any, *,
@@ -256,15 +331,17 @@ def dataset_from_array(out: str | os.PathLike[str] | None, name: str, data: Any,
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write a file under a unique temporary name, then rename: never half a file, even
-    with two writers of the same path."""
+    with two writers of the same path (on an object store: one PUT, which is atomic)."""
+    body = data.encode() if isinstance(data, str) else data
+    if is_remote(path):
+        write_object(as_path(path), body)
+        return
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    tmp.write_bytes(body)
     tmp.replace(target)
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Write ``data`` as JSON, atomically (:func:`write_atomic`)."""
-    import json
-
     write_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -54,12 +54,27 @@ def chunk_coords(array: Any, selection: Sequence[slice]) -> Iterator[tuple[int, 
     return itertools.product(*ranges)
 
 
-def chunk_path(array: Any, coords: tuple[int, ...]) -> Path | None:
-    """The file of a chunk of an array on a local store (None for other stores)."""
+def store_root(array: Any) -> Path | None:
+    """The folder (or store URL, as a path) of an array's store: a local directory or an
+    fsspec store; None for others (in memory)."""
     root = getattr(array.store, "root", None)
+    if root is not None:
+        return Path(root)
+    fs, key = getattr(array.store, "fs", None), getattr(array.store, "path", None)
+    if fs is None or key is None:
+        return None
+    from .location import as_path
+
+    return as_path(fs.unstrip_protocol(key))
+
+
+def chunk_path(array: Any, coords: tuple[int, ...]) -> Path | None:
+    """The file (object) of a chunk of an array on a directory or fsspec store (None for
+    other stores)."""
+    root = store_root(array)
     if root is None:
         return None
-    path: Path = Path(root) / str(array.path) / str(array.metadata.encode_chunk_key(coords))
+    path: Path = root / str(array.path) / str(array.metadata.encode_chunk_key(coords))
     return path
 
 
@@ -119,7 +134,7 @@ def _missing_inner(array: Any, coords: tuple[int, ...], path: Path) -> str | Non
 
 def require_chunks(array: Any, name: str, selection: Sequence[slice]) -> None:
     """Refuse to read ``selection`` while a chunk file under it is missing."""
-    if getattr(array.store, "root", None) is None:
+    if store_root(array) is None:
         return
     for coords in chunk_coords(array, selection):
         if (what := _problem(array, coords, decode=False)) is not None:

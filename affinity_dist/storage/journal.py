@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .integrity import chunk_coords, chunk_path
+from .location import as_path, mtime_ns, relative
 
 __all__ = ["chunk_files", "digests", "journal", "mismatch", "note_chunks", "note_file"]
 
@@ -46,20 +47,21 @@ def note_file(path: str | os.PathLike[str]) -> None:
     """Note one written file (no-op outside a journal)."""
     files = _FILES.get()
     if files is not None:
-        files.add(str(Path(path).absolute()))
+        files.add(str(as_path(path).absolute()))
 
 
 def _chunk_files(array: Any, selection: Sequence[slice]) -> Iterator[Path]:
     for coords in chunk_coords(array, selection):
         path = chunk_path(array, coords)
         if path is None:  # not a local directory: no file to check
-            raise NotImplementedError(f"run-state records need a local store: {array.store}")
+            raise NotImplementedError("run-state records need a directory or fsspec store: "
+                                      f"{array.store}")
         yield path
 
 
 def note_chunks(array: Any, selection: Sequence[slice]) -> None:
-    """Note the chunk (or shard) files of a Zarr v3 ``array`` on a local store that a
-    write of ``selection`` (one slice per axis, steps of 1) touched."""
+    """Note the chunk (or shard) files of a Zarr v3 ``array`` that a write of
+    ``selection`` (one slice per axis, steps of 1) touched."""
     files = _FILES.get()
     if files is not None:
         files.update(str(path) for path in _chunk_files(array, selection))
@@ -77,16 +79,13 @@ def chunk_files(dataset: str | os.PathLike[str], name: str, selection: Sequence[
                 ) -> set[str]:
     """The chunk files a write of ``selection`` into array ``name`` must leave (relative
     to the dataset): what a block's done marker has to list."""
-    meta = Path(dataset) / name / "zarr.json"
-    array = _opened(str(dataset), name, meta.stat().st_mtime_ns if meta.exists() else 0)
-    base = Path(dataset).absolute()
-    return {Path(path).absolute().relative_to(base).as_posix()
-            for path in _chunk_files(array, selection)}
+    array = _opened(str(dataset), name, mtime_ns(as_path(dataset) / name / "zarr.json"))
+    return {relative(path, dataset) for path in _chunk_files(array, selection)}
 
 
 def _crc(path: str) -> tuple[int, int]:
     crc, size = 0, 0
-    with Path(path).open("rb") as f:
+    with as_path(path).open("rb") as f:
         while chunk := f.read(_READ):
             crc, size = zlib.crc32(chunk, crc), size + len(chunk)
     return size, crc
@@ -94,13 +93,12 @@ def _crc(path: str) -> tuple[int, int]:
 
 def digests(files: Iterable[str], root: str | os.PathLike[str]) -> list[list[Any]]:
     """``[relative path, size, crc32]`` of each file, paths relative to ``root`` (sorted)."""
-    base = Path(root).absolute()
     out = []
     for path in sorted(files):
         try:
-            rel = Path(path).absolute().relative_to(base).as_posix()
+            rel = relative(path, root)
         except ValueError:
-            raise ValueError(f"written file {path!r} lies outside the dataset {base}") from None
+            raise ValueError(f"written file {path!r} lies outside the dataset {root}") from None
         out.append([rel, *_crc(path)])
     return out
 
@@ -109,7 +107,7 @@ def mismatch(entries: Iterable[Sequence[Any]], root: str | os.PathLike[str], *,
              content: bool = True) -> str | None:
     """Why the files of a record do not match the disk (None when every one does): a
     missing file, another size, or (with ``content``) another CRC-32."""
-    base = Path(root)
+    base = as_path(root)
     for rel, size, crc in entries:
         path = base / rel
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 import zarr
 
 from ..errors import DataError
+from .location import as_path
 
 __all__ = ["broken_metadata", "list_arrays", "metadata_error", "zarr_listing"]
 
@@ -32,7 +33,7 @@ def broken_metadata(path: str | os.PathLike[str]) -> Path | None:
     leave such a member out of a listing without a word); None if there is none. Reads
     the metadata files only: the group's, its members', and those below each member
     group; never an array's chunk folders."""
-    folders = [Path(path)]
+    folders = [as_path(path)]
     while folders:
         folder = folders.pop(0)
         meta = folder / "zarr.json"
@@ -117,7 +118,7 @@ def list_arrays(path: str | os.PathLike[str], *, top_level: bool = False) -> lis
     """Paths of all arrays in a Zarr store (``[""]`` when the store is an array itself);
     with ``top_level`` only the arrays directly in the group."""
     try:
-        node = zarr.open(store=str(path), mode="r")
+        node = zarr.open(store=str(as_path(path)), mode="r")
     except (FileNotFoundError, ValueError, KeyError) as err:
         raise DataError(f"SRC: got {str(path)!r}, expected a readable Zarr store ({err})") from None
     if isinstance(node, zarr.Array):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from ..errors import DataError
 from .codecs import compressors
 from .integrity import read_checked
 from .journal import note_chunks, note_file
+from .location import as_path
 
 __all__ = ["read_record", "record_part", "write_parts", "write_record"]
 
@@ -42,12 +42,12 @@ def write_record(dataset: str | os.PathLike[str], name: str,
         spec.append([key, kind, int(a.size)])
         parts.append(a.astype(_TYPES[kind], copy=False).view(np.uint64))
     flat = np.concatenate([np.zeros(0, np.uint64), *parts])
-    array = zarr.create_array(store=str(Path(dataset) / name), shape=flat.shape,
+    array = zarr.create_array(store=str(as_path(dataset) / name), shape=flat.shape,
                               chunks=(max(1, flat.size),), dtype=np.uint64, fill_value=0,
                               compressors=compressors("zstd1", np.dtype(np.uint64)),
                               attributes={"record": spec},
                               config={"write_empty_chunks": True}, overwrite=True)
-    note_file(Path(dataset) / name / "zarr.json")
+    note_file(as_path(dataset) / name / "zarr.json")
     if flat.size:
         array[:] = flat
         note_chunks(array, (slice(None),))
@@ -55,7 +55,7 @@ def write_record(dataset: str | os.PathLike[str], name: str,
 
 def read_record(dataset: str | os.PathLike[str], name: str) -> dict[str, NDArray[Any]]:
     """The fields of record ``name``, checked against its metadata."""
-    path = Path(dataset) / name
+    path = as_path(dataset) / name
     try:
         array = zarr.open_array(store=str(path), mode="r")
     except (FileNotFoundError, ValueError, KeyError) as error:

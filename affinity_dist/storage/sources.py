@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from ..errors import DataError, InputNotFoundError, bad_value
 from ..geometry import Box
+from .location import as_path, is_remote
 
 __all__ = ["Source", "detect_format", "open_source"]
 
@@ -39,6 +40,11 @@ def detect_format(path: Path) -> Format:
     """Guess the format of ``path`` from what is on disk."""
     if not path.exists():
         raise InputNotFoundError(f"SRC: got {str(path)!r}, expected an existing file or folder")
+    if is_remote(path):  # HDF5, TIFF and N5 are read from local files only
+        if any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zarray")):
+            return "zarr"
+        raise bad_value("SRC", str(path), "a Zarr store (the format read from an object "
+                        "store; copy other formats to a local file first)", DataError)
     if path.is_file():
         if path.suffix.lower() in TIFF_SUFFIXES:
             return "tiff"
@@ -199,7 +205,7 @@ def open_source(src: str | os.PathLike[str], key: str | None, *,
     source has none and no key was given. TIFF
     stacks and slice folders hold raw only.
     """
-    path = Path(src)
+    path = as_path(src)
     fmt = detect_format(path)
     if fmt in ("tiff", "slices"):
         if role != "raw":

@@ -18,6 +18,7 @@ side (nearest-neighbour zoom, square pixels in nm for anisotropic data), caption
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,8 @@ from numpy.typing import NDArray
 
 from ..errors import ConfigError
 from ..geometry import Box
-from ..storage import list_arrays, open_volume
+from ..storage import list_arrays, open_volume, write_atomic
+from ..storage.location import as_path, is_remote
 
 __all__ = ["MIN_PANEL", "errors_view", "id_colours", "overlay", "panel_row", "stretch",
            "write_previews"]
@@ -135,8 +137,8 @@ def write_previews(dataset: str | os.PathLike[str], prefix: str | os.PathLike[st
     """Write ``PREFIX-xy.png`` (central z) and ``PREFIX-xz.png`` (central y): raw,
     segmentation, truth (``labels`` of ``truth`` or of the dataset, when present) and, with
     ``merged`` / ``split`` ids (an evaluation's worst segments / truth objects), errors."""
-    target = Path(f"{prefix}-xy.png")
-    if not target.parent.is_dir():
+    target = as_path(f"{prefix}-xy.png")
+    if not is_remote(target) and not target.parent.is_dir():
         raise ConfigError(f"--preview: got {str(prefix)!r}, expected a prefix in an "
                           "existing directory")
     seg = open_volume(dataset, segmentation)
@@ -165,9 +167,8 @@ def write_previews(dataset: str | os.PathLike[str], prefix: str | os.PathLike[st
         if merged or split:
             panels.append((f"errors: {len(merged)} most merged (red), {len(split)} most "
                            "split (blue)", errors_view(grey, ids, truth_ids, merged, split)))
-        path = Path(f"{prefix}-{name}.png")
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        panel_row(panels, voxel).save(tmp)
-        tmp.replace(path)
+        path, png = as_path(f"{prefix}-{name}.png"), io.BytesIO()
+        panel_row(panels, voxel).save(png, format="PNG")
+        write_atomic(path, png.getvalue())
         written.append(path)
     return written

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..storage import Volume, list_arrays, open_dataset, open_volume, write_json, zarr_listing
+from ..storage.location import as_path, is_remote
 
 __all__ = ["FILENAME", "webknossos_properties", "write_webknossos_metadata"]
 
@@ -165,7 +166,8 @@ def webknossos_properties(dataset: str | os.PathLike[str]) -> dict[str, Any]:
     box = layers[0]["boundingBox"]
     centre = [box["topLeft"][i] + box[k] // 2 for i, k in enumerate(("width", "height",
                                                                      "depth"))]
-    name = Path(dataset).absolute().name.removesuffix(".zarr")
+    where = as_path(dataset)
+    name = (where if is_remote(where) else where.absolute()).name.removesuffix(".zarr")
     return {
         "version": 1,
         "id": {"name": name, "team": ""},
@@ -179,6 +181,6 @@ def write_webknossos_metadata(dataset: str | os.PathLike[str]) -> Path:
     """Write ``<dataset>/datasource-properties.json`` (replacing an older one) so that the
     dataset can be added to webKnossos as it is; returns the file's path."""
     properties = webknossos_properties(dataset)  # every check before anything is written
-    path = Path(dataset) / FILENAME
+    path = as_path(dataset) / FILENAME
     write_json(path, properties)
     return path

@@ -38,6 +38,7 @@ from typing import Any
 
 from ..errors import ConfigError, InputNotFoundError
 from ..options import EvaluateOptions, IngestOptions, PredictOptions, SegmentOptions
+from ..storage.location import as_path, is_remote, same_place
 
 __all__ = ["STAGES", "Workflow", "load_workflow"]
 
@@ -110,8 +111,11 @@ def _check_cluster(values: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def _resolve(base: Path, path: str) -> str:
-    """A path of the workflow file, relative to the file's folder unless absolute."""
-    return path if Path(path).is_absolute() else os.path.normpath(base / path)
+    """A path of the workflow file, relative to the file's folder unless absolute or a
+    store URL."""
+    if is_remote(path) or Path(path).is_absolute():
+        return path
+    return os.path.normpath(base / path)
 
 
 def _stages(data: Mapping[str, Any]) -> list[str]:
@@ -152,10 +156,10 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
         raise ConfigError("workflow: got input with "
                           f"{'both' if source else 'neither'} source and dataset, expected "
                           "exactly one of input.source (to ingest) or input.dataset")
-    if source is not None and not Path(source).exists():
+    if source is not None and not as_path(source).exists():
         raise InputNotFoundError(f"workflow: got input.source = {source!r}, expected an "
                                  "existing file or directory")
-    if dataset is not None and not Path(dataset).exists():
+    if dataset is not None and not as_path(dataset).exists():
         raise InputNotFoundError(f"workflow: got input.dataset = {dataset!r}, expected an "
                                  "existing dataset")
     output = data.get("output")
@@ -172,7 +176,7 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
         raise ConfigError(f"workflow: got output = {output!r}, expected the path of the "
                           "dataset to write")
     output = _resolve(base, output)
-    if dataset is not None and Path(output).resolve() != Path(dataset).resolve():
+    if dataset is not None and not same_place(output, dataset):
         raise ConfigError(f"workflow: got output = {output!r} with input.dataset = "
                           f"{dataset!r}, expected the same path (the run adds its arrays)")
     cluster = _check_cluster(_table(data, "cluster"), base)

@@ -30,6 +30,7 @@ from ..runtime.memory import worker_peak_mb
 from ..runtime.scheduling import BlockCounts, LocalScheduler
 from ..runtime.state import StageState, array_key
 from ..storage import list_arrays, open_volume, write_atomic, write_json
+from ..storage.location import as_path, is_remote, mtime_ns
 from .config import Workflow
 
 __all__ = ["report_paths", "run_workflow"]
@@ -38,12 +39,13 @@ log = logging.getLogger(__name__)
 
 
 def report_paths(workflow: Workflow) -> dict[str, Path]:
-    """Where a run writes its report, scores and previews: beside the output dataset."""
-    out = Path(workflow.output)
-    stem = out.parent / out.name.removesuffix(".zarr")
-    return {"report": Path(f"{stem}-report.json"), "summary": Path(f"{stem}-report.txt"),
-            "scores": Path(f"{stem}-scores.json"),
-            "preview": Path(f"{stem}-preview")}
+    """Where a run writes its report, scores and previews: beside the output dataset (on
+    an object store too)."""
+    out = as_path(workflow.output)
+    stem = f"{out.parent / out.name.removesuffix('.zarr')}"
+    return {"report": as_path(f"{stem}-report.json"), "summary": as_path(f"{stem}-report.txt"),
+            "scores": as_path(f"{stem}-scores.json"),
+            "preview": as_path(f"{stem}-preview")}
 
 
 def _skip_or_check(dataset: str, names: tuple[str, ...], state: StageState,
@@ -51,7 +53,7 @@ def _skip_or_check(dataset: str, names: tuple[str, ...], state: StageState,
     """True when every output was finished under this key (the stage is skipped; an
     output named in ``expected`` under its own key there); else refuse to replace an output
     a run did not make, unless ``overwrite``."""
-    arrays = set(list_arrays(dataset)) if Path(dataset).exists() else set()
+    arrays = set(list_arrays(dataset)) if as_path(dataset).exists() else set()
     keys = {n: open_volume(dataset, n).attrs.get("run_key") if n in arrays else None
             for n in names}
     want = {n: (expected or {}).get(n, state.key) for n in names}
@@ -69,12 +71,15 @@ def _ingest(workflow: Workflow, overwrite: bool, run: dict[str, Any]) -> dict[st
     from ..stages.ingest import prepare_ingest, run_ingest
 
     out, options = workflow.output, workflow.ingest
-    source = Path(str(workflow.source))
-    stat = source.stat()
-    state = StageState.of(out, "ingest", {"source": str(source.resolve()), "size": stat.st_size,
-                                          "mtime": stat.st_mtime_ns, **options.as_dict()})
-    made = Path(out).exists() and StageState.of(out, "ingest", {}).summary().get("key")
-    if Path(out).exists() and state.complete and not overwrite:
+    source = as_path(str(workflow.source))
+    remote = is_remote(source)
+    state = StageState.of(out, "ingest", {
+        "source": str(source if remote else source.resolve()),
+        "size": 0 if remote else source.stat().st_size,
+        "mtime": mtime_ns(source / "zarr.json" if remote else source), **options.as_dict()})
+    exists = as_path(out).exists()
+    made = exists and StageState.of(out, "ingest", {}).summary().get("key")
+    if exists and state.complete and not overwrite:
         plan = prepare_ingest(source, out, options, overwrite=True)
         return {"voxels": math.prod(plan.grid.shape), "blocks": plan.grid.num_blocks,
                 "skipped": plan.grid.num_blocks}
