@@ -187,9 +187,9 @@ def test_writer_lease_in_a_bucket(s3: str) -> None:
     from affinity_dist.runtime.locks import lease_path, writer_lease
 
     url = f"{s3}/lease.zarr"
-    with writer_lease(url, "predict"), pytest.raises(DatasetBusyError, match="another run"):
-        with writer_lease(url, "predict"):
-            pass
+    with (writer_lease(url, "predict"), pytest.raises(DatasetBusyError, match="another run"),
+          writer_lease(url, "predict")):
+        pass
     assert not lease_path(url, "predict").exists()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
