@@ -350,6 +350,17 @@ class ReductionTree:
                   for i, f, n in zip(index, self.fanout, below, strict=True)]
         return [int(np.ravel_multi_index(c, below)) for c in itertools.product(*ranges)]
 
+    @property
+    def num_leaf_groups(self) -> int:
+        """Leaf groups: one per task of level 1 (one, the root block, for a one-block
+        tree)."""
+        return self.num_tasks(1) if self.num_levels > 1 else 1
+
+    def leaf_group(self, group: int) -> list[int]:
+        """The blocks whose leaves one task computes and records together: the children
+        of task ``group`` of level 1 (one record per group, not one per block)."""
+        return self.children(1, group) if self.num_levels > 1 else [0]
+
     def parent(self, level: int, task: int) -> tuple[int, int]:
         """The task of ``level + 1`` holding a task of ``level``, and the task's position
         among that parent's :meth:`children`."""

@@ -12,16 +12,18 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from affinity_dist.errors import ConfigError
+from affinity_dist.errors import BlockFailedError, ConfigError
 from affinity_dist.runtime import scheduling
 from affinity_dist.runtime.donelog import DoneLog, flush_seconds
 from affinity_dist.runtime.markers import Marker
 from affinity_dist.runtime.scheduling import BlockCounts, run_blocks
-from affinity_dist.runtime.state import StageState, run_recorded
+from affinity_dist.runtime.state import StageState, block_mask, run_recorded
 
 
 def _marker(block: int, result: int = 0) -> Marker:
@@ -172,3 +174,26 @@ def test_a_cluster_holds_a_window_of_tasks_not_one_per_block(
         left = {int(key.rsplit("-", 1)[1]): f for key, f in client.futures.items()}
         assert 150 in left and len(left) < 10, failed
         assert all(f.done() for f in left.values())
+
+
+@pytest.mark.parametrize("blocks", [range(0), range(7), range(3, 20, 4), [5, 0, 9], []])
+def test_block_mask_sets_exactly_the_blocks(blocks: Sequence[int]) -> None:
+    """Ranges (as the stages pass their blocks) are set by slice, lists by index: the same
+    mask either way, one byte per block."""
+    mask = block_mask(blocks)
+    assert mask.dtype == np.bool_ and mask.size == (max(blocks) + 1 if len(blocks) else 0)
+    assert sorted(np.flatnonzero(mask).tolist()) == sorted(blocks)
+
+
+def test_coverage_names_the_first_block_without_a_record(tmp_path: Path) -> None:
+    state = StageState.of(tmp_path, "cover", {"n": 1})
+    state.begin()
+    log = state.log("pass")
+    for block in (0, 1, 2, 4, 6):
+        log.add(Marker("pass", block, state.key, [], 0))
+    log.flush()
+    state.check_coverage("pass", [0, 1, 2, 4, 6])
+    state.check_coverage("pass", range(0, 7, 2))
+    with pytest.raises(BlockFailedError, match="2 blocks have no verified done record "
+                                               r"\(first: block 3\)"):
+        state.check_coverage("pass", range(1, 6))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from affinity_dist.errors import ConfigError
-from affinity_dist.geometry import BlockGrid, Box, as_shape, as_vector
+from affinity_dist.geometry import BlockGrid, Box, ReductionTree, as_shape, as_vector
 from affinity_dist.kernels.tiles import Tiling, default_tile
 
 
@@ -169,3 +169,17 @@ def test_default_tile_is_the_largest_fitting_multiple_of_the_step(
         assert tile == max(t for t in fitting if block % t == 0)
     else:
         assert tile == max(fitting, default=step)
+
+
+@pytest.mark.parametrize(("grid", "fanout"), [((1, 1, 1), (2, 2, 2)), ((3, 1, 5), (2, 2, 2)),
+                                              ((4, 3, 2), (3, 2, 4)), ((2, 2, 2), (2, 2, 2))])
+def test_leaf_groups_partition_the_blocks_as_their_parents_see_them(
+        grid: tuple[int, int, int], fanout: tuple[int, int, int]) -> None:
+    tree = ReductionTree(grid, fanout)
+    groups = [tree.leaf_group(g) for g in range(tree.num_leaf_groups)]
+    assert sorted(b for group in groups for b in group) == list(range(int(np.prod(grid))))
+    if tree.num_levels > 1:
+        for g, group in enumerate(groups):
+            assert [tree.parent(0, b) for b in group] == [(g, i) for i in range(len(group))]
+    else:
+        assert groups == [[0]]

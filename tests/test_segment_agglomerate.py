@@ -11,7 +11,7 @@ import pytest
 
 from affinity_dist import segment
 from affinity_dist.errors import DataError
-from affinity_dist.geometry import Box
+from affinity_dist.geometry import Box, ReductionTree
 from affinity_dist.kernels.graph import native_affinities
 from affinity_dist.stages.segment import prepare_segment
 from affinity_dist.storage import create_volume, list_arrays, open_volume, staged_dataset
@@ -85,6 +85,12 @@ def test_blockwise_equals_whole_volume_agglomeration(tmp_path: Path, block: tupl
         assert (seg > 0).all()  # every voxel assigned
         np.testing.assert_array_equal(seg, reference(fragments, affs, t))
     assert len(np.unique(fragments)) > 10 and len(np.unique(seg)) < len(np.unique(fragments))
+    # the leaves' records: one per leaf group (the blocks under a level-1 task), not per block
+    grid = tuple(-(-n // b) for n, b in zip(SHAPE, block, strict=True))
+    tree = ReductionTree(grid, fanout)
+    for name in ("region_graph", "merge_tree"):
+        records = sorted(int(p.name) for p in (path / name / "0").iterdir())
+        assert records == list(range(tree.num_leaf_groups)) and len(records) < np.prod(grid)
 
 
 def test_new_threshold_only_cuts_the_tree(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..errors import AffinityDistError, BlockFailedError
 from ..storage import write_json
@@ -183,13 +184,11 @@ class StageState:
                 return f"it does not list {absent[0]}, which the block writes"
         return mismatch(marker.files, self.dataset, content=content)
 
-    def _verify(self, step: str, blocks: Sequence[int], keep: Callable[[Marker], None], *,
-                content: bool, outputs: Outputs | None) -> None:
-        """``keep(marker)`` for each block of ``blocks`` whose latest marker verifies,
-        reading the batches one at a time (the client never holds every marker)."""
-        ids = np.asarray(blocks, dtype=np.int64)
-        wanted = np.zeros(int(ids.max()) + 1 if ids.size else 0, bool)
-        wanted[ids] = True
+    def _verify(self, step: str, wanted: NDArray[np.bool_], keep: Callable[[Marker], None],
+                *, content: bool, outputs: Outputs | None) -> None:
+        """``keep(marker)`` for each block set in ``wanted`` (:func:`block_mask`) whose
+        latest marker verifies, reading the batches one at a time (the client never holds
+        every marker)."""
         unreadable: list[tuple[Path, str]] = []
         bad: list[str] = []
         with ThreadPoolExecutor(max_workers=8) as pool:  # zlib.crc32 releases the GIL
@@ -217,7 +216,7 @@ class StageState:
         counts; blocks whose marker does not verify are left out (logged), batch files
         that cannot be read are removed."""
         good: dict[int, Any] = {}
-        self._verify(step, blocks, lambda m: good.__setitem__(m.block, m.result),
+        self._verify(step, block_mask(blocks), lambda m: good.__setitem__(m.block, m.result),
                      content=content, outputs=outputs)
         return good
 
@@ -225,14 +224,13 @@ class StageState:
                        ) -> None:
         """Refuse to go on while any block of ``step`` has no marker that lists what it
         must write, with those files on disk at the recorded sizes."""
-        ids = np.asarray(blocks, dtype=np.int64)
-        covered = np.zeros(int(ids.max()) + 1 if ids.size else 0, bool)
-        self._verify(step, blocks, lambda m: covered.__setitem__(m.block, True),
+        wanted = block_mask(blocks)
+        self._verify(step, wanted, lambda m: wanted.__setitem__(m.block, False),
                      content=False, outputs=outputs)
-        missing = ids[~covered[ids]]
+        missing = np.flatnonzero(wanted)
         if missing.size:
             raise BlockFailedError(f"{step}: {missing.size} blocks have no verified done "
-                                   f"record (first: block {missing.min()}); the stage is not "
+                                   f"record (first: block {missing[0]}); the stage is not "
                                    "complete")
 
     def finish(self, summary: Mapping[str, Any]) -> None:
@@ -266,6 +264,19 @@ def recording(state: StageState, stage: str, partial: Callable[[], None]) -> Ite
                 err.args = (f"{err}; {hint}",)
             log.info("%s: stopped; the finished blocks are recorded in %s", stage, state.root)
         raise
+
+
+def block_mask(blocks: Sequence[int]) -> NDArray[np.bool_]:
+    """One byte per block up to the largest: True for the blocks in ``blocks`` (a range,
+    as the stages pass them, is set by slice: no array of 8-byte ids at 10^6 blocks)."""
+    if isinstance(blocks, range) and blocks.step > 0 and blocks.start >= 0:
+        mask = np.zeros(blocks[-1] + 1 if blocks else 0, bool)
+        mask[blocks.start:blocks.stop:blocks.step] = True
+        return mask
+    ids = np.asarray(blocks, dtype=np.int64)
+    mask = np.zeros(int(ids.max()) + 1 if ids.size else 0, bool)
+    mask[ids] = True
+    return mask
 
 
 def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: Sequence[int],

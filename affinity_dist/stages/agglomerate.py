@@ -8,8 +8,10 @@ every task reads its inputs from the dataset and writes its outputs there):
    id in the high bits), writes them, its boundary planes and the affinities of its first
    planes, and the contacts inside it (:func:`~affinity_dist.kernels.graph.block_edges`);
 2. **graph** — every block adds the contacts across its lower faces (its first planes
-   against the last planes of the blocks below), stores the edges it owns
-   (``region_graph/<block>``) and agglomerates them as the leaf of the tree reduction;
+   against the last planes of the blocks below) and agglomerates the edges it owns as
+   its leaf of the tree reduction; one task per leaf group (the blocks under a task of
+   tree level 1) stores its blocks' edges and merges in one record each
+   (``region_graph/0/<group>``, ``merge_tree/0/<group>``: a part per block);
 3. **tree** — each level of the :class:`~affinity_dist.geometry.ReductionTree` merges its
    children's residuals (:func:`~affinity_dist.kernels.agglomerate.reduce_task`); every
    task stores its merges (``merge_tree/<level>/<task>``); the root finishes: the result is
@@ -58,9 +60,9 @@ from .agglomerate_tasks import (
     WORK,
     CutTask,
     FragmentBlock,
-    GraphBlock,
+    GraphGroup,
     RelabelBlock,
-    SizeLeaf,
+    SizeGroup,
     TreeTask,
 )
 from .segment_tasks import create_face_arrays
@@ -70,7 +72,8 @@ __all__ = ["AgglomeratePlan", "AgglomerateSummary", "SegmentSummary", "level_siz
 
 log = logging.getLogger(__name__)
 #: Bump when a change of this module changes what it writes (keys the run state).
-VERSION = 2  # 2: region graph records hold face rows and fragment sizes
+VERSION = 3  # 2: region graph records hold face rows and fragment sizes; 3: leaves
+# recorded per leaf group
 HALO_NM_VOXELS = 16  # default halo: this many voxels of the finest axis, in nm per axis
 
 
@@ -234,7 +237,8 @@ def _build_tree(plan: AgglomeratePlan, group: Any, passes: Callable[..., list[An
         counts = passes(state, "fragments", FragmentBlock(plan), blocks=blocks)
         log.info("fragments: %d in %d blocks, %.2f s", sum(counts), len(blocks),
                  time.perf_counter() - clock)
-        sizes = passes(state, "graph", GraphBlock(plan), blocks=blocks)
+        sizes = _grouped(passes(state, "graph", GraphGroup(plan),
+                                blocks=range(tree.num_leaf_groups)))
         levels = [level_sizes(sizes)]
         for level in range(1, tree.num_levels):
             sizes = passes(state, f"tree{level}", TreeTask(plan, level),
@@ -256,6 +260,11 @@ def _build_tree(plan: AgglomeratePlan, group: Any, passes: Callable[..., list[An
                   "levels": levels})
     delete_node(group, WORK)
     return summary
+
+
+def _grouped(results: list[list[dict[str, int]]]) -> list[dict[str, int]]:
+    """The leaves' counts, block by block, from the counts of their groups' tasks."""
+    return [counts for group in results for counts in group]
 
 
 def level_sizes(sizes: list[dict[str, int]]) -> dict[str, int]:
@@ -308,7 +317,8 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
     size = plan.min_size > 0
     with recording(state, "segment", lambda: _discard(group, (STAGED["segmentation"], CUT))):
         if size:  # the size tree of this threshold: small segments into their neighbours
-            sizes = passes(state, "size0", SizeLeaf(plan), blocks=plan.grid.blocks)
+            sizes = _grouped(passes(state, "size0", SizeGroup(plan),
+                                    blocks=range(tree.num_leaf_groups)))
             summary.size_levels = [level_sizes(sizes)]
             for level in range(1, tree.num_levels):
                 sizes = passes(state, f"size{level}", TreeTask(plan, level, size=True),

@@ -27,8 +27,14 @@ from ..kernels.graph import (
 )
 from ..kernels.merge import fragment_sizes
 from ..kernels.watershed import watershed_block
-from ..storage import read_record, write_parts, write_record
-from .segment_tasks import face_outputs, parent_part, read_affinities, read_faces, write_faces
+from ..storage import read_record, record_part, write_parts, write_record
+from .segment_tasks import (
+    face_outputs,
+    parent_part,
+    read_affinities,
+    read_faces,
+    write_faces,
+)
 from .segment_tasks import open_cached as _open
 from .segment_tasks import record_path as _path
 
@@ -103,14 +109,38 @@ def _sizes(residual: Residual, record: TreeRecord) -> dict[str, int]:
             "merges": int(record.a.size)}
 
 
+def _tree_fields(record: TreeRecord, n: int = -1) -> dict[str, NDArray[Any]]:
+    return {"a": record.a, "b": record.b, "score": record.score, "up": record.up,
+            "n": np.array([n], np.int64)}
+
+
 def _write_task(plan: AgglomeratePlan, level: int, task: int, residual: Residual,
-                record: TreeRecord, *, size: bool, n: int = -1) -> None:
+                record: TreeRecord, *, size: bool) -> None:
     write_record(plan.dataset, _path(tree_root(size, staged=True), level, task),
-                 {"a": record.a, "b": record.b, "score": record.score, "up": record.up,
-                  "n": np.array([n], np.int64)})
+                 _tree_fields(record))
     if level < plan.tree.num_levels - 1:
         write_record(plan.dataset, _path(_residual_root(size), level, task),
                      residual._asdict())
+
+
+def _write_leaves(plan: AgglomeratePlan, group: int,
+                  leaves: list[tuple[Residual, TreeRecord, int]], *, size: bool) -> None:
+    """The leaves of a leaf group's blocks (``ReductionTree.leaf_group``): one record of
+    their merges and one of their residuals, a part per block (not one each)."""
+    write_parts(plan.dataset, _path(tree_root(size, staged=True), 0, group),
+                [_tree_fields(record, n) for _, record, n in leaves])
+    if plan.tree.num_levels > 1:
+        write_parts(plan.dataset, _path(_residual_root(size), 0, group),
+                    [residual._asdict() for residual, _, _ in leaves])
+
+
+def _group_parts(plan: AgglomeratePlan, root: str, group: int
+                 ) -> list[dict[str, NDArray[Any]]]:
+    """Every part of a leaf group's record, in the order of its blocks."""
+    name = _path(root, 0, group)
+    record = read_record(plan.dataset, name)
+    count = len(plan.tree.leaf_group(group))
+    return [record_part(record, name, i, count) for i in range(count)]
 
 
 def _leaf(graph: dict[str, NDArray[Any]], sizes: bool) -> Residual:
@@ -122,13 +152,30 @@ def _leaf(graph: dict[str, NDArray[Any]], sizes: bool) -> Residual:
 
 
 @dataclass(frozen=True)
-class GraphBlock:
-    """The contacts a block owns (inside and across its lower faces) -> ``region_graph``;
-    then the block's leaf of the merge tree."""
+class GraphGroup:
+    """For each block of a leaf group (``ReductionTree.leaf_group``: the children of a
+    task of tree level 1), the contacts it owns (inside and across its lower faces)
+    and its leaf of the merge tree; the group's region graph, merges and residuals in one
+    record each (``region_graph/0/<group>``, ...: a part per block)."""
 
     plan: AgglomeratePlan
 
-    def __call__(self, block_id: int) -> dict[str, int]:
+    def __call__(self, group: int) -> list[dict[str, int]]:
+        plan, graphs, leaves, out = self.plan, [], [], []
+        for block_id in plan.tree.leaf_group(group):
+            graph = self._graph(block_id)
+            index = plan.grid.block_index(block_id)
+            residual, record = reduce_task([_leaf(graph, False)], plan.grid.grid_shape,
+                                           index, tuple(i + 1 for i in index),
+                                           scale=plan.scale, floor=plan.floor)
+            graphs.append(graph)
+            leaves.append((residual, record, int(graph["size"].size)))
+            out.append({**_sizes(residual, record), "edges_owned": int(graph["u"].size)})
+        write_parts(plan.dataset, _path(STAGED["region_graph"], 0, group), graphs)
+        _write_leaves(plan, group, leaves, size=False)
+        return out
+
+    def _graph(self, block_id: int) -> dict[str, NDArray[Any]]:
         plan, grid = self.plan, self.plan.grid
         edges = read_record(plan.dataset, _path(WORK, "edges", block_id))
         neighbors = grid.neighbors(block_id)
@@ -145,17 +192,10 @@ class GraphBlock:
                                            for i in range(4)))
         frag, nbr = face_fragments(own, neighbors)
         n = edges["sizes"].size
-        graph = {"u": u, "v": v, "sums": sums, "counts": counts, "row_fragment": frag,
-                 "row_neighbor": nbr,
-                 "size_id": global_ids(np.arange(1, n + 1, dtype=np.uint64), block_id),
-                 "size": edges["sizes"]}
-        write_record(plan.dataset, _path(STAGED["region_graph"], block_id), graph)
-        index = grid.block_index(block_id)
-        residual, record = reduce_task([_leaf(graph, False)], grid.grid_shape, index,
-                                       tuple(i + 1 for i in index), scale=plan.scale,
-                                       floor=plan.floor)
-        _write_task(plan, 0, block_id, residual, record, size=False, n=n)
-        return {**_sizes(residual, record), "edges_owned": int(u.size)}
+        return {"u": u, "v": v, "sums": sums, "counts": counts, "row_fragment": frag,
+                "row_neighbor": nbr,
+                "size_id": global_ids(np.arange(1, n + 1, dtype=np.uint64), block_id),
+                "size": edges["sizes"]}
 
 
 def _reduce(plan: AgglomeratePlan, parts: list[Residual], level: int, task: int,
@@ -169,17 +209,21 @@ def _reduce(plan: AgglomeratePlan, parts: list[Residual], level: int, task: int,
 
 
 @dataclass(frozen=True)
-class SizeLeaf:
-    """A block's leaf of the size tree, from its stored region graph."""
+class SizeGroup:
+    """The leaves of the size tree of a leaf group's blocks, from its stored region
+    graph; recorded as :class:`GraphGroup` records the merge tree's."""
 
     plan: AgglomeratePlan
 
-    def __call__(self, block_id: int) -> dict[str, int]:
-        plan = self.plan
-        graph = read_record(plan.dataset, _path("region_graph", block_id))
-        residual, record = _reduce(plan, [_leaf(graph, True)], 0, block_id, True)
-        _write_task(plan, 0, block_id, residual, record, size=True, n=graph["size"].size)
-        return _sizes(residual, record)
+    def __call__(self, group: int) -> list[dict[str, int]]:
+        plan, leaves, out = self.plan, [], []
+        graphs = _group_parts(plan, "region_graph", group)
+        for block_id, graph in zip(plan.tree.leaf_group(group), graphs, strict=True):
+            residual, record = _reduce(plan, [_leaf(graph, True)], 0, block_id, True)
+            leaves.append((residual, record, int(graph["size"].size)))
+            out.append(_sizes(residual, record))
+        _write_leaves(plan, group, leaves, size=True)
+        return out
 
 
 # ---- 3. tree ---------------------------------------------------------------------------
@@ -187,7 +231,20 @@ class SizeLeaf:
 
 def read_tree(plan: AgglomeratePlan, level: int, task: int, size: bool = False
               ) -> dict[str, NDArray[Any]]:
+    """A task's merges; a block's (level 0) are its part of its leaf group's record."""
+    if level == 0:
+        return parent_part(plan, tree_root(size), 0, task)
     return read_record(plan.dataset, _path(tree_root(size), level, task))
+
+
+def _children(plan: AgglomeratePlan, level: int, task: int, root: str
+              ) -> list[dict[str, NDArray[Any]]]:
+    """The records under ``root`` of a task's children, in order (those of level 0: the
+    parts of the one leaf-group record, the task's children being that group)."""
+    if level == 1:
+        return _group_parts(plan, root, task)
+    return [read_record(plan.dataset, _path(root, level - 1, c))
+            for c in plan.tree.children(level, task)]
 
 
 @dataclass(frozen=True)
@@ -200,9 +257,8 @@ class TreeTask:
 
     def __call__(self, task: int) -> dict[str, int]:
         plan = self.plan
-        children = [Residual(**read_record(plan.dataset, _path(
-            _residual_root(self.size), self.level - 1, c)))
-            for c in plan.tree.children(self.level, task)]
+        children = [Residual(**r) for r in _children(plan, self.level, task,
+                                                     _residual_root(self.size))]
         residual, record = _reduce(plan, children, self.level, task, self.size)
         _write_task(plan, self.level, task, residual, record, size=self.size)
         return _sizes(residual, record)
@@ -236,7 +292,7 @@ class CutTask:
     def __call__(self, task: int) -> int:
         plan = self.plan
         kids = plan.tree.children(self.level, task)
-        ups = [read_tree(plan, self.level - 1, c, self.size)["up"] for c in kids]
+        ups = [r["up"] for r in _children(plan, self.level, task, tree_root(self.size))]
         queries = np.concatenate([np.zeros(0, np.uint64), *ups])
         labels = cut_labels(_record(read_tree(plan, self.level, task, self.size)),
                             ALL if self.size else plan.threshold,

@@ -74,7 +74,6 @@ from .segment_tasks import (
     RelabelBlock,
     TreeTask,
     create_face_arrays,
-    leaf_groups,
 )
 
 __all__ = ["SegmentPlan", "prepare_segment", "run_segment", "segment"]
@@ -229,11 +228,11 @@ def _reduce(plan: SegmentPlan, passes: Callable[..., list[Any]]
     """2.-3. The leaves (every block's face pairs) and the tree levels above them: each
     task's counts, level by level (the leaves first), and each level's largest residual."""
     clock = time.perf_counter()
-    groups = leaf_groups(plan)
+    tree = plan.tree
     leaves: list[dict[str, int]] = [{}] * plan.grid.num_blocks
-    for blocks, counts in zip(groups, passes("leaves", LeafGroup(plan),
-                                             list(range(len(groups)))), strict=True):
-        for block, count in zip(blocks, counts, strict=True):
+    for group, counts in enumerate(passes("leaves", LeafGroup(plan),
+                                          range(tree.num_leaf_groups))):
+        for block, count in zip(tree.leaf_group(group), counts, strict=True):
             leaves[block] = count
     levels = [leaves]
     for level in range(1, plan.tree.num_levels):

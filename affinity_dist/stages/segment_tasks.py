@@ -168,15 +168,6 @@ class FragmentBlock:
 # ---- 2. leaves -------------------------------------------------------------------------
 
 
-def leaf_groups(plan: SegmentPlan) -> list[list[int]]:
-    """The blocks whose leaves one task computes and records together: the children of
-    each task of tree level 1 (one record per group, not one per block)."""
-    tree = plan.tree
-    if tree.num_levels == 1:
-        return [[0]]
-    return [tree.children(1, task) for task in range(tree.num_tasks(1))]
-
-
 def _pending(plan: SegmentPlan, level: int, task: int) -> Pending:
     if level > 0:
         return Pending(**read_record(plan.dataset,
@@ -192,14 +183,14 @@ def _sizes(pending: Pending, record: TaskRecord | None = None) -> dict[str, int]
 
 @dataclass(frozen=True)
 class LeafGroup:
-    """The leaves of a group of blocks (:func:`leaf_groups`): each block's pairs across
-    all six faces (each pair is thus known from both sides), recorded in one record;
+    """The leaves of a leaf group's blocks (``ReductionTree.leaf_group``): each block's
+    pairs across all six faces (each pair is thus known from both sides), recorded in one record;
     returns each block's counts and unmerged kept fragments, which it numbers itself."""
 
     plan: SegmentPlan
 
     def __call__(self, group: int) -> list[dict[str, int]]:
-        blocks = leaf_groups(self.plan)[group]
+        blocks = self.plan.tree.leaf_group(group)
         parts, out = [], []
         for block_id in blocks:
             pending, sizes = self._leaf(block_id)
