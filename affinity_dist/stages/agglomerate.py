@@ -234,19 +234,18 @@ def _build_tree(plan: AgglomeratePlan, group: Any, passes: Callable[..., list[An
     blocks = plan.grid.blocks
     with recording(state, "segment", lambda: _discard(group, (*STAGED.values(), WORK))):
         clock = time.perf_counter()
-        counts = passes(state, "fragments", FragmentBlock(plan), blocks=blocks)
-        log.info("fragments: %d in %d blocks, %.2f s", sum(counts), len(blocks),
+        fragments = Total()
+        passes(state, "fragments", FragmentBlock(plan), blocks=blocks, reduce=fragments)
+        log.info("fragments: %d in %d blocks, %.2f s", fragments.n, len(blocks),
                  time.perf_counter() - clock)
-        sizes = _grouped(passes(state, "graph", GraphGroup(plan),
-                                blocks=range(tree.num_leaf_groups)))
-        levels = [level_sizes(sizes)]
+        levels = [_level(passes, state, "graph", GraphGroup(plan),
+                         range(tree.num_leaf_groups))]
         for level in range(1, tree.num_levels):
-            sizes = passes(state, f"tree{level}", TreeTask(plan, level),
-                           blocks=list(range(tree.num_tasks(level))))
-            levels.append(level_sizes(sizes))
+            levels.append(_level(passes, state, f"tree{level}", TreeTask(plan, level),
+                                 range(tree.num_tasks(level))))
         log.info("tree: %d levels, largest residual per level %s", tree.num_levels,
                  [(s["regions"], s["edges"]) for s in levels])
-    summary = SegmentSummary(int(sum(counts)), 0, int(levels[0]["edges_owned"]), levels)
+    summary = SegmentSummary(fragments.n, 0, int(levels[0]["edges_owned"]), levels)
     key = state.key
     group[STAGED["merge_tree"]].attrs.update({
         "run_key": key, "levels": tree.num_levels, "fanout": list(plan.fanout),
@@ -262,19 +261,50 @@ def _build_tree(plan: AgglomeratePlan, group: Any, passes: Callable[..., list[An
     return summary
 
 
-def _grouped(results: list[list[dict[str, int]]]) -> list[dict[str, int]]:
-    """The leaves' counts, block by block, from the counts of their groups' tasks."""
-    return [counts for group in results for counts in group]
+class Total:
+    """The sum of a pass's integer results, taken as they arrive (``run_recorded``'s
+    ``reduce``: the client keeps nothing per block)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, result: int) -> None:
+        self.n += int(result)
 
 
-def level_sizes(sizes: list[dict[str, int]]) -> dict[str, int]:
+class LevelSizes:
+    """A tree level's largest residual (regions, edges), its total merges (and owned
+    edges), from its tasks' counts as they arrive; a leaf group's task gives a list, one
+    per block (the leaves are counted per block)."""
+
+    def __init__(self) -> None:
+        self.out = {"tasks": 0, "regions": 0, "edges": 0, "merges": 0}
+
+    def __call__(self, result: dict[str, int] | list[dict[str, int]]) -> None:
+        out = self.out
+        for counts in result if isinstance(result, list) else [result]:
+            out["tasks"] += 1
+            out["regions"] = max(out["regions"], int(counts["regions"]))
+            out["edges"] = max(out["edges"], int(counts["edges"]))
+            out["merges"] += int(counts["merges"])
+            if "edges_owned" in counts:
+                out["edges_owned"] = out.get("edges_owned", 0) + int(counts["edges_owned"])
+
+
+def level_sizes(sizes: Sequence[dict[str, int]]) -> dict[str, int]:
     """A level's largest residual (regions, edges), its total merges (and owned edges)."""
-    out = {"tasks": len(sizes), "regions": max((s["regions"] for s in sizes), default=0),
-           "edges": max((s["edges"] for s in sizes), default=0),
-           "merges": sum(s["merges"] for s in sizes)}
-    if sizes and "edges_owned" in sizes[0]:
-        out["edges_owned"] = sum(s["edges_owned"] for s in sizes)
-    return out
+    level = LevelSizes()
+    for counts in sizes:
+        level(counts)
+    return level.out
+
+
+def _level(passes: Callable[..., list[Any]], state: StageState, step: str,
+           fn: Callable[[int], Any], tasks: Sequence[int]) -> dict[str, int]:
+    """One level's pass, its tasks' counts reduced as they arrive."""
+    level = LevelSizes()
+    passes(state, step, fn, blocks=tasks, reduce=level)
+    return level.out
 
 
 def _discard(group: Any, names: tuple[str, ...]) -> None:
@@ -291,10 +321,11 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
     counts = counts if counts is not None else BlockCounts()
 
     def passes(state: StageState, step: str, fn: Callable[[int], Any], *,
-               blocks: Sequence[int], previous: bool = True) -> list[Any]:
+               blocks: Sequence[int], previous: bool = True,
+               reduce: Callable[[Any], None] | None = None) -> list[Any]:
         return run_recorded(state, step, fn, blocks, counts, previous=previous,
                             client=client, scheduler=scheduler, progress=progress,
-                            release=False)
+                            release=False, reduce=reduce)
 
     if _tree_ready(plan, group):
         done = plan.tree_state.summary()
@@ -317,18 +348,19 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
     size = plan.min_size > 0
     with recording(state, "segment", lambda: _discard(group, (STAGED["segmentation"], CUT))):
         if size:  # the size tree of this threshold: small segments into their neighbours
-            sizes = _grouped(passes(state, "size0", SizeGroup(plan),
-                                    blocks=range(tree.num_leaf_groups)))
-            summary.size_levels = [level_sizes(sizes)]
+            summary.size_levels = [_level(passes, state, "size0", SizeGroup(plan),
+                                          range(tree.num_leaf_groups))]
             for level in range(1, tree.num_levels):
-                sizes = passes(state, f"size{level}", TreeTask(plan, level, size=True),
-                               blocks=list(range(tree.num_tasks(level))))
-                summary.size_levels.append(level_sizes(sizes))
+                summary.size_levels.append(_level(
+                    passes, state, f"size{level}", TreeTask(plan, level, size=True),
+                    range(tree.num_tasks(level))))
         for level in range(tree.num_levels - 1, 0, -1):
             passes(state, f"cut{level}", CutTask(plan, level, size),
-                   blocks=list(range(tree.num_tasks(level))))
-        segments = passes(state, "relabel", RelabelBlock(plan, size), blocks=plan.grid.blocks)
-    summary.num_segments = int(sum(segments))
+                   blocks=range(tree.num_tasks(level)), reduce=Total())
+        segments = Total()
+        passes(state, "relabel", RelabelBlock(plan, size), blocks=plan.grid.blocks,
+               reduce=segments)
+    summary.num_segments = segments.n
     group[STAGED["segmentation"]].attrs.update({"threshold": plan.threshold,
                                                 "min_size": plan.min_size,
                                                 "merge_tree": plan.tree_state.key})
