@@ -181,7 +181,7 @@ class _Count:
     def __init__(self) -> None:
         self.n = 0
 
-    def __call__(self, _: None) -> None:
+    def __call__(self, block: int, _: None) -> None:
         self.n += 1
 
 

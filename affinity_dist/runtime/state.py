@@ -281,12 +281,13 @@ def block_mask(blocks: Sequence[int]) -> NDArray[np.bool_]:
 
 def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: Sequence[int],
                  counts: BlockCounts, *, previous: bool = True,
-                 reduce: Callable[[R], None] | None = None, **run: Any) -> list[R]:
+                 reduce: Callable[[int, R], None] | None = None, **run: Any) -> list[R]:
     """Run ``fn`` on the blocks of ``step`` that have no verified done record, record each
     after its data, and return every block's result in order (recorded ones read back;
-    with ``previous`` False only the results computed now). With ``reduce``, each result
-    is handed to it instead (computed ones as they arrive, then the recorded ones) and
-    nothing is returned: the client keeps nothing per block. A task object with an
+    with ``previous`` False only the results computed now). With ``reduce``, each block's
+    result is handed to it instead, ``reduce(block, result)`` (computed ones as they
+    arrive, then the recorded ones), and nothing is returned: the client keeps nothing
+    per block that ``reduce`` does not keep. A task object with an
     ``outputs(block)`` method (``(array, selection)`` pairs) has its markers checked to
     cover those chunks: a marker that claims a block without its data is not trusted."""
     outputs = getattr(fn, "outputs", None)
@@ -299,7 +300,7 @@ def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: S
     def keep(marker: Marker) -> Any:  # on the client, as each block's result arrives
         log_.add(marker)
         if reduce is not None:
-            reduce(marker.result)
+            reduce(marker.block, marker.result)
             return None
         return marker.result
 
@@ -310,8 +311,8 @@ def run_recorded(state: StageState, step: str, fn: Callable[[int], R], blocks: S
         log_.flush()
     state.check_coverage(step, todo, outputs)  # the others were verified just above
     if reduce is not None:
-        for result in done.values() if previous else ():
-            reduce(result)
+        for block, result in done.items() if previous else ():
+            reduce(block, result)
         return []
     if not previous or not done:
         return computed

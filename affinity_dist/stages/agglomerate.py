@@ -268,7 +268,7 @@ class Total:
     def __init__(self) -> None:
         self.n = 0
 
-    def __call__(self, result: int) -> None:
+    def __call__(self, _: int, result: int) -> None:
         self.n += int(result)
 
 
@@ -280,7 +280,7 @@ class LevelSizes:
     def __init__(self) -> None:
         self.out = {"tasks": 0, "regions": 0, "edges": 0, "merges": 0}
 
-    def __call__(self, result: dict[str, int] | list[dict[str, int]]) -> None:
+    def __call__(self, _: int, result: dict[str, int] | list[dict[str, int]]) -> None:
         out = self.out
         for counts in result if isinstance(result, list) else [result]:
             out["tasks"] += 1
@@ -294,8 +294,8 @@ class LevelSizes:
 def level_sizes(sizes: Sequence[dict[str, int]]) -> dict[str, int]:
     """A level's largest residual (regions, edges), its total merges (and owned edges)."""
     level = LevelSizes()
-    for counts in sizes:
-        level(counts)
+    for task, counts in enumerate(sizes):
+        level(task, counts)
     return level.out
 
 
@@ -322,7 +322,7 @@ def run_agglomerate(plan: AgglomeratePlan, *, client: Any | None = None,
 
     def passes(state: StageState, step: str, fn: Callable[[int], Any], *,
                blocks: Sequence[int], previous: bool = True,
-               reduce: Callable[[Any], None] | None = None) -> list[Any]:
+               reduce: Callable[[int, Any], None] | None = None) -> list[Any]:
         return run_recorded(state, step, fn, blocks, counts, previous=previous,
                             client=client, scheduler=scheduler, progress=progress,
                             release=False, reduce=reduce)

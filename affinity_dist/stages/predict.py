@@ -317,7 +317,7 @@ class _Totals:
         self.blocks = 0
         self.sums = BlockPrediction(0, 0, 0, 0.0, 0.0)
 
-    def __call__(self, done: BlockPrediction) -> None:
+    def __call__(self, _: int, done: BlockPrediction) -> None:
         self.blocks += 1
         self.sums = BlockPrediction._make(a + b for a, b in zip(self.sums, done, strict=True))
 

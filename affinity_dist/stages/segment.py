@@ -61,7 +61,7 @@ from ..storage import (
     write_record,
 )
 from ..storage.location import as_path
-from .agglomerate import SegmentSummary, level_sizes
+from .agglomerate import LevelSizes, SegmentSummary
 from .segment_tasks import (
     COUNTS,
     INDEX,
@@ -211,58 +211,82 @@ def _discard(plan: SegmentPlan, group: Any) -> None:
         delete_node(group, name)
 
 
-def _fragments(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[dict[str, int]]:
+class _Counts:
+    """Named counts of a pass's tasks, one int64 array per name indexed by task, filled as
+    the results arrive (``run_recorded``'s ``reduce``: numbers, not an object per task),
+    and the pass's :class:`~.agglomerate.LevelSizes`. A leaf group's task gives a list,
+    one per block of the group (``tree``: its groups' blocks)."""
+
+    def __init__(self, names: Sequence[str], size: int, tree: Any = None) -> None:
+        self.arrays = {name: np.zeros(size, np.int64) for name in names}
+        self.tree, self.level, self.edges = tree, LevelSizes(), 0
+
+    def __call__(self, task: int, result: dict[str, int] | list[dict[str, int]]) -> None:
+        if isinstance(result, list):
+            for block, counts in zip(self.tree.leaf_group(task), result, strict=True):
+                self(block, counts)
+            return
+        for name, array in self.arrays.items():
+            array[task] = result[name]
+        if "regions" in result:
+            self.level(task, result)
+            self.edges += int(result["edges"])
+
+
+def _fragments(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> int:
     """1. Every block's fragments and face planes, written; its counts, stored for the
-    leaves (O(blocks) numbers)."""
+    leaves (O(blocks) numbers). Returns the number of fragments."""
     clock = time.perf_counter()
-    counts = passes("fragments", FragmentBlock(plan), plan.grid.blocks)
-    write_record(plan.dataset, COUNTS, {
-        key: np.array([c[key] for c in counts], np.int64) for key in ("fragments", "small")})
-    log.info("fragments: %d in %d blocks, %.2f s", sum(c["fragments"] for c in counts),
-             plan.grid.num_blocks, time.perf_counter() - clock)
-    return counts
+    counts = _Counts(("fragments", "small"), plan.grid.num_blocks)
+    passes("fragments", FragmentBlock(plan), plan.grid.blocks, reduce=counts)
+    write_record(plan.dataset, COUNTS, counts.arrays)
+    total = int(counts.arrays["fragments"].sum())
+    log.info("fragments: %d in %d blocks, %.2f s", total, plan.grid.num_blocks,
+             time.perf_counter() - clock)
+    return total
 
 
-def _reduce(plan: SegmentPlan, passes: Callable[..., list[Any]]
-            ) -> tuple[list[list[dict[str, int]]], list[dict[str, int]]]:
+def _reduce(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> list[_Counts]:
     """2.-3. The leaves (every block's face pairs) and the tree levels above them: each
-    task's counts, level by level (the leaves first), and each level's largest residual."""
+    level's counts (the leaves first: per block; then per task)."""
     clock = time.perf_counter()
     tree = plan.tree
-    leaves: list[dict[str, int]] = [{}] * plan.grid.num_blocks
-    for group, counts in enumerate(passes("leaves", LeafGroup(plan),
-                                          range(tree.num_leaf_groups))):
-        for block, count in zip(tree.leaf_group(group), counts, strict=True):
-            leaves[block] = count
-    levels = [leaves]
-    for level in range(1, plan.tree.num_levels):
-        levels.append(passes(f"tree{level}", TreeTask(plan, level),
-                             list(range(plan.tree.num_tasks(level)))))
-    sizes = [level_sizes(tasks) for tasks in levels]
-    log.info("tree: %d levels, largest residual per level %s in %.2f s",
-             plan.tree.num_levels, [(s["regions"], s["edges"]) for s in sizes],
+    levels = [_Counts(("unmerged", "final"), plan.grid.num_blocks, tree)]
+    passes("leaves", LeafGroup(plan), range(tree.num_leaf_groups), reduce=levels[0])
+    for level in range(1, tree.num_levels):
+        levels.append(_Counts(("final",), tree.num_tasks(level)))
+        passes(f"tree{level}", TreeTask(plan, level), range(tree.num_tasks(level)),
+               reduce=levels[-1])
+    log.info("tree: %d levels, largest residual per level %s in %.2f s", tree.num_levels,
+             [(c.level.out["regions"], c.level.out["edges"]) for c in levels],
              time.perf_counter() - clock)
-    return levels, sizes
+    return levels
 
 
-def _number(plan: SegmentPlan, levels: Sequence[Sequence[dict[str, int]]]) -> int:
+def _number(plan: SegmentPlan, levels: Sequence[_Counts]) -> int:
     """The numbering, stored for the cut and relabel: each block's unmerged fragments
     from its offset, then each task's kept final components from its base (a prefix sum
     over blocks, then over levels and tasks). Returns the number of segments."""
-    unmerged = np.array([s["unmerged"] for s in levels[0]], np.int64)
+    unmerged = levels[0].arrays["unmerged"]
     offsets = np.concatenate([[0], np.cumsum(unmerged)[:-1]]).astype(np.int64)
-    kept = np.array([s["final"] for tasks in levels for s in tasks], np.int64)
+    kept = np.concatenate([c.arrays["final"] for c in levels])
     bases = int(unmerged.sum()) + np.concatenate([[0], np.cumsum(kept)[:-1]]).astype(np.int64)
     write_record(plan.dataset, INDEX, {"offsets": offsets, "bases": bases})
     return int(unmerged.sum() + kept.sum())
+
+
+def _ignore(task: int, result: Any) -> None:
+    """``reduce`` of a pass whose results nothing needs (none kept on the client)."""
 
 
 def _cut(plan: SegmentPlan, passes: Callable[..., list[Any]]) -> None:
     """4.-5. The cut from the root down, then every block relabelled."""
     clock = time.perf_counter()
     for level in range(plan.tree.num_levels - 1, 0, -1):
-        passes(f"cut{level}", CutTask(plan, level), list(range(plan.tree.num_tasks(level))))
-    passes("relabel", RelabelBlock(plan), plan.grid.blocks, previous=False, release=True)
+        passes(f"cut{level}", CutTask(plan, level), range(plan.tree.num_tasks(level)),
+               reduce=_ignore)
+    passes("relabel", RelabelBlock(plan), plan.grid.blocks, previous=False, release=True,
+           reduce=_ignore)
     log.info("cut and relabel: %.2f s", time.perf_counter() - clock)
 
 
@@ -315,11 +339,11 @@ def run_segment(plan: Any, *, client: Any | None = None,
         _create_outputs(plan, group, affs)
     with recording(state, "segment", lambda: _discard(plan, group)):
         fragments = _fragments(plan, passes)
-        levels, sizes = _reduce(plan, passes)
+        levels = _reduce(plan, passes)
         segments = _number(plan, levels)
         _cut(plan, passes)
-    summary = SegmentSummary(sum(c["fragments"] for c in fragments), segments,
-                             sum(s["edges"] for s in levels[0]) // 2, sizes)
+    summary = SegmentSummary(fragments, segments, levels[0].edges // 2,
+                             [c.level.out for c in levels])
     _publish(plan, group, state, summary)
     return summary
 
