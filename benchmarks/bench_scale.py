@@ -340,7 +340,11 @@ def end_to_end(sizes: list[int], scratch: str | None) -> None:
             flow.write_text(f'stages = ["predict", "segment"]\n[input]\ndataset = '
                             f'"{dataset}"\n[predict]\nblock = [256, 256, 256]\n'
                             '[cluster]\nscheduler = "local"\nworkers = 2\n')
-            subprocess.run([cli, "run", str(flow)], check=True, capture_output=True)
+            ran = subprocess.run([cli, "run", str(flow)], check=False, capture_output=True,
+                                 text=True)
+            if ran.returncode:
+                raise SystemExit(f"end to end {n}^3: affinity-dist run exited {ran.returncode}:"
+                                 f"\n{ran.stderr[-3000:]}")
             report = json.loads(Path(f"{dataset.with_suffix('')}-report.json").read_text())
             took = {s["stage"]: s for s in report["stages"]}
             rates = "/".join(f"{took[k]['voxels_per_second'] / 1e6:.1f}"
