@@ -25,6 +25,12 @@ hold the pair). Two measurements:
   pending surface of its 8 children, i.e. both sides of every pair across the three
   central planes of the grid. Its peak memory is what the largest task needs.
 
+* ``agglomeration root`` (``--agglomerate-root 100``): the same for ``segment``'s default
+  method, in a fresh process: the root's 8 children's residuals (edges across the central
+  planes, owned by one side, random statistics; face rows), then the root's
+  ``reduce_task``; peak RSS of the process during the task (/proc VmHWM reset before it:
+  numba's buffers are invisible to tracemalloc).
+
 * ``end to end`` (``--end-to-end 512 1536``): fib25_sample2's raw mirror-tiled to N^3
   (real texture; the synthetic ``sample`` cannot make 1536^3 here: its neurite model
   is built over the whole volume, 8.6 GB at 1024^3), then ``affinity-dist run`` of
@@ -34,7 +40,7 @@ hold the pair). Two measurements:
 
     .venv/bin/python benchmarks/bench_scale.py [--blocks 10000 100000 1000000]
         [--tree 20 40] [--root 100 200] [--fragments 1000] [--pairs 300]
-        [--end-to-end 512 1536 [--scratch DIR]]
+        [--agglomerate-root 40 100] [--end-to-end 512 1536 [--scratch DIR]]
 """
 
 from __future__ import annotations
@@ -165,12 +171,98 @@ def root(g: int, fragments: int, pairs: int) -> None:
         children.append(leaf(u[mine], v[mine]))
     del u, v, octant
     made = time.perf_counter() - t0
+    import psutil
+
+    from affinity_dist.runtime.memory import peak_memory_mb, trim_heap
+
+    reduce_components(leaves(BlockGrid((2, 2, 2), (1, 1, 1)), 10, 3), (2, 2, 2), (0, 0, 0),
+                      (2, 2, 2))  # numba compiled before the peak is taken
+    trim_heap()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here (numba's buffers too)
+    start = psutil.Process().memory_info().rss / 1e6
     seconds, peak, size = measured(children, grid, (0, 0, 0), (g, g, g))
+    rss = peak_memory_mb() - start
     pairs_in = sum(c.u.size for c in children)
     print(f"root: {g}^3 = {grid.num_blocks:.1e} blocks, {grid.num_blocks * fragments:.1e} "
           f"fragments: input {pairs_in:.2e} pending pairs ({size / 1e9:.2f} GB), peak "
-          f"{peak / 1e9:.2f} GB above it, total {(size + peak) / 1e9:.2f} GB, {seconds:.1f} s "
-          f"(input made in {made:.0f} s)")
+          f"{peak / 1e9:.2f} GB above it (tracemalloc; process RSS +{rss / 1e3:.2f} GB), "
+          f"total {(size + peak) / 1e9:.2f} GB, {seconds:.1f} s (input made in {made:.0f} s)")
+
+
+def agglomerate_root(g: int, fragments: int, pairs: int) -> dict[str, float]:
+    """See :func:`_root_children`; the kernels compiled first on a 4^3 grid."""
+    from affinity_dist.kernels.agglomerate import reduce_task
+    from affinity_dist.runtime.memory import peak_memory_mb, trim_heap
+
+    small, _ = _root_children(4, 10, 3)
+    reduce_task(small, (4, 4, 4), (0, 0, 0), (4, 4, 4), scale=255.0)  # compile numba
+    del small
+    t0 = time.perf_counter()
+    children, grid = _root_children(g, fragments, pairs)
+    made = time.perf_counter() - t0
+    size = sum(a.nbytes for c in children for a in c)
+    edges = sum(c.u.size for c in children)
+    trim_heap()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: the task's peak alone
+    import psutil
+
+    start = psutil.Process().memory_info().rss / 1e6
+    t0 = time.perf_counter()
+    residual, record = reduce_task(children, grid.grid_shape, (0, 0, 0), (g, g, g),
+                                   scale=255.0)
+    seconds = time.perf_counter() - t0
+    return {"g": g, "fragments": grid.num_blocks * fragments, "edges": edges,
+            "input_gb": size / 1e9, "rss_before_gb": start / 1e3,
+            "peak_gb": peak_memory_mb() / 1e3, "seconds": seconds, "made_s": made,
+            "merges": int(record.a.size), "left": int(residual.u.size)}
+
+
+def _root_children(g: int, fragments: int, pairs: int) -> tuple[list[Any], BlockGrid]:
+    """The agglomeration root's input, in this (fresh) process: its 8 children's residuals
+    at 10^9-fragment scale without building the tree below. Every block next to the
+    grid's three central planes holds ``fragments`` fragments; ``pairs`` random contacts
+    cross each block face of those planes, owned by the upper block's child (its endpoint
+    as itself, the other as a raw fragment id), with random statistics; every fragment on
+    such a face has a row (fragment, itself, the neighbouring block). No region merged
+    below (a child's merges shrink it). Peak RSS above the input, from /proc (numba's
+    allocations are invisible to tracemalloc)."""
+    from affinity_dist.kernels.agglomerate import Residual
+
+    grid = BlockGrid((g, g, g), (1, 1, 1))
+    rng = np.random.default_rng(2)
+    ids = np.arange(grid.num_blocks).reshape(grid.grid_shape)
+    h = g // 2
+    octant_of = np.zeros(grid.num_blocks, np.int64)
+    for axis in range(3):
+        octant_of |= (np.indices(grid.grid_shape)[axis].ravel() >= h).astype(np.int64) << (
+            2 - axis)
+    parts: list[list[np.ndarray]] = [[] for _ in range(8)]
+    rows: list[list[np.ndarray]] = [[] for _ in range(8)]
+    for axis in range(3):
+        lo = np.take(ids, [h - 1], axis=axis).ravel()
+        hi = np.take(ids, [h], axis=axis).ravel()
+        a, b = face_pairs(rng, lo, hi, fragments, pairs)  # a below the plane, b above
+        counts = rng.integers(1, 64, a.size)
+        sums = counts * rng.integers(0, 256, a.size)
+        owner = octant_of[(b >> BITS).astype(np.int64)]
+        below = octant_of[(a >> BITS).astype(np.int64)]
+        for k in range(8):
+            mine = owner == k
+            parts[k].append(np.stack([b[mine], a[mine], sums[mine].astype(np.uint64),
+                                      counts[mine].astype(np.uint64)]))
+            for frag, other, side in ((b, a, owner), (a, b, below)):
+                face = np.unique(np.stack([frag[side == k], other[side == k] >> BITS]), axis=1)
+                rows[k].append(face)
+        del a, b, counts, sums, owner, below
+    children = []
+    for k in range(8):
+        e = np.concatenate(parts[k], axis=1)
+        r = np.unique(np.concatenate(rows[k], axis=1), axis=1)
+        u, v = e[0], e[1]
+        children.append(Residual(u, v, e[2].astype(np.int64), e[3].astype(np.int64),
+                                 np.minimum(u, v), np.maximum(u, v), r[0], r[0].copy(),
+                                 r[1].astype(np.int64)))
+    return children, grid
 
 
 def _noop(block: int) -> None:
@@ -367,17 +459,32 @@ def main() -> None:
     parser.add_argument("--end-to-end", type=int, nargs="*", default=[],
                         help="volume sizes N (N^3 of tiled fib25) for predict + segment runs")
     parser.add_argument("--scratch", help="folder for the end-to-end datasets (default: TMPDIR)")
+    parser.add_argument("--agglomerate-root", type=int, nargs="*", default=[],
+                        help="grid sizes G for the agglomeration root alone (own process)")
+    parser.add_argument("--aroot-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dask-one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.dask_one:
         print(json.dumps(dask_one(args.dask_one, args.peer)))
         return
+    if args.aroot_one:
+        print(json.dumps(agglomerate_root(args.aroot_one, args.fragments, args.pairs)))
+        return
     dask_table(args.blocks)
     for g in args.tree:
         tree(g, args.fragments, args.pairs)
     for g in args.root:
         root(g, args.fragments, args.pairs)
+    for g in args.agglomerate_root:
+        line = subprocess.run([sys.executable, __file__, "--aroot-one", str(g), "--fragments",
+                               str(args.fragments), "--pairs", str(args.pairs)],
+                              capture_output=True, text=True, check=True).stdout
+        r = json.loads(line.strip().splitlines()[-1])
+        print(f"agglomeration root: {g}^3 blocks, {r['fragments']:.1e} fragments: input "
+              f"{r['edges']:.2e} edges ({r['input_gb']:.2f} GB), process RSS "
+              f"{r['rss_before_gb']:.2f} GB before the task, peak {r['peak_gb']:.2f} GB, "
+              f"{r['seconds']:.1f} s, {r['merges']} merges", flush=True)
     if args.end_to_end:
         end_to_end(args.end_to_end, args.scratch)
 
