@@ -171,15 +171,11 @@ def root(g: int, fragments: int, pairs: int) -> None:
         children.append(leaf(u[mine], v[mine]))
     del u, v, octant
     made = time.perf_counter() - t0
-    import psutil
-
-    from affinity_dist.runtime.memory import peak_memory_mb, trim_heap
+    from affinity_dist.runtime.memory import peak_memory_mb
 
     reduce_components(leaves(BlockGrid((2, 2, 2), (1, 1, 1)), 10, 3), (2, 2, 2), (0, 0, 0),
                       (2, 2, 2))  # numba compiled before the peak is taken
-    trim_heap()
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here (numba's buffers too)
-    start = psutil.Process().memory_info().rss / 1e6
+    start = _peak_from_here()
     seconds, peak, size = measured(children, grid, (0, 0, 0), (g, g, g))
     rss = peak_memory_mb() - start
     pairs_in = sum(c.u.size for c in children)
@@ -189,10 +185,25 @@ def root(g: int, fragments: int, pairs: int) -> None:
           f"total {(size + peak) / 1e9:.2f} GB, {seconds:.1f} s (input made in {made:.0f} s)")
 
 
+def _peak_from_here() -> float:
+    """This process's RSS in MB, after returning freed heap to the OS and resetting its
+    peak (/proc VmHWM): ``peak_memory_mb()`` then holds the peak since this call, numba's
+    buffers included (tracemalloc misses them)."""
+    import psutil
+
+    from affinity_dist.runtime.memory import trim_heap
+
+    trim_heap()
+    Path("/proc/self/clear_refs").write_text("5")
+    return float(psutil.Process().memory_info().rss / 1e6)
+
+
 def agglomerate_root(g: int, fragments: int, pairs: int) -> dict[str, float]:
-    """See :func:`_root_children`; the kernels compiled first on a 4^3 grid."""
+    """The agglomeration root on :func:`_root_children`'s input, in this (fresh)
+    process, the kernels compiled first on a 4^3 grid: the process's RSS before the task
+    and its peak during it."""
     from affinity_dist.kernels.agglomerate import reduce_task
-    from affinity_dist.runtime.memory import peak_memory_mb, trim_heap
+    from affinity_dist.runtime.memory import peak_memory_mb
 
     small, _ = _root_children(4, 10, 3)
     reduce_task(small, (4, 4, 4), (0, 0, 0), (4, 4, 4), scale=255.0)  # compile numba
@@ -202,11 +213,7 @@ def agglomerate_root(g: int, fragments: int, pairs: int) -> dict[str, float]:
     made = time.perf_counter() - t0
     size = sum(a.nbytes for c in children for a in c)
     edges = sum(c.u.size for c in children)
-    trim_heap()
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: the task's peak alone
-    import psutil
-
-    start = psutil.Process().memory_info().rss / 1e6
+    start = _peak_from_here()
     t0 = time.perf_counter()
     residual, record = reduce_task(children, grid.grid_shape, (0, 0, 0), (g, g, g),
                                    scale=255.0)
@@ -218,14 +225,13 @@ def agglomerate_root(g: int, fragments: int, pairs: int) -> dict[str, float]:
 
 
 def _root_children(g: int, fragments: int, pairs: int) -> tuple[list[Any], BlockGrid]:
-    """The agglomeration root's input, in this (fresh) process: its 8 children's residuals
-    at 10^9-fragment scale without building the tree below. Every block next to the
-    grid's three central planes holds ``fragments`` fragments; ``pairs`` random contacts
-    cross each block face of those planes, owned by the upper block's child (its endpoint
-    as itself, the other as a raw fragment id), with random statistics; every fragment on
-    such a face has a row (fragment, itself, the neighbouring block). No region merged
-    below (a child's merges shrink it). Peak RSS above the input, from /proc (numba's
-    allocations are invisible to tracemalloc)."""
+    """The agglomeration root's input: its 8 children's residuals at 10^9-fragment scale
+    without building the tree below. Every block next to the grid's three central planes
+    holds ``fragments`` fragments; ``pairs`` random contacts cross each block face of
+    those planes, owned by the upper block's child (its endpoint as itself, the other as
+    a raw fragment id), with random statistics; every fragment on such a face has a row
+    (fragment, itself, the neighbouring block). No region merged below (a child's merges
+    shrink it)."""
     from affinity_dist.kernels.agglomerate import Residual
 
     grid = BlockGrid((g, g, g), (1, 1, 1))

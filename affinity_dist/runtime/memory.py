@@ -11,7 +11,25 @@ __all__ = ["keep_freed_memory", "peak_memory_mb", "release_freed_memory", "trim_
            "worker_peak_mb"]
 
 _MALLOC_TUNED: list[Any] = []  # glibc, once tuned in this process
-_LIBC: list[Any] = []  # glibc's malloc_trim (None off glibc), once looked up
+_LIBC: list[Any] = []  # the C library (None where it is not glibc), once looked up
+
+
+def _glibc() -> Any:
+    """glibc (its ``mallopt`` and ``malloc_trim``), or None elsewhere."""
+    if not _LIBC:
+        libc = None
+        if sys.platform.startswith("linux"):
+            import ctypes
+            import ctypes.util
+
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            except OSError:
+                libc = None
+            if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+                libc = None  # not glibc (musl has no malloc_trim)
+        _LIBC.append(libc)
+    return _LIBC[0]
 
 
 def keep_freed_memory() -> None:
@@ -39,13 +57,10 @@ def keep_freed_memory() -> None:
     2 workers, medians of 3 on one cluster, alternating): 512^3 72 / 66 -> 84 / 81 Mvox/s,
     1024^3 86 / 82 -> 97 / 95 Mvox/s, peak worker RSS unchanged (~790 MB).
     """
-    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if _MALLOC_TUNED or libc is None:
         return
-    import ctypes
-    import ctypes.util
-
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: glibc's maximum, 32 MiB
         libc.mallopt(-4, 0)  # M_MMAP_MAX: no mmap, even for buffers above that threshold
         libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: keep up to 1 GiB freed (until the stage
@@ -70,18 +85,9 @@ def trim_heap() -> None:
     after the first window over 10^5 no-op blocks, +6 MB with it; with one-byte block
     masks besides, the client's whole peak RSS at 10^6 blocks went from 243 to 219 MB
     (``benchmarks/bench_scale.py``)."""
-    if not sys.platform.startswith("linux"):
-        return
-    if not _LIBC:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim)
-        except (OSError, AttributeError):  # not glibc: nothing to trim
-            _LIBC.append(None)
-    if _LIBC[0] is not None:
-        _LIBC[0](0)
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def peak_memory_mb() -> float:

@@ -67,7 +67,7 @@ from .agglomerate_tasks import (
 )
 from .segment_tasks import create_face_arrays
 
-__all__ = ["AgglomeratePlan", "AgglomerateSummary", "SegmentSummary", "level_sizes",
+__all__ = ["AgglomeratePlan", "AgglomerateSummary", "LevelSizes", "SegmentSummary",
            "prepare_agglomerate", "run_agglomerate"]
 
 log = logging.getLogger(__name__)
@@ -289,14 +289,6 @@ class LevelSizes:
             out["merges"] += int(counts["merges"])
             if "edges_owned" in counts:
                 out["edges_owned"] = out.get("edges_owned", 0) + int(counts["edges_owned"])
-
-
-def level_sizes(sizes: Sequence[dict[str, int]]) -> dict[str, int]:
-    """A level's largest residual (regions, edges), its total merges (and owned edges)."""
-    level = LevelSizes()
-    for task, counts in enumerate(sizes):
-        level(task, counts)
-    return level.out
 
 
 def _level(passes: Callable[..., list[Any]], state: StageState, step: str,
