@@ -230,9 +230,10 @@ def _root_children(g: int, fragments: int, pairs: int) -> tuple[list[Any], Block
     holds ``fragments`` fragments; ``pairs`` random contacts cross each block face of
     those planes, owned by the upper block's child (its endpoint as itself, the other as
     a raw fragment id), with random statistics; every fragment on such a face has a row
-    (fragment, itself, the neighbouring block). No region merged below (a child's merges
-    shrink it)."""
-    from affinity_dist.kernels.agglomerate import Residual
+    (fragment, itself, the neighbouring block), of which a child writes only those the
+    root needs (``useful_rows``: none, as no region merged below; a child's merges would
+    shrink its edges and add rows that map its fragments)."""
+    from affinity_dist.kernels.agglomerate import Residual, useful_rows
 
     grid = BlockGrid((g, g, g), (1, 1, 1))
     rng = np.random.default_rng(2)
@@ -265,9 +266,11 @@ def _root_children(g: int, fragments: int, pairs: int) -> tuple[list[Any], Block
         e = np.concatenate(parts[k], axis=1)
         r = np.unique(np.concatenate(rows[k], axis=1), axis=1)
         u, v = e[0], e[1]
+        row = (r[0], r[0].copy(), r[1].astype(np.int64))
+        keep = useful_rows(row, grid.grid_shape, (0, 0, 0), grid.grid_shape)  # as written
         children.append(Residual(u, v, e[2].astype(np.int64), e[3].astype(np.int64),
-                                 np.minimum(u, v), np.maximum(u, v), r[0], r[0].copy(),
-                                 r[1].astype(np.int64)))
+                                 np.minimum(u, v), np.maximum(u, v),
+                                 *(x[keep] for x in row)))
     return children, grid
 
 

@@ -36,7 +36,7 @@ from .greedy import greedy
 from .merge import _union_find
 
 __all__ = ["Residual", "TreeRecord", "agglomerate", "cut_labels", "empty_residual",
-           "inside_extent", "reduce_task"]
+           "index_dtype", "inside_extent", "reduce_task", "useful_rows"]
 
 
 class Residual(NamedTuple):
@@ -93,11 +93,11 @@ def inside_extent(block_ids: NDArray[np.integer[Any]], grid_shape: Sequence[int]
     return inside
 
 
-def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[np.int64],
-                v: NDArray[np.int64], sums: NDArray[np.int64], counts: NDArray[np.int64],
-                tbu: NDArray[np.uint64], tbv: NDArray[np.uint64], *, scale: float,
-                floor: float = 0.0, sizes: NDArray[np.int64] | None = None,
-                min_size: int = 0, size_threshold: float = np.inf
+def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], end: NDArray[np.integer[Any]],
+                sums: NDArray[np.int64], counts: NDArray[np.int64], tbu: NDArray[np.uint64],
+                tbv: NDArray[np.uint64], *, scale: float, floor: float = 0.0,
+                sizes: NDArray[np.int64] | None = None, min_size: int = 0,
+                size_threshold: float = np.inf
                 ) -> tuple[NDArray[np.uint64], NDArray[np.bool_], TreeRecord, Residual,
                            NDArray[np.int64]]:
     """Greedy agglomeration of a graph whose ``frozen`` nodes never merge.
@@ -106,7 +106,9 @@ def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[n
     ----------
     ids : (N,) sorted unique node ids (fragment ids or region representatives).
     frozen : (N,) nodes with a contact outside the graph (and outside nodes themselves).
-    u, v : (M,) dense endpoints (indices into ``ids``) of the M distinct contacts.
+    end : (2M,) the dense endpoints (indices into ``ids``) of the M distinct contacts,
+        contact e joining ``end[2e]`` and ``end[2e + 1]``; int32 where N and 2M allow
+        (:func:`index_dtype`).
     sums, counts, tbu, tbv : their statistics and tie-breaks (module docstring).
     scale : affinity units per 1.0 (255 for uint8).
     floor : only merges scoring above it are made (and recorded).
@@ -116,57 +118,99 @@ def agglomerate(ids: NDArray[np.uint64], frozen: NDArray[np.bool_], u: NDArray[n
         greedy agglomeration to ``size_threshold`` followed by every small region's merge
         into its best neighbour, in one order, so the tree reduction stays exact.
 
+    ``end``, ``sums`` and ``counts`` are the caller's and are overwritten (the root of a
+    large volume holds ~10^7 contacts: no copies); ``frozen`` and ``sizes`` are not.
+
     Returns
     -------
     rep : (N,) the representative (smallest id) of each node's region.
     frozen : (N,) whether each node's region ended frozen (outside nodes included).
     record : the merges made (``up`` empty: the caller knows what it passes up).
     residual : the edges between frozen regions, endpoints as representatives (no rows).
-    voxels : (N,) the size of each node's region (with ``sizes``).
+    voxels : (N,) the size of each node's region (with ``sizes``; else empty).
     """
-    sums, counts = sums.astype(np.int64), counts.astype(np.int64)  # copies: summed in place
-    tbu, tbv = tbu.astype(np.uint64), tbv.astype(np.uint64)
-    voxels = np.zeros(ids.size, np.int64) if sizes is None else sizes.astype(np.int64)
-    if u.size == 0:
-        none = np.zeros(0, np.uint64)
+    none = np.zeros(0, np.uint64)
+    if end.size == 0:
+        voxels = np.zeros(0, np.int64) if sizes is None else sizes.astype(np.int64)
         return (ids.copy(), frozen.copy(), TreeRecord(none, none, np.zeros(0), none),
                 empty_residual(), voxels)
-    parent, rep, fz, alive, end, ma, mb, ms, voxels = greedy(
-        frozen.copy(), u.astype(np.int64), v.astype(np.int64), sums, counts, tbu, tbv,
-        float(scale), float(floor), voxels, int(min_size), float(size_threshold))
-    region = rep[parent]
+    voxels = np.zeros(1, np.int64) if sizes is None else sizes.astype(np.int64)
+    parent, rep, fz, alive, ma, mb, ms = greedy(
+        frozen.copy(), end, sums, counts, tbu, tbv, float(scale), float(floor), voxels,
+        int(min_size), float(size_threshold))
     ends = end.reshape(-1, 2)
     keep = alive & fz[ends[:, 0]] & fz[ends[:, 1]]
     a, b = ids[rep[ends[keep, 0]]], ids[rep[ends[keep, 1]]]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
-    none = np.zeros(0, np.uint64)
+    del a, b
     residual = Residual(lo, hi, sums[keep], counts[keep], tbu[keep], tbv[keep], none, none,
                         np.zeros(0, np.int64))
-    return (ids[region], fz[parent], TreeRecord(ids[ma], ids[mb], ms, none), residual,
-            voxels[parent])
+    del keep, ends, alive
+    record = TreeRecord(ids[ma], ids[mb], ms, none)
+    rep = rep[parent]
+    return (ids[rep], fz[parent], record, residual,
+            voxels[parent] if sizes is not None else np.zeros(0, np.int64))
 
 
-def _combine(children: Sequence[Residual]) -> Residual:
+def index_dtype(nodes: int, edges: int) -> type[np.integer[Any]]:
+    """int32 for the greedy kernel's indices where they fit (node and edge-side indices
+    below 2^31), else int64."""
+    return np.int32 if max(nodes, 2 * edges) < np.iinfo(np.int32).max else np.int64
+
+
+def useful_rows(rows: tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int64]],
+                grid_shape: Sequence[int], lo: Sequence[int], hi: Sequence[int]
+                ) -> NDArray[np.bool_]:
+    """Which face rows ``(fragment, representative, neighbouring block)`` a task over the
+    block box ``[lo, hi)`` needs: those that map a fragment to another representative
+    and those that expose a region (its neighbour lies outside the box). A row of a
+    fragment that is its own representative, facing a block inside the box, says
+    nothing the task's edges do not."""
+    fragment, rep, neighbor = rows
+    useful: NDArray[np.bool_] = (fragment != rep) | ~inside_extent(neighbor, grid_shape, lo,
+                                                                     hi)
+    return useful
+
+
+def _combine(children: list[Residual], grid_shape: Sequence[int], lo: Sequence[int],
+             hi: Sequence[int]) -> Residual:
     """The children's residuals as one, every endpoint mapped to its region's current
-    representative and duplicate contacts summed (tie-break: the smallest)."""
-    cat = [np.concatenate([np.zeros(0, f.dtype), *(c[i] for c in children)])
-           for i, f in enumerate(empty_residual())]
+    representative and duplicate contacts summed (tie-break: the smallest); only the
+    rows the task needs (:func:`useful_rows`). Empties ``children`` as it goes, field
+    by field, so that a large task never holds its input twice."""
+    for k, c in enumerate(children):
+        keep = useful_rows((c.row_fragment, c.row_rep, c.row_neighbor), grid_shape, lo, hi)
+        if not keep.all():
+            children[k] = c._replace(row_fragment=c.row_fragment[keep],
+                                     row_rep=c.row_rep[keep],
+                                     row_neighbor=c.row_neighbor[keep])
+    parts: list[list[Any]] = [list(c) for c in children]
+    children.clear()
+    cat = []
+    for i, f in enumerate(empty_residual()):
+        cat.append(np.concatenate([np.zeros(0, f.dtype), *(p[i] for p in parts)]))
+        for p in parts:
+            p[i] = None
+    del parts
     u, v, sums, counts, tbu, tbv, frag, rep, nbr, size_id, size = cat
+    del cat
     order = np.argsort(frag, kind="stable")
     frag, rep, nbr = frag[order], rep[order], nbr[order]
     u, v = _map(u, frag, rep), _map(v, frag, rep)
-    lo, hi = np.minimum(u, v), np.maximum(u, v)
-    if np.any(lo == hi):
+    lo_, hi_ = np.minimum(u, v), np.maximum(u, v)
+    del u, v
+    if np.any(lo_ == hi_):
         raise ValueError("a contact joins a region to itself: inconsistent residuals")
-    order = np.lexsort((tbv, tbu, hi, lo))
-    lo, hi, sums, counts, tbu, tbv = (x[order] for x in (lo, hi, sums, counts, tbu, tbv))
-    first = np.ones(lo.size, bool)
-    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
-    starts = np.flatnonzero(first)
-    if starts.size:
+    order = np.lexsort((tbv, tbu, hi_, lo_))
+    lo_, hi_, sums, counts, tbu, tbv = (x[order] for x in (lo_, hi_, sums, counts, tbu, tbv))
+    del order
+    first = np.ones(lo_.size, bool)
+    first[1:] = (lo_[1:] != lo_[:-1]) | (hi_[1:] != hi_[:-1])
+    if not first.all():
+        starts = np.flatnonzero(first)
         sums, counts = np.add.reduceat(sums, starts), np.add.reduceat(counts, starts)
-    return Residual(lo[first], hi[first], sums, counts, tbu[first], tbv[first], frag, rep, nbr,
-                    size_id, size)
+        lo_, hi_, tbu, tbv = lo_[first], hi_[first], tbu[first], tbv[first]
+    return Residual(lo_, hi_, sums, counts, tbu, tbv, frag, rep, nbr, size_id, size)
 
 
 def _map(x: NDArray[np.uint64], keys: NDArray[np.uint64], values: NDArray[np.uint64]
@@ -178,22 +222,38 @@ def _map(x: NDArray[np.uint64], keys: NDArray[np.uint64], values: NDArray[np.uin
     return np.where(keys[i] == x, values[i], x)
 
 
-def reduce_task(children: Sequence[Residual], grid_shape: Sequence[int], lo: Sequence[int],
+def _inside_ids(ids: NDArray[np.uint64], grid_shape: Sequence[int], lo: Sequence[int],
+                hi: Sequence[int]) -> NDArray[np.bool_]:
+    """Whether each of the sorted ``ids`` lies in a block of the box (one test per
+    block, not per id: a root holds ~10^7 ids in ~10^4 blocks)."""
+    blocks = ids >> np.uint64(LOCAL_BITS)
+    first = np.ones(blocks.size, bool)
+    first[1:] = blocks[1:] != blocks[:-1]
+    starts = np.flatnonzero(first)
+    del first
+    inside = inside_extent(blocks[starts].astype(np.int64), grid_shape, lo, hi)
+    return np.repeat(inside, np.diff(np.append(starts, blocks.size)))
+
+
+def reduce_task(children: list[Residual], grid_shape: Sequence[int], lo: Sequence[int],
                 hi: Sequence[int], *, scale: float, floor: float = 0.0, min_size: int = 0,
-                size_threshold: float = np.inf) -> tuple[Residual, TreeRecord]:
+                size_threshold: float = np.inf,
+                parent: tuple[Sequence[int], Sequence[int]] | None = None
+                ) -> tuple[Residual, TreeRecord]:
     """One task of the tree reduction over the block box ``[lo, hi)``.
 
     ``children`` are the residuals of the task's parts (a leaf task: the block's own edge
     table, with rows ``(fragment, fragment, neighbour block)`` for every fragment on a face
-    to another block, and for a size pass the fragments' sizes). Returns the task's
-    residual and its part of the merge tree. ``min_size``, ``size_threshold``: the size
-    pass of :func:`agglomerate`.
+    to another block, and for a size pass the fragments' sizes); the list is emptied as
+    they are combined (its residuals are not changed). Returns the task's residual and
+    its part of the merge tree. ``min_size``, ``size_threshold``: the size pass of
+    :func:`agglomerate`. ``parent``: the box of the task above, whose useless rows
+    (:func:`useful_rows`) are left out of the residual.
     """
-    c = _combine(children)
+    c = _combine(children, grid_shape, lo, hi)
     exposed = ~inside_extent(c.row_neighbor, grid_shape, lo, hi)
     ids = np.unique(np.concatenate([c.u, c.v, c.row_rep]))
-    inside = inside_extent((ids >> np.uint64(LOCAL_BITS)).astype(np.int64), grid_shape, lo,
-                           hi)
+    inside = _inside_ids(ids, grid_shape, lo, hi)
     frozen = ~inside
     frozen[np.searchsorted(ids, c.row_rep[exposed])] = True
     sizes = None
@@ -202,15 +262,23 @@ def reduce_task(children: Sequence[Residual], grid_shape: Sequence[int], lo: Seq
         at = np.minimum(np.searchsorted(ids, c.size_id), max(ids.size - 1, 0))
         known = ids[at] == c.size_id if ids.size else np.zeros(0, bool)
         sizes[at[known]] = c.size[known]
+    end = np.empty(2 * c.u.size, index_dtype(ids.size, c.u.size))
+    end[0::2] = np.searchsorted(ids, c.u)
+    end[1::2] = np.searchsorted(ids, c.v)
+    rows = (c.row_fragment[exposed], c.row_rep[exposed], c.row_neighbor[exposed])
+    sums, counts, tbu, tbv = c.sums, c.counts, c.tbu, c.tbv
+    del c, exposed
     rep, fz, record, residual, voxels = agglomerate(
-        ids, frozen, np.searchsorted(ids, c.u), np.searchsorted(ids, c.v), c.sums, c.counts,
-        c.tbu, c.tbv, scale=scale, floor=floor, sizes=sizes, min_size=min_size,
-        size_threshold=size_threshold)
-    rows_rep = rep[np.searchsorted(ids, c.row_rep[exposed])]
+        ids, frozen, end, sums, counts, tbu, tbv, scale=scale, floor=floor, sizes=sizes,
+        min_size=min_size, size_threshold=size_threshold)
+    del end, sums, counts, tbu, tbv
+    rows = (rows[0], rep[np.searchsorted(ids, rows[1])], rows[2])
+    if parent is not None:
+        keep = useful_rows(rows, grid_shape, *parent)
+        rows = (rows[0][keep], rows[1][keep], rows[2][keep])
     up_mask = fz & inside
     up, first = np.unique(rep[up_mask], return_index=True)
-    residual = residual._replace(row_fragment=c.row_fragment[exposed], row_rep=rows_rep,
-                                 row_neighbor=c.row_neighbor[exposed])
+    residual = residual._replace(row_fragment=rows[0], row_rep=rows[1], row_neighbor=rows[2])
     if min_size:
         residual = residual._replace(size_id=up, size=voxels[up_mask][first])
     return residual, record._replace(up=up)

@@ -1,8 +1,13 @@
 """The compiled core of :mod:`.agglomerate`: greedy mean-affinity merging of one graph.
 
-An indexed edge list with per-region linked lists of (edge, side) nodes, an
-open-addressing table from region pair to edge (contacts of merged regions are summed
-into one), and a max-heap of (score, tie-break) with lazy deletion. Frozen regions never
+Built to hold a tree root's graph in few bytes per edge (the root of a 10^9-fragment
+volume holds ~10^7 edges): indices are int32 where the graph allows (the caller picks the
+dtype of ``end``), every region keeps its contacts in a circular list of (edge, side)
+nodes, an open-addressing table of edge indices (the key, a region pair, is read from the
+edges' endpoints) finds the contact between two regions, and a max-heap of (score, edge)
+with lazy deletion orders the merges. Of two contacts that become one when their regions
+merge, the one with the smaller tie-break survives with the summed statistics, so an
+edge's tie-break never changes and the heap reads it from the edge. Frozen regions never
 merge; a region whose best edge leads to a frozen one becomes frozen. The rules and why
 they give the whole volume's result are in :mod:`.agglomerate`.
 """
@@ -21,136 +26,173 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _slot(key: Any, shift: Any) -> Any:  # pragma: no cover - compiled
-    return np.int64((np.uint64(key) * _GOLDEN) >> shift)
+def _slot(a: Any, b: Any, n: Any, shift: Any) -> Any:  # pragma: no cover - compiled
+    key = np.uint64(np.int64(min(a, b)) * n + np.int64(max(a, b)))
+    return np.int64((key * _GOLDEN) >> shift)
 
 
 @njit(cache=True, nogil=True)
-def _find_edge(keys: Any, vals: Any, key: Any, shift: Any) -> Any:  # pragma: no cover
-    """Slot of ``key`` in the open-addressing table, or -1."""
-    mask = keys.size - 1
-    i = _slot(key, shift)
+def _find(table: Any, end: Any, a: Any, b: Any, n: Any,
+          shift: Any) -> Any:  # pragma: no cover - compiled
+    """Slot of the contact between regions ``a`` and ``b``, or -1."""
+    mask = table.size - 1
+    i = _slot(a, b, n, shift)
     while True:
-        k = keys[i]
-        if k == key:
-            return i
-        if k == _EMPTY:
+        e = table[i]
+        if e == _EMPTY:
             return -1
+        if e != _TOMB:
+            x, y = end[2 * e], end[2 * e + 1]
+            if (x == a and y == b) or (x == b and y == a):
+                return i
         i = (i + 1) & mask
 
 
 @njit(cache=True, nogil=True)
-def _insert_edge(keys: Any, vals: Any, key: Any, value: Any,
-                 shift: Any) -> None:  # pragma: no cover - compiled
-    """Insert a key known to be absent (into the first free or deleted slot)."""
-    mask = keys.size - 1
-    i = _slot(key, shift)
-    while keys[i] != _EMPTY and keys[i] != _TOMB:
+def _insert(table: Any, end: Any, e: Any, n: Any, shift: Any) -> Any:  # pragma: no cover
+    """Insert edge ``e`` (absent) at its endpoints' key; 1 if it took an empty slot."""
+    mask = table.size - 1
+    i = _slot(end[2 * e], end[2 * e + 1], n, shift)
+    while table[i] != _EMPTY and table[i] != _TOMB:
         i = (i + 1) & mask
-    keys[i] = key
-    vals[i] = value
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _better(score: Any, tbu: Any, tbv: Any, i: int, j: int) -> Any:  # pragma: no cover
-    """Heap entry i before j: higher score, then smaller (tbu, tbv)."""
-    if score[i] != score[j]:
-        return score[i] > score[j]
-    if tbu[i] != tbu[j]:
-        return tbu[i] < tbu[j]
-    return tbv[i] < tbv[j]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _swap(hs: Any, hu: Any, hv: Any, he: Any, hver: Any, i: int,
-          j: int) -> None:  # pragma: no cover - compiled
-    hs[i], hs[j] = hs[j], hs[i]
-    hu[i], hu[j] = hu[j], hu[i]
-    hv[i], hv[j] = hv[j], hv[i]
-    he[i], he[j] = he[j], he[i]
-    hver[i], hver[j] = hver[j], hver[i]
+    fresh = 1 if table[i] == _EMPTY else 0
+    table[i] = e
+    return fresh
 
 
 @njit(cache=True, nogil=True)
-def _sift_down(hs: Any, hu: Any, hv: Any, he: Any, hver: Any, j: int,
+def _rebuild(table: Any, end: Any, alive: Any, n: Any, shift: Any) -> Any:  # pragma: no cover
+    """The table again from the live edges (deleted slots gone); the slots now used."""
+    table[:] = _EMPTY
+    used = 0
+    for e in range(alive.size):
+        if alive[e]:
+            used += _insert(table, end, e, n, shift)
+    return used
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _better(hs: Any, he: Any, tbu: Any, tbv: Any, i: int, j: int) -> Any:  # pragma: no cover
+    """Heap entry i before j: higher score, then smaller (tbu, tbv) of its edge."""
+    if hs[i] != hs[j]:
+        return hs[i] > hs[j]
+    ei, ej = he[i], he[j]
+    if tbu[ei] != tbu[ej]:
+        return tbu[ei] < tbu[ej]
+    return tbv[ei] < tbv[ej]
+
+
+@njit(cache=True, nogil=True)
+def _sift_down(hs: Any, he: Any, tbu: Any, tbv: Any, j: int,
                size: int) -> None:  # pragma: no cover - compiled
     while True:
         c = 2 * j + 1
         if c >= size:
             return
-        if c + 1 < size and _better(hs, hu, hv, c + 1, c):
+        if c + 1 < size and _better(hs, he, tbu, tbv, c + 1, c):
             c += 1
-        if not _better(hs, hu, hv, c, j):
+        if not _better(hs, he, tbu, tbv, c, j):
             return
-        _swap(hs, hu, hv, he, hver, j, c)
+        hs[j], hs[c] = hs[c], hs[j]
+        he[j], he[c] = he[c], he[j]
         j = c
 
 
 @njit(cache=True, nogil=True)
-def _sift_up(hs: Any, hu: Any, hv: Any, he: Any, hver: Any, i: int) -> None:  # pragma: no cover
+def _push(hs: Any, he: Any, tbu: Any, tbv: Any, size: int, score: float,
+          e: Any) -> None:  # pragma: no cover - compiled
+    i = size
+    hs[i], he[i] = score, e
     while i > 0:
         p = (i - 1) // 2
-        if not _better(hs, hu, hv, i, p):
+        if not _better(hs, he, tbu, tbv, i, p):
             return
-        _swap(hs, hu, hv, he, hver, i, p)
+        hs[i], hs[p] = hs[p], hs[i]
+        he[i], he[p] = he[p], he[i]
         i = p
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _score(esum: Any, ecount: Any, e: Any, scale: float) -> Any:  # pragma: no cover
+    return esum[e] / (ecount[e] * scale)
+
+
 @njit(cache=True, nogil=True)
-def greedy(frozen: Any, eu: Any, ev: Any, esum: Any, ecount: Any, etbu: Any,
-                 etbv: Any, scale: float, floor: float, voxels: Any,
-                 min_size: int, size_threshold: float) -> Any:  # pragma: no cover - compiled
-    n, m = frozen.size, eu.size
-    end = np.empty(2 * m, np.int64)  # end[2e + s]: region at side s of edge e
-    nxt = np.full(2 * m, -1, np.int64)  # per-region linked lists of (edge, side) nodes
-    head = np.full(n, -1, np.int64)
-    tail = np.full(n, -1, np.int64)
-    deg = np.zeros(n, np.int64)
-    cap = 16
-    while cap < 4 * m:
-        cap *= 2
+def _compact(hs: Any, he: Any, size: int, alive: Any, esum: Any, ecount: Any,
+             tbu: Any, tbv: Any, scale: float) -> int:  # pragma: no cover - compiled
+    """Drop stale heap entries (one entry per live edge is left) and heapify."""
+    seen = np.zeros(alive.size, np.bool_)
+    j = 0
+    for i in range(size):
+        e = he[i]
+        if alive[e] and not seen[e] and hs[i] == _score(esum, ecount, e, scale):
+            seen[e] = True
+            hs[j], he[j] = hs[i], e
+            j += 1
+    for i in range(j // 2 - 1, -1, -1):
+        _sift_down(hs, he, tbu, tbv, i, j)
+    return j
+
+
+@njit(cache=True, nogil=True)
+def greedy(frozen: Any, end: Any, esum: Any, ecount: Any, etbu: Any, etbv: Any,
+           scale: float, floor: float, voxels: Any, min_size: int,
+           size_threshold: float, slots: int = 0) -> Any:  # pragma: no cover - compiled
+    """Greedy merging of the graph whose edge ``e`` joins ``end[2e]`` and ``end[2e+1]``.
+
+    ``frozen``, ``end``, ``esum``, ``ecount`` and ``voxels`` (one per node, or a
+    placeholder of another size where sizes do not matter) are updated in place;
+    ``end`` holds the edges' current regions at the end. ``slots``: the size of the
+    contact table, 0 for the smallest power of 2 of at least 2m.
+    """
+    n, m = frozen.size, end.size // 2
+    idx = end.dtype
+    nxt = np.empty(2 * m, idx)  # circular lists of (edge, side) nodes: node = 2e + side
+    head = np.full(n, -1, idx)
+    deg = np.zeros(n, idx)
+    for node in range(2 * m):
+        r = end[node]
+        h = head[r]
+        if h < 0:
+            head[r] = node
+            nxt[node] = node
+        else:
+            nxt[node] = nxt[h]
+            nxt[h] = node
+        deg[r] += 1
+    cap = slots  # the table's size: a power of 2 whose 3/4 exceed m (tests set it small)
+    if cap == 0:
+        cap = 16
+        while cap < 2 * m:
+            cap *= 2
     shift = np.uint64(64 - int(np.log2(cap)))
-    keys = np.full(cap, _EMPTY, np.int64)
-    vals = np.empty(cap, np.int64)
+    limit = cap * 3 // 4  # rebuild the table when live + deleted slots pass it
+    nn = np.int64(n)
+    table = np.full(cap, _EMPTY, idx)
+    used = 0
     for e in range(m):
-        end[2 * e], end[2 * e + 1] = eu[e], ev[e]
-        for node in (2 * e, 2 * e + 1):
-            r = end[node]
-            if head[r] < 0:
-                head[r] = node
-            else:
-                nxt[tail[r]] = node
-            tail[r] = node
-            deg[r] += 1
-        a, b = min(eu[e], ev[e]), max(eu[e], ev[e])
-        _insert_edge(keys, vals, a * n + b, e, shift)
-    # max-heap of (score, tbu, tbv) with edge index and version (lazy deletion)
-    hs = np.empty(2 * m + 1, np.float64)
-    hu = np.empty(2 * m + 1, np.uint64)
-    hv = np.empty(2 * m + 1, np.uint64)
-    he = np.empty(2 * m + 1, np.int64)
-    hver = np.empty(2 * m + 1, np.int64)
-    size = 0
-    version = np.zeros(m, np.int64)
+        used += _insert(table, end, e, nn, shift)
     alive = np.ones(m, np.bool_)
-    parent = np.arange(n)
-    rep = np.arange(n)
-    ma = np.empty(max(n - 1, 0), np.int64)
-    mb = np.empty(max(n - 1, 0), np.int64)
-    ms = np.empty(max(n - 1, 0), np.float64)
-    k = 0
+    hcap = m + m // 4 + 16  # the heap compacts when full: pages past its size stay untouched
+    hs = np.empty(hcap, np.float64)
+    he = np.empty(hcap, idx)
     for e in range(m):
-        hs[size], hu[size], hv[size] = esum[e] / (ecount[e] * scale), etbu[e], etbv[e]
-        he[size], hver[size] = e, 0
-        size += 1
-    for i in range(size // 2 - 1, -1, -1):  # heapify
-        _sift_down(hs, hu, hv, he, hver, i, size)
+        hs[e], he[e] = _score(esum, ecount, e, scale), e
+    size = m
+    for i in range(size // 2 - 1, -1, -1):
+        _sift_down(hs, he, etbu, etbv, i, size)
+    parent = np.arange(n).astype(idx)
+    rep = np.arange(n).astype(idx)
+    most = max(min(n - 1, m), 0)  # every merge removes an edge and a region
+    ma, mb = np.empty(most, idx), np.empty(most, idx)
+    ms = np.empty(most, np.float64)
+    k = 0
     while size > 0:
-        e, ver, score = he[0], hver[0], hs[0]
+        e, score = he[0], hs[0]
         size -= 1  # pop: last entry to the root, sift down
-        hs[0], hu[0], hv[0], he[0], hver[0] = hs[size], hu[size], hv[size], he[size], hver[size]
-        _sift_down(hs, hu, hv, he, hver, 0, size)
-        if not alive[e] or ver != version[e]:
+        hs[0], he[0] = hs[size], he[size]
+        _sift_down(hs, he, etbu, etbv, 0, size)
+        if not alive[e] or score != _score(esum, ecount, e, scale):
             continue  # merged away or re-scored since pushed
         if score <= floor:
             break
@@ -167,51 +209,54 @@ def greedy(frozen: Any, eu: Any, ev: Any, esum: Any, ecount: Any, etbu: Any,
         ma[k], mb[k], ms[k] = rep[a], rep[b], score
         k += 1
         alive[e] = False
-        slot = _find_edge(keys, vals, min(a, b) * n + max(a, b), shift)
-        keys[slot] = _TOMB
+        table[_find(table, end, a, b, nn, shift)] = _TOMB
         s, o = (a, b) if deg[a] >= deg[b] else (b, a)  # o's edges move to s
         deg[s] -= 1
-        node = head[o]
+        start = head[o]
+        node = start
         while node >= 0:
             ee = node >> 1
             if alive[ee]:
                 other = end[node ^ 1]
-                slot = _find_edge(keys, vals, min(o, other) * n + max(o, other), shift)
-                keys[slot] = _TOMB
-                slot = _find_edge(keys, vals, min(s, other) * n + max(s, other), shift)
+                table[_find(table, end, o, other, nn, shift)] = _TOMB
+                slot = _find(table, end, s, other, nn, shift)
+                end[node] = s
                 if slot >= 0:  # s already touches other: one contact, summed statistics
-                    e2 = vals[slot]
+                    e2 = table[slot]
+                    if etbu[ee] < etbu[e2] or (etbu[ee] == etbu[e2] and etbv[ee] < etbv[e2]):
+                        e2, ee = ee, e2  # the smaller tie-break survives
+                        table[slot] = e2
                     esum[e2] += esum[ee]
                     ecount[e2] += ecount[ee]
-                    if etbu[ee] < etbu[e2] or (etbu[ee] == etbu[e2] and etbv[ee] < etbv[e2]):
-                        etbu[e2], etbv[e2] = etbu[ee], etbv[ee]
                     alive[ee] = False
                     deg[other] -= 1
-                    version[e2] += 1
-                    i = size  # push e2 with its new score, sift up
-                    hs[i], hu[i], hv[i] = esum[e2] / (ecount[e2] * scale), etbu[e2], etbv[e2]
-                    he[i], hver[i] = e2, version[e2]
+                    if size == hcap:
+                        size = _compact(hs, he, size, alive, esum, ecount, etbu, etbv, scale)
+                    _push(hs, he, etbu, etbv, size, _score(esum, ecount, e2, scale), e2)
                     size += 1
-                    _sift_up(hs, hu, hv, he, hver, i)
                 else:
-                    end[node] = s
-                    _insert_edge(keys, vals, min(s, other) * n + max(s, other), ee, shift)
+                    if used >= limit:
+                        used = _rebuild(table, end, alive, nn, shift)
+                    else:
+                        used += _insert(table, end, ee, nn, shift)
                     deg[s] += 1
             node = nxt[node]
-        if head[o] >= 0:
+            if node == start:
+                break
+        if start >= 0:  # splice o's list into s's
             if head[s] < 0:
-                head[s] = head[o]
+                head[s] = start
             else:
-                nxt[tail[s]] = head[o]
-            tail[s] = tail[o]
+                nxt[head[s]], nxt[start] = nxt[start], nxt[head[s]]
         head[o] = -1
         deg[o] = 0
         parent[o] = s
         rep[s] = min(rep[s], rep[o])
-        voxels[s] += voxels[o]
+        if voxels.size == n:
+            voxels[s] += voxels[o]
     for i in range(n):  # every node's region root
         r = i
         while parent[r] != r:
             r = parent[r]
         parent[i] = r
-    return parent, rep, frozen, alive, end, ma[:k], mb[:k], ms[:k], voxels
+    return parent, rep, frozen, alive, ma[:k], mb[:k], ms[:k]

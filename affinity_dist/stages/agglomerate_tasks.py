@@ -200,12 +200,16 @@ class GraphGroup:
 
 def _reduce(plan: AgglomeratePlan, parts: list[Residual], level: int, task: int,
             size: bool) -> tuple[Residual, TreeRecord]:
-    extent = plan.tree.extent(level, task)
+    tree = plan.tree
+    extent = tree.extent(level, task)
+    above = (tree.extent(level + 1, tree.parent(level, task)[0])
+             if level < tree.num_levels - 1 else None)  # rows only it needs
     if size:  # greedy to the threshold, then small regions into their best neighbour
         return reduce_task(parts, plan.grid.grid_shape, *extent, scale=plan.scale,
-                           floor=ALL, min_size=plan.min_size, size_threshold=plan.threshold)
+                           floor=ALL, min_size=plan.min_size, size_threshold=plan.threshold,
+                           parent=above)
     return reduce_task(parts, plan.grid.grid_shape, *extent, scale=plan.scale,
-                       floor=plan.floor)
+                       floor=plan.floor, parent=above)
 
 
 @dataclass(frozen=True)
