@@ -35,12 +35,12 @@ hold the pair). Two measurements:
   (real texture; the synthetic ``sample`` cannot make 1536^3 here: its neurite model
   is built over the whole volume, 8.6 GB at 1024^3), then ``affinity-dist run`` of
   predict and segment (the default agglomeration) on a local cluster of 2 workers,
-  256^3 blocks: seconds per stage and the run report's peak worker RSS, each size in a
+  256^3 blocks (``--block 512``: 512^3): seconds per stage and the run report's peak worker RSS, each size in a
   fresh cluster; the smallest size is the peer of the largest.
 
     .venv/bin/python benchmarks/bench_scale.py [--blocks 10000 100000 1000000]
         [--tree 20 40] [--root 100 200] [--fragments 1000] [--pairs 300]
-        [--agglomerate-root 40 100] [--end-to-end 512 1536 [--scratch DIR]]
+        [--agglomerate-root 40 100] [--end-to-end 512 1536 [--block 256] [--scratch DIR]]
 """
 
 from __future__ import annotations
@@ -416,7 +416,7 @@ def dask_table(counts: list[int]) -> None:
         print(text, flush=True)
 
 
-def end_to_end(sizes: list[int], scratch: str | None) -> None:
+def end_to_end(sizes: list[int], scratch: str | None, block: int = 256) -> None:
     """See the module's docstring."""
     from _common import fib25, tile_to
 
@@ -426,7 +426,7 @@ def end_to_end(sizes: list[int], scratch: str | None) -> None:
     if raw is None:
         print("\nend to end: ../shared/data/fib25_sample2.h5 not found: not run")
         return
-    print(f"\nend to end (fib25 mirror-tiled, 2 workers, 256^3 blocks)\n{'size':>6} "
+    print(f"\nend to end (fib25 mirror-tiled, 2 workers, {block}^3 blocks)\n{'size':>6} "
           f"{'Gvox':>6} {'write s':>8} {'predict s':>9} {'segment s':>9} {'Mvox/s':>13} "
           f"{'peak worker MB':>14}")
     cli = str(Path(sys.executable).with_name("affinity-dist"))
@@ -439,7 +439,8 @@ def end_to_end(sizes: list[int], scratch: str | None) -> None:
             wrote = time.perf_counter() - clock
             flow = Path(tmp) / "run.toml"
             flow.write_text(f'stages = ["predict", "segment"]\n[input]\ndataset = '
-                            f'"{dataset}"\n[predict]\nblock = [256, 256, 256]\n'
+                            f'"{dataset}"\n[predict]\nblock = {[block] * 3}\n'
+                            f'[segment]\nblock = {[block] * 3}\n'
                             '[cluster]\nscheduler = "local"\nworkers = 2\n')
             ran = subprocess.run([cli, "run", str(flow)], check=False, capture_output=True,
                                  text=True)
@@ -467,6 +468,8 @@ def main() -> None:
                         help="block counts N for the Dask part")
     parser.add_argument("--end-to-end", type=int, nargs="*", default=[],
                         help="volume sizes N (N^3 of tiled fib25) for predict + segment runs")
+    parser.add_argument("--block", type=int, default=256,
+                        help="block edge of the end-to-end runs (predict and segment)")
     parser.add_argument("--scratch", help="folder for the end-to-end datasets (default: TMPDIR)")
     parser.add_argument("--agglomerate-root", type=int, nargs="*", default=[],
                         help="grid sizes G for the agglomeration root alone (own process)")
@@ -495,7 +498,7 @@ def main() -> None:
               f"{r['rss_before_gb']:.2f} GB before the task, peak {r['peak_gb']:.2f} GB, "
               f"{r['seconds']:.1f} s, {r['merges']} merges", flush=True)
     if args.end_to_end:
-        end_to_end(args.end_to_end, args.scratch)
+        end_to_end(args.end_to_end, args.scratch, args.block)
 
 
 if __name__ == "__main__":
