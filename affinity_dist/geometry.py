@@ -284,15 +284,30 @@ NEAREST_OFFSETS: tuple[tuple[int, int, int], ...] = ((-1, 0, 0), (0, -1, 0), (0,
 
 #: Default write block of the block-wise stages (rounded up to whole chunks).
 DEFAULT_BLOCK: tuple[int, int, int] = (256, 256, 256)
+#: The default block of a large volume: one with more than :data:`LARGE_VOLUME_BLOCKS`
+#: blocks of :data:`DEFAULT_BLOCK` (2^14: 2.7 x 10^11 voxels, about 6,500^3). There a
+#: 256^3 block gives more than 10^5 files per TB stored (one shard per block and array)
+#: and 1.6 ms of scheduling per task adds up to hours; a 512^3 block divides both by 8
+#: at 8x a worker's memory (README, *Scale*: measured by ``bench_scale.py --block``).
+LARGE_BLOCK: tuple[int, int, int] = (512, 512, 512)
+LARGE_VOLUME_BLOCKS = 2**14
 
 
-def default_block(chunks: Sequence[int]) -> tuple[int, int, int]:
-    """:data:`DEFAULT_BLOCK` rounded up to whole ``chunks``.
+def default_block(chunks: Sequence[int], shape: Sequence[int] | None = None
+                  ) -> tuple[int, int, int]:
+    """:data:`DEFAULT_BLOCK` (:data:`LARGE_BLOCK` for a large volume of ``shape``)
+    rounded up to whole ``chunks``.
 
     >>> default_block((100, 128, 96))
     (300, 256, 288)
+    >>> default_block((128, 128, 128), (8192, 8192, 8192))
+    (512, 512, 512)
     """
-    z, y, x = (-(-b // c) * c for b, c in zip(DEFAULT_BLOCK, chunks, strict=True))
+    block = DEFAULT_BLOCK
+    if shape is not None and math.prod(-(-n // b) for n, b in zip(
+            shape, DEFAULT_BLOCK, strict=True)) > LARGE_VOLUME_BLOCKS:
+        block = LARGE_BLOCK
+    z, y, x = (-(-b // c) * c for b, c in zip(block, chunks, strict=True))
     return z, y, x
 
 

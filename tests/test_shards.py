@@ -137,3 +137,35 @@ def test_verify_names_a_missing_an_altered_and_an_incomplete_shard(tmp_path: Pat
     assert lines[1] == "raw: shard c/0/0/0 lacks 1 of its 8 chunks", lines
     result = run_cli("-q", "verify", tmp_path / "w.zarr", "--scheduler", "threads")
     assert result.returncode == 1 and result.stdout.strip() == "raw: shard c/0/0/0 is missing"
+
+
+def test_a_large_volume_takes_the_large_block() -> None:
+    from affinity_dist.geometry import DEFAULT_BLOCK, LARGE_BLOCK, LARGE_VOLUME_BLOCKS, \
+        default_block
+
+    side = 16  # blocks per axis in y and x; z takes the rest
+    at_limit = (LARGE_VOLUME_BLOCKS // side**2 * 256, side * 256, side * 256)
+    assert default_block((128,) * 3, at_limit) == DEFAULT_BLOCK
+    assert default_block((128,) * 3, (at_limit[0] + 1, *at_limit[1:])) == LARGE_BLOCK
+    assert default_block((100, 128, 96), (at_limit[0] + 1, *at_limit[1:])) == (600, 512, 576)
+    assert default_block((128,) * 3) == DEFAULT_BLOCK  # no shape: the small block
+
+
+def test_sharded_ingest_writes_a_shard_per_block_of_the_later_stages(tmp_path: Path) -> None:
+    import h5py
+
+    from affinity_dist import ingest
+
+    raw = np.random.default_rng(0).integers(0, 255, SHAPE, dtype=np.uint8)
+    with h5py.File(tmp_path / "src.h5", "w") as f:
+        f["raw"] = raw
+    out = {}
+    for shards in ("none", "block"):
+        out[shards] = ingest(tmp_path / "src.h5", tmp_path / f"{shards}.zarr",
+                             chunks=(16, 16, 16), shards=shards, progress=False)
+        np.testing.assert_array_equal(open_volume(out[shards], "raw").read(
+            Box((0, 0, 0), SHAPE)), raw)
+    # sharded: one shard for the one default block (256^3 over 40 x 48 x 56), not one per
+    # ingest block of at most 64 MB of uint64 (16 x 32 x 32 here: 12)
+    assert open_volume(out["block"], "raw").shards == (48, 48, 64)
+    assert _files(out["block"], "raw") == 1 and _files(out["none"], "raw") == 3 * 3 * 4

@@ -93,7 +93,7 @@ def prepare_evaluate(dataset: str | os.PathLike[str], options: EvaluateOptions |
     if seg.shape != gt.shape:
         raise DataError(f"--truth: got labels of shape {gt.shape}, expected the "
                         f"segmentation's shape {seg.shape}")
-    block = o.block if o.block is not None else default_block(seg.chunks)
+    block = o.block if o.block is not None else default_block(seg.chunks, seg.shape)
     check_chunk_alignment(block, seg.chunks, seg.shape)
     return EvaluatePlan(str(dataset), o.segmentation, truth, o.labels,
                         BlockGrid(seg.shape, block), o.min_truth_size, o.top,

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import DataError
-from ..geometry import BlockGrid, as_vector
+from ..geometry import BlockGrid, as_vector, default_block
 from ..options import IngestOptions
 from ..runtime.scheduling import LocalScheduler, run_blocks
 from ..storage import (
@@ -148,8 +148,13 @@ class IngestPlan:
 
     @property
     def grid(self) -> BlockGrid:
-        slices = self.raw.format == "slices"
-        return BlockGrid(self.raw.shape, _ingest_block_shape(self.raw.shape, self.chunks, slices))
+        """Sharded: the later stages' default block (one raw shard per block, as their
+        arrays'); else blocks of at most BLOCK_BYTES of uint64."""
+        block = default_block(self.chunks, self.raw.shape)
+        if shard_shape(self.shards_mode, self.raw.shape, self.chunks, block) is None:
+            block = _ingest_block_shape(self.raw.shape, self.chunks,
+                                        self.raw.format == "slices")
+        return BlockGrid(self.raw.shape, block)
 
     @property
     def shards(self) -> tuple[int, int, int] | None:

@@ -238,7 +238,7 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
                            path)
     grid_shape = shape if resample is None else resampled_shape(shape, *resample)
     cz, cy, cx = o.chunks if o.chunks is not None else raw.chunks  # of the affinities
-    block = o.block if o.block is not None else default_block((cz, cy, cx))
+    block = o.block if o.block is not None else default_block((cz, cy, cx), grid_shape)
     check_chunk_alignment(block, (cz, cy, cx), shape)
     if any(b < s and b < n for b, s, n in zip(block, step, shape, strict=True)):
         raise ConfigError(f"--block: got {tuple(block)}, expected at least the model's "

@@ -67,7 +67,7 @@ def prepare_sample(dst: str | os.PathLike[str], options: SampleOptions | None = 
     # raw uint8 noise stores ~1:1, the uint64 labels at >= 80x (bench_storage)
     require_space(dst, math.prod(o.shape) * 1.1, f"--shape {list(o.shape)}")
     spec = SampleSpec(shape=o.shape, seed=o.seed, voxel_size=o.voxel_size)
-    shards = shard_shape(o.shards, o.shape, o.chunks, default_block(o.chunks))
+    shards = shard_shape(o.shards, o.shape, o.chunks, default_block(o.chunks, o.shape))
     return SamplePlan(spec, str(dst), o.chunks, overwrite, shards)
 
 

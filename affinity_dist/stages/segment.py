@@ -165,7 +165,7 @@ def prepare_segment(dataset: str | os.PathLike[str], options: SegmentOptions | N
                           "agglomerate")
     cz, cy, cx = o.chunks if o.chunks is not None else affs.chunks[1:]  # of the outputs
     shape = affs.spatial_shape
-    block = o.block if o.block is not None else default_block((cz, cy, cx))
+    block = o.block if o.block is not None else default_block((cz, cy, cx), shape)
     check_chunk_alignment(block, (cz, cy, cx), shape)
     shards = shard_shape(o.shards, shape, (cz, cy, cx), block)
     group = open_dataset(dataset)

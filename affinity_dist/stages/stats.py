@@ -60,7 +60,7 @@ def raw_histogram(dataset: str | os.PathLike[str], *, client: Any | None = None,
     if raw.dtype != np.uint8:
         raise DataError(f"raw: got dtype {raw.dtype}, expected uint8 for intensity statistics "
                         "(ingest with --rescale maps other types onto 0-255)")
-    grid = BlockGrid(raw.spatial_shape, default_block(raw.chunks))
+    grid = BlockGrid(raw.spatial_shape, default_block(raw.chunks, raw.spatial_shape))
     parts = run_blocks(_Count(str(dataset), grid), range(grid.num_blocks), client=client,
                        stage="stats", scheduler=scheduler, progress=progress)
     counts: NDArray[np.int64] = np.sum(parts, axis=0, dtype=np.int64)
