@@ -35,8 +35,8 @@ hold the pair). Two measurements:
   (real texture; the synthetic ``sample`` cannot make 1536^3 here: its neurite model
   is built over the whole volume, 8.6 GB at 1024^3), then ``affinity-dist run`` of
   predict and segment (the default agglomeration) on a local cluster of 2 workers,
-  256^3 blocks (``--block 512``: 512^3): seconds per stage and the run report's peak worker RSS, each size in a
-  fresh cluster; the smallest size is the peer of the largest.
+  256^3 blocks (``--block 512``: 512^3): seconds per stage and the run report's peak
+  worker RSS, each size in a fresh cluster; the smallest size is the peer of the largest.
 
     .venv/bin/python benchmarks/bench_scale.py [--blocks 10000 100000 1000000]
         [--tree 20 40] [--root 100 200] [--fragments 1000] [--pairs 300]

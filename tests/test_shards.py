@@ -140,8 +140,12 @@ def test_verify_names_a_missing_an_altered_and_an_incomplete_shard(tmp_path: Pat
 
 
 def test_a_large_volume_takes_the_large_block() -> None:
-    from affinity_dist.geometry import DEFAULT_BLOCK, LARGE_BLOCK, LARGE_VOLUME_BLOCKS, \
-        default_block
+    from affinity_dist.geometry import (
+        DEFAULT_BLOCK,
+        LARGE_BLOCK,
+        LARGE_VOLUME_BLOCKS,
+        default_block,
+    )
 
     side = 16  # blocks per axis in y and x; z takes the rest
     at_limit = (LARGE_VOLUME_BLOCKS // side**2 * 256, side * 256, side * 256)

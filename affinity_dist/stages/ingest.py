@@ -150,7 +150,7 @@ class IngestPlan:
     def grid(self) -> BlockGrid:
         """Sharded: the later stages' default block (one raw shard per block, as their
         arrays'); else blocks of at most BLOCK_BYTES of uint64."""
-        block = default_block(self.chunks, self.raw.shape)
+        block: tuple[int, ...] = default_block(self.chunks, self.raw.shape)
         if shard_shape(self.shards_mode, self.raw.shape, self.chunks, block) is None:
             block = _ingest_block_shape(self.raw.shape, self.chunks,
                                         self.raw.format == "slices")
