@@ -43,7 +43,8 @@ from .option_fields import (
 __all__ = ["EvaluateOptions", "IngestOptions", "PredictOptions", "PyramidOptions",
            "SampleOptions", "SegmentOptions", "StageOptions", "TuneOptions", "add_arguments"]
 
-_BLOCK_HELP = "write block, a multiple of the chunk shape (default 256^3 rounded up to chunks)"
+_BLOCK_HELP = ("write block, a multiple of the chunk shape (default 256^3, 512^3 for volumes "
+               "of more than 2^14 such blocks; rounded up to chunks)")
 _CHUNK_HELP = "chunk shape of the arrays written"
 _SHARDS = ("auto", "block", "none")
 _SHARD_HELP = ("files of the arrays written: block: one Zarr v3 shard per write block (a "

@@ -1,4 +1,5 @@
-"""A/B of ``segment --method cc`` between two checkouts, in one run, alternating.
+"""A/B of ``segment`` (``--method cc`` or ``agglomerate``) between two checkouts, in one
+run, alternating.
 
 Each checkout runs in its own process (PYTHONPATH = the checkout) on bench_segment's
 volume (fib25 ids mirror-tiled to SIZE^3, uint8 affinities), on a LocalCluster of 2
@@ -7,6 +8,7 @@ alternation repeats ``--rounds`` times and the medians are printed side by side.
 
     git worktree add /tmp/old HEAD~3
     .venv/bin/python benchmarks/bench_ab.py --old /tmp/old --new . [--size 512]
+        [--method agglomerate]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.
                    dashboard_address=None) as c, Client(c) as client):
     times = []
     for _ in range(3):
-        plan = prepare_segment(sys.argv[1], method="cc", threshold=0.5,
+        plan = prepare_segment(sys.argv[1], method=sys.argv[2], threshold=0.5,
                                block=(256, 256, 256), overwrite=True)
         t = time.perf_counter()
         s = run_segment(plan, client=client, progress=False)
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--new", required=True, type=Path)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--method", choices=("cc", "agglomerate"), default="cc")
     args = parser.parse_args()
     ids = fib25("volumes/labels/neuron_ids")
     if ids is None:
@@ -56,8 +59,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for name in times:
                 root = str(getattr(args, name).resolve())
-                out = subprocess.run([sys.executable, "-c", RUN, str(volume)], cwd=root,
-                                     env={**os.environ, "PYTHONPATH": root},
+                out = subprocess.run([sys.executable, "-c", RUN, str(volume), args.method],
+                                     cwd=root, env={**os.environ, "PYTHONPATH": root},
                                      capture_output=True, text=True, check=True)
                 a, b, segments = out.stdout.split()[-3:]
                 times[name] += [float(a), float(b)]
