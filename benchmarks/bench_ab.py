@@ -8,7 +8,11 @@ alternation repeats ``--rounds`` times and the medians are printed side by side.
 
     git worktree add /tmp/old HEAD~3
     .venv/bin/python benchmarks/bench_ab.py --old /tmp/old --new . [--size 512]
-        [--method agglomerate]
+        [--method agglomerate [--affinities FIB25.zarr]]
+
+``--affinities``: a dataset of fib25_sample2's predicted affinities (``affinity-dist
+predict``), mirror-tiled to SIZE^3 instead of affinities made from its ground truth (on
+which the agglomeration merges everything into one segment).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from _common import fib25
 from bench_segment import make_affinities
 
@@ -48,13 +53,25 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--method", choices=("cc", "agglomerate"), default="cc")
+    parser.add_argument("--affinities", type=Path, help="dataset of fib25 affinities")
     args = parser.parse_args()
     ids = fib25("volumes/labels/neuron_ids")
     if ids is None:
         sys.exit("bench_ab: ../shared/data/fib25_sample2.h5 is absent; skipped")
     with tempfile.TemporaryDirectory() as tmp:
         volume = Path(tmp) / "ab.zarr"
-        make_affinities(volume, args.size, ids)
+        if args.affinities:
+            from _common import tile_to
+            from bench_agglomerate import write
+
+            from affinity_dist.geometry import Box
+            from affinity_dist.storage import open_volume
+
+            src = open_volume(args.affinities, "affinities")
+            affs = src.read(Box((0, 0, 0), src.spatial_shape))[:3]
+            write(volume, np.stack([tile_to(a, args.size) for a in affs]), (128, 128, 128))
+        else:
+            make_affinities(volume, args.size, ids)
         times: dict[str, list[float]] = {"old": [], "new": []}
         for _ in range(args.rounds):
             for name in times:

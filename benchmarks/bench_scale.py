@@ -181,7 +181,8 @@ def root(g: int, fragments: int, pairs: int) -> None:
     pairs_in = sum(c.u.size for c in children)
     print(f"root: {g}^3 = {grid.num_blocks:.1e} blocks, {grid.num_blocks * fragments:.1e} "
           f"fragments: input {pairs_in:.2e} pending pairs ({size / 1e9:.2f} GB), peak "
-          f"{peak / 1e9:.2f} GB above it (tracemalloc; process RSS +{rss / 1e3:.2f} GB), "
+          f"{peak / 1e9:.2f} GB above it (tracemalloc; process RSS {start / 1e3:.2f} GB "
+          f"before, +{rss / 1e3:.2f} GB), "
           f"total {(size + peak) / 1e9:.2f} GB, {seconds:.1f} s (input made in {made:.0f} s)")
 
 
