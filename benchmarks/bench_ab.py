@@ -30,13 +30,17 @@ from _common import fib25
 from bench_segment import make_affinities
 
 RUN = r'''
-import sys, time
+import shutil, sys, time
+from pathlib import Path
 from distributed import Client, LocalCluster
 from affinity_dist.stages.segment import prepare_segment, run_segment
 with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                    dashboard_address=None) as c, Client(c) as client):
     times = []
     for _ in range(3):
+        for p in Path(sys.argv[1]).iterdir():  # every run from scratch: the agglomeration
+            if p.is_dir() and p.name != "affinities":  # would only cut a tree in place
+                shutil.rmtree(p)
         plan = prepare_segment(sys.argv[1], method=sys.argv[2], threshold=0.5,
                                block=(256, 256, 256), overwrite=True)
         t = time.perf_counter()
