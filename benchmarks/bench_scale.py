@@ -103,15 +103,16 @@ def nbytes(parts: list[Pending]) -> int:
 def measured(children: list[Pending], grid: BlockGrid, lo: tuple[int, ...],
              hi: tuple[int, ...]) -> tuple[float, int, int]:
     """One task: seconds, tracemalloc peak above its input, input bytes."""
+    size = nbytes(children)
     tracemalloc.start()
     tracemalloc.reset_peak()
     base = tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
-    reduce_components(children, grid.grid_shape, lo, hi)
+    reduce_components(children, grid.grid_shape, lo, hi)  # empties the list
     seconds = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
-    return seconds, peak, nbytes(children)
+    return seconds, peak, size
 
 
 def tree(g: int, fragments: int, pairs: int) -> None:
@@ -135,7 +136,7 @@ def tree(g: int, fragments: int, pairs: int) -> None:
         for task in range(t.num_tasks(level)):
             children = [pending[c] for c in t.children(level, task)]
             if task == big and sizes[big] > largest[2]:
-                largest = measured(children, grid, *t.extent(level, task))
+                largest = measured(list(children), grid, *t.extent(level, task))
             up.append(reduce_components(children, grid.grid_shape, *t.extent(level, task))[0])
         pending = up
         print(f"{level:>5} {len(up):>7} {max(np.unique(p.rep).size for p in up):>12} "
@@ -175,15 +176,15 @@ def root(g: int, fragments: int, pairs: int) -> None:
 
     reduce_components(leaves(BlockGrid((2, 2, 2), (1, 1, 1)), 10, 3), (2, 2, 2), (0, 0, 0),
                       (2, 2, 2))  # numba compiled before the peak is taken
-    start = _peak_from_here()
-    seconds, peak, size = measured(children, grid, (0, 0, 0), (g, g, g))
-    rss = peak_memory_mb() - start
     pairs_in = sum(c.u.size for c in children)
+    start = _peak_from_here()
+    seconds, peak, size = measured(children, grid, (0, 0, 0), (g, g, g))  # frees the input
+    rss = peak_memory_mb()
     print(f"root: {g}^3 = {grid.num_blocks:.1e} blocks, {grid.num_blocks * fragments:.1e} "
-          f"fragments: input {pairs_in:.2e} pending pairs ({size / 1e9:.2f} GB), peak "
-          f"{peak / 1e9:.2f} GB above it (tracemalloc; process RSS {start / 1e3:.2f} GB "
-          f"before, +{rss / 1e3:.2f} GB), "
-          f"total {(size + peak) / 1e9:.2f} GB, {seconds:.1f} s (input made in {made:.0f} s)")
+          f"fragments: input {pairs_in:.2e} pending pairs ({size / 1e9:.2f} GB), "
+          f"allocated {peak / 1e9:.2f} GB at most (tracemalloc), process RSS "
+          f"{start / 1e3:.2f} GB before, peak {rss / 1e3:.2f} GB, {seconds:.1f} s (input "
+          f"made in {made:.0f} s)")
 
 
 def _peak_from_here() -> float:

@@ -86,9 +86,11 @@ def inside_extent(block_ids: NDArray[np.integer[Any]], grid_shape: Sequence[int]
     block indices."""
     ids = np.asarray(block_ids, np.int64)
     gz, gy, gx = (int(g) for g in grid_shape)
-    index = (ids // (gy * gx), ids // gx % gy, ids % gx)
     inside = (ids >= 0) & (ids < gz * gy * gx)
-    for i, a, b in zip(index, lo, hi, strict=True):
+    for axis, a, b in zip(range(3), lo, hi, strict=True):  # one index array at a time
+        if a <= 0 and b >= (gz, gy, gx)[axis]:
+            continue  # the box spans the axis (a root spans all three)
+        i = ids // (gy * gx) if axis == 0 else ids // gx % gy if axis == 1 else ids % gx
         inside &= (i >= a) & (i < b)
     return inside
 

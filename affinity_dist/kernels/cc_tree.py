@@ -78,17 +78,26 @@ def leaf(u: NDArray[np.uint64], v: NDArray[np.uint64],
     return Pending(frag, frag.copy(), u, v, frag.copy(), sizes[1][at].astype(np.int64))
 
 
-def _cat(children: Sequence[Pending], i: int) -> NDArray[Any]:
-    first = Pending(_U64, _U64, _U64, _U64)[i]
-    return np.concatenate([first, *(np.asarray(c[i], first.dtype) for c in children)])
+def _cat(children: list[Pending]) -> list[NDArray[Any]]:
+    """The children's fields concatenated, field by field, the list emptied as it goes
+    (a large task never holds its input twice)."""
+    parts: list[list[Any]] = [list(c) for c in children]
+    children.clear()
+    out = []
+    for i, first in enumerate(Pending(_U64, _U64, _U64, _U64)):
+        out.append(np.concatenate([first, *(np.asarray(p[i], first.dtype) for p in parts)]))
+        for p in parts:
+            p[i] = None
+    return out
 
 
-def reduce_components(children: Sequence[Pending], grid_shape: Sequence[int],
+def reduce_components(children: list[Pending], grid_shape: Sequence[int],
                       lo: Sequence[int], hi: Sequence[int], *, min_size: int = 0
                       ) -> tuple[Pending, TaskRecord]:
     """One task over the block box ``[lo, hi)``: its children's components joined along
-    the pairs inside it; returns what it passes up and its record (module docstring)."""
-    frag, rep, u, v, size_id, size = (_cat(children, i) for i in range(6))
+    the pairs inside it; returns what it passes up and its record (module docstring).
+    The list ``children`` is emptied (its residuals are not changed)."""
+    frag, rep, u, v, size_id, size = _cat(children)
     order = np.argsort(frag, kind="stable")
     frag, rep = frag[order], rep[order]
     del order  # the largest task (the root at 10^9 fragments) holds ~10^7 pairs: free early
