@@ -357,6 +357,13 @@ class ReductionTree:
         hi = tuple(min(a + s, g) for a, s, g in zip(lo, span, self.grid_shape, strict=True))
         return lo, hi
 
+    def parent_extent(self, level: int, task: int
+                      ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """The :meth:`extent` of the task above a task of ``level``; None at the root."""
+        if level >= self.num_levels - 1:
+            return None
+        return self.extent(level + 1, self.parent(level, task)[0])
+
     def children(self, level: int, task: int) -> list[int]:
         """The tasks of ``level - 1`` inside a task of ``level`` (C order)."""
         index = np.unravel_index(task, self.task_grid(level))

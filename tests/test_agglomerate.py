@@ -67,11 +67,10 @@ def tree_segment(fragments: np.ndarray, affs: np.ndarray, grid: BlockGrid,
         for t in range(tree.num_tasks(level)):
             parts = [residuals[t]] if level == 0 else [residuals[c] for c in
                                                       tree.children(level, t)]
-            above = (tree.extent(level + 1, tree.parent(level, t)[0])
-                     if level < tree.num_levels - 1 else None)
             res, rec = reduce_task(parts, grid.grid_shape, *tree.extent(level, t),
                                    scale=scale, floor=floor, min_size=min_size,
-                                   size_threshold=size_threshold, parent=above)
+                                   size_threshold=size_threshold,
+                                   parent=tree.parent_extent(level, t))
             out.append(res)
             recs.append(rec)
         sizes.append({"regions": max(r.up.size for r in recs),

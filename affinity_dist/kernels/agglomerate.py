@@ -35,8 +35,8 @@ from .fragments import LOCAL_BITS
 from .greedy import greedy
 from .merge import _union_find
 
-__all__ = ["Residual", "TreeRecord", "agglomerate", "cut_labels", "empty_residual",
-           "index_dtype", "inside_extent", "reduce_task", "useful_rows"]
+__all__ = ["Residual", "TreeRecord", "agglomerate", "concat_fields", "cut_labels",
+           "empty_residual", "index_dtype", "inside_extent", "reduce_task", "useful_rows"]
 
 
 class Residual(NamedTuple):
@@ -87,11 +87,10 @@ def inside_extent(block_ids: NDArray[np.integer[Any]], grid_shape: Sequence[int]
     ids = np.asarray(block_ids, np.int64)
     gz, gy, gx = (int(g) for g in grid_shape)
     inside = (ids >= 0) & (ids < gz * gy * gx)
-    for axis, a, b in zip(range(3), lo, hi, strict=True):  # one index array at a time
-        if a <= 0 and b >= (gz, gy, gx)[axis]:
-            continue  # the box spans the axis (a root spans all three)
-        i = ids // (gy * gx) if axis == 0 else ids // gx % gy if axis == 1 else ids % gx
-        inside &= (i >= a) & (i < b)
+    for stride, g, a, b in zip((gy * gx, gx, 1), (gz, gy, gx), lo, hi, strict=True):
+        if a > 0 or b < g:  # one index array at a time; none where the box spans the axis
+            i = ids // stride % g
+            inside &= (i >= a) & (i < b)
     return inside
 
 
@@ -174,28 +173,26 @@ def useful_rows(rows: tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.i
     return useful
 
 
-def _combine(children: list[Residual], grid_shape: Sequence[int], lo: Sequence[int],
-             hi: Sequence[int]) -> Residual:
-    """The children's residuals as one, every endpoint mapped to its region's current
-    representative and duplicate contacts summed (tie-break: the smallest); only the
-    rows the task needs (:func:`useful_rows`). Empties ``children`` as it goes, field
-    by field, so that a large task never holds its input twice."""
-    for k, c in enumerate(children):
-        keep = useful_rows((c.row_fragment, c.row_rep, c.row_neighbor), grid_shape, lo, hi)
-        if not keep.all():
-            children[k] = c._replace(row_fragment=c.row_fragment[keep],
-                                     row_rep=c.row_rep[keep],
-                                     row_neighbor=c.row_neighbor[keep])
+def concat_fields(children: list[Any], empty: Sequence[NDArray[Any]]) -> list[NDArray[Any]]:
+    """The children's fields (tuples shaped as ``empty``) concatenated field by field in
+    ``empty``'s dtypes, the list emptied and each field let go once copied: a large task
+    (a tree's root) never holds its input twice."""
     parts: list[list[Any]] = [list(c) for c in children]
     children.clear()
-    cat = []
-    for i, f in enumerate(empty_residual()):
-        cat.append(np.concatenate([np.zeros(0, f.dtype), *(p[i] for p in parts)]))
+    out = []
+    for i, first in enumerate(empty):
+        out.append(np.concatenate([first, *(np.asarray(p[i], first.dtype) for p in parts)]))
         for p in parts:
             p[i] = None
-    del parts
-    u, v, sums, counts, tbu, tbv, frag, rep, nbr, size_id, size = cat
-    del cat
+    return out
+
+
+def _combine(children: list[Residual]) -> Residual:
+    """The children's residuals as one (the list emptied: :func:`concat_fields`), every
+    endpoint mapped to its region's current representative and duplicate contacts
+    summed (tie-break: the smallest)."""
+    u, v, sums, counts, tbu, tbv, frag, rep, nbr, size_id, size = concat_fields(
+        children, empty_residual())
     order = np.argsort(frag, kind="stable")
     frag, rep, nbr = frag[order], rep[order], nbr[order]
     u, v = _map(u, frag, rep), _map(v, frag, rep)
@@ -249,10 +246,10 @@ def reduce_task(children: list[Residual], grid_shape: Sequence[int], lo: Sequenc
     to another block, and for a size pass the fragments' sizes); the list is emptied as
     they are combined (its residuals are not changed). Returns the task's residual and
     its part of the merge tree. ``min_size``, ``size_threshold``: the size pass of
-    :func:`agglomerate`. ``parent``: the box of the task above, whose useless rows
-    (:func:`useful_rows`) are left out of the residual.
+    :func:`agglomerate`. ``parent``: the box of the task above; the rows it does not
+    need (:func:`useful_rows`) are left out of the residual.
     """
-    c = _combine(children, grid_shape, lo, hi)
+    c = _combine(children)
     exposed = ~inside_extent(c.row_neighbor, grid_shape, lo, hi)
     ids = np.unique(np.concatenate([c.u, c.v, c.row_rep]))
     inside = _inside_ids(ids, grid_shape, lo, hi)

@@ -22,12 +22,12 @@ components of each task from that task's base (:func:`component_labels`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .agglomerate import inside_extent
+from .agglomerate import concat_fields, inside_extent
 from .fragments import LOCAL_BITS
 from .merge import _union_find
 
@@ -78,26 +78,13 @@ def leaf(u: NDArray[np.uint64], v: NDArray[np.uint64],
     return Pending(frag, frag.copy(), u, v, frag.copy(), sizes[1][at].astype(np.int64))
 
 
-def _cat(children: list[Pending]) -> list[NDArray[Any]]:
-    """The children's fields concatenated, field by field, the list emptied as it goes
-    (a large task never holds its input twice)."""
-    parts: list[list[Any]] = [list(c) for c in children]
-    children.clear()
-    out = []
-    for i, first in enumerate(Pending(_U64, _U64, _U64, _U64)):
-        out.append(np.concatenate([first, *(np.asarray(p[i], first.dtype) for p in parts)]))
-        for p in parts:
-            p[i] = None
-    return out
-
-
 def reduce_components(children: list[Pending], grid_shape: Sequence[int],
                       lo: Sequence[int], hi: Sequence[int], *, min_size: int = 0
                       ) -> tuple[Pending, TaskRecord]:
     """One task over the block box ``[lo, hi)``: its children's components joined along
     the pairs inside it; returns what it passes up and its record (module docstring).
     The list ``children`` is emptied (its residuals are not changed)."""
-    frag, rep, u, v, size_id, size = _cat(children)
+    frag, rep, u, v, size_id, size = concat_fields(children, Pending(_U64, _U64, _U64, _U64))
     order = np.argsort(frag, kind="stable")
     frag, rep = frag[order], rep[order]
     del order  # the largest task (the root at 10^9 fragments) holds ~10^7 pairs: free early

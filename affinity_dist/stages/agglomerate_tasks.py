@@ -164,10 +164,7 @@ class GraphGroup:
         plan, graphs, leaves, out = self.plan, [], [], []
         for block_id in plan.tree.leaf_group(group):
             graph = self._graph(block_id)
-            index = plan.grid.block_index(block_id)
-            residual, record = reduce_task([_leaf(graph, False)], plan.grid.grid_shape,
-                                           index, tuple(i + 1 for i in index),
-                                           scale=plan.scale, floor=plan.floor)
+            residual, record = _reduce(plan, [_leaf(graph, False)], 0, block_id, False)
             graphs.append(graph)
             leaves.append((residual, record, int(graph["size"].size)))
             out.append({**_sizes(residual, record), "edges_owned": int(graph["u"].size)})
@@ -200,10 +197,7 @@ class GraphGroup:
 
 def _reduce(plan: AgglomeratePlan, parts: list[Residual], level: int, task: int,
             size: bool) -> tuple[Residual, TreeRecord]:
-    tree = plan.tree
-    extent = tree.extent(level, task)
-    above = (tree.extent(level + 1, tree.parent(level, task)[0])
-             if level < tree.num_levels - 1 else None)  # rows only it needs
+    extent, above = plan.tree.extent(level, task), plan.tree.parent_extent(level, task)
     if size:  # greedy to the threshold, then small regions into their best neighbour
         return reduce_task(parts, plan.grid.grid_shape, *extent, scale=plan.scale,
                            floor=ALL, min_size=plan.min_size, size_threshold=plan.threshold,
