@@ -149,3 +149,13 @@ def test_an_inconsistent_child_is_refused() -> None:
     with pytest.raises(ValueError, match="lacks its other side"):
         reduce_components([one, leaf(np.zeros(0, np.uint64), np.zeros(0, np.uint64))],
                           (1, 1, 2), (0, 0, 0), (1, 1, 2))
+
+
+@pytest.mark.parametrize("n", [0, 1, 1000])
+def test_dense_ids_equal_numpy_unique_with_inverse(n: int) -> None:
+    from affinity_dist.kernels.cc_tree import _dense
+
+    x = np.random.default_rng(n).integers(0, 50, n).astype(np.uint64)
+    unique, inverse = _dense(x)
+    want, want_inverse = np.unique(x, return_inverse=True)
+    assert np.array_equal(unique, want) and np.array_equal(inverse, want_inverse)

@@ -22,12 +22,12 @@ components of each task from that task's base (:func:`component_labels`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .agglomerate import concat_fields, inside_extent
+from .agglomerate import concat_fields, index_dtype, inside_extent
 from .fragments import LOCAL_BITS
 from .merge import _union_find
 
@@ -78,6 +78,20 @@ def leaf(u: NDArray[np.uint64], v: NDArray[np.uint64],
     return Pending(frag, frag.copy(), u, v, frag.copy(), sizes[1][at].astype(np.int64))
 
 
+def _dense(x: NDArray[np.uint64]) -> tuple[NDArray[np.uint64], NDArray[np.integer[Any]]]:
+    """``np.unique(x, return_inverse=True)`` in 25 bytes per element at most, not 41 (the
+    inverse int32 where it fits): the root's peak at 10^9 fragments."""
+    perm = np.argsort(x, kind="stable")
+    ordered = x[perm]
+    new = np.ones(ordered.size, bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    unique = ordered[new]
+    del ordered
+    inverse = np.empty(x.size, index_dtype(unique.size, 0))
+    inverse[perm] = np.cumsum(new, dtype=inverse.dtype) - 1
+    return unique, inverse
+
+
 def reduce_components(children: list[Pending], grid_shape: Sequence[int],
                       lo: Sequence[int], hi: Sequence[int], *, min_size: int = 0
                       ) -> tuple[Pending, TaskRecord]:
@@ -88,7 +102,7 @@ def reduce_components(children: list[Pending], grid_shape: Sequence[int],
     order = np.argsort(frag, kind="stable")
     frag, rep = frag[order], rep[order]
     del order  # the largest task (the root at 10^9 fragments) holds ~10^7 pairs: free early
-    nodes, row_node = np.unique(rep, return_inverse=True)  # each row's node, dense
+    nodes, row_node = _dense(rep)  # each row's node
     del rep
     iu = row_node[np.searchsorted(frag, u)] if u.size else _I64
     inside = inside_extent((v >> np.uint64(LOCAL_BITS)).astype(np.int64), grid_shape, lo, hi)
