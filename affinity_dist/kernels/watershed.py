@@ -11,8 +11,8 @@
      window) of their Euclidean distance to the rest (:mod:`.distance`, with the voxel size
      as sampling) are labelled as seeds.
 3. A **seeded watershed** of ``b``: a priority flood from the seeds (256 FIFO buckets in a
-   pool of fixed-size chunks, boundary level and label packed in one uint32 per voxel:
-   O(voxels), deterministic).
+   pool of fixed-size blocks, boundary level and label packed in one uint32 per voxel,
+   the next voxels' cache lines prefetched: O(voxels), deterministic).
 
 With ``per_section`` seeds and flood stay within each z section (2D fragments for
 anisotropic ssTEM, as lsd's ``fragments_in_xy``); ``planar`` also leaves the z edges out of
@@ -44,6 +44,7 @@ from scipy import ndimage
 from ..errors import ConfigError, DataError
 from .distance import distance_transform
 from .fragments import LOCAL_MASK, _as_tiles, _high_bits, _lookup, _tiled_empty, label_block
+from .prefetch import prefetch
 
 __all__ = ["SEED_THRESHOLDS", "boundary_map", "flood", "seeds", "watershed", "watershed_block"]
 
@@ -51,7 +52,8 @@ Seeds = Literal["cores", "distance"]
 #: Default seed threshold of each seed method.
 SEED_THRESHOLDS: dict[str, float] = {"cores": 0.98, "distance": 0.5}
 _LOW = 0xFFFFFF  # label bits of a packed voxel (the high 8 bits: boundary level)
-_CHUNK = 4096  # queue entries per pool chunk
+_BLOCK = 4096  # queue entries per pool block
+_AHEAD = 16  # pops between a voxel's prefetch and its pop
 
 
 @njit(cache=True, nogil=True)
@@ -158,66 +160,87 @@ def _keep_large(labels: Any, n: int, min_size: int) -> int:  # pragma: no cover 
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _push(pool: Any, chunk_next: Any, head: Any, tail: Any, fill: Any, free: Any,
-          level: Any, p: Any) -> None:  # pragma: no cover - compiled
-    t = tail[level]
-    if t < 0 or fill[level] == _CHUNK:
-        c = free[0]
-        free[0] += 1
-        if t < 0:
-            head[level] = c
+def _push(pool: Any, nxt: Any, head: Any, tail: Any, fill: Any, top: int, level: Any,
+          p: Any) -> int:  # pragma: no cover - compiled
+    """Append voxel ``p`` to bucket ``level`` (a list of pool blocks); returns the next
+    free block."""
+    if fill[level] == _BLOCK:
+        if tail[level] < 0:
+            head[level] = top
         else:
-            chunk_next[t] = c
-        tail[level] = c
+            nxt[tail[level]] = top
+        tail[level] = top
         fill[level] = 0
-        t = c
-    pool[t, fill[level]] = p
+        top += 1
+    pool[np.int64(tail[level]) * _BLOCK + fill[level]] = p
     fill[level] += 1
+    return top
 
 
 @njit(cache=True, nogil=True)
 def _flood(packed: Any, sy: int, sz: int, planar: bool) -> None:  # pragma: no cover - compiled
     """Priority flood of a padded, packed volume (level << 24 | label; border label
-    _LOW): every voxel with label 0 gets the label of the seed whose basin it is in."""
+    _LOW): every voxel with label 0 gets the label of the seed whose basin it is in.
+
+    Buckets are FIFO lists of fixed-size blocks of one pool (each voxel is pushed at most
+    once). A pop asks for the cache lines of the voxel ``_AHEAD`` places later in its
+    bucket (:mod:`.prefetch`), whose neighbours lie anywhere in the block: without it the
+    flood waited on memory for most of its time (3.3x slower at 288^3)."""
     n = packed.size
-    pool = np.empty((n // _CHUNK + 257, _CHUNK), np.int32)
-    chunk_next = np.full(pool.shape[0], -1, np.int64)
-    head = np.full(256, -1, np.int64)
-    tail = np.full(256, -1, np.int64)
-    fill = np.zeros(256, np.int64)
-    free = np.zeros(1, np.int64)
+    pool = np.empty((n // _BLOCK + 257) * _BLOCK, np.int32)
+    nxt = np.full(n // _BLOCK + 257, -1, np.int32)
+    head = np.full(256, -1, np.int32)
+    tail = np.full(256, -1, np.int32)
+    fill = np.full(256, _BLOCK, np.int64)
+    top = 0
     low = np.uint32(_LOW)
-    steps = np.array([-1, 1, -sy, sy, -sz, sz], np.int64)
-    k_max = 4 if planar else 6
+    shift = np.uint32(24)
+    sz = 1 if planar else sz  # within sections: the z steps repeat the x steps (no-ops)
     for p in range(n):  # seeds with an unlabelled neighbour (a core's inside floods nothing)
-        label = packed[p] & low
+        w = packed[p]
+        label = w & low
         if label != 0 and label != low:  # noqa: PLR1714 - numba has no tuple "in" here
-            for k in range(k_max):
-                if not packed[p + steps[k]] & low:
-                    _push(pool, chunk_next, head, tail, fill, free,
-                          np.int64(packed[p] >> 24), p)
+            for step in (-1, 1, -sy, sy, -sz, sz):
+                if not packed[p + step] & low:
+                    top = _push(pool, nxt, head, tail, fill, top, np.int64(w >> shift), p)
                     break
     for level in range(256):
-        c = head[level]
-        i = 0
-        while c >= 0:
-            if i == (fill[level] if c == tail[level] else _CHUNK):
-                if c == tail[level]:
+        blk = head[level]
+        while blk >= 0:
+            i = np.int64(blk) * _BLOCK
+            while True:  # the tail block may grow while it drains: re-read its fill
+                end = np.int64(blk) * _BLOCK + (fill[level] if blk == tail[level] else _BLOCK)
+                if i >= end:
                     break
-                c = chunk_next[c]
-                i = 0
-                continue
-            p = pool[c, i]
-            i += 1
-            label = packed[p] & low
-            for k in range(k_max):
-                q = p + steps[k]
-                w = packed[q]
-                if w & low:
-                    continue
-                packed[q] = w | label
-                _push(pool, chunk_next, head, tail, fill, free, max(level, np.int64(w >> 24)),
-                      q)
+                if i + _AHEAD < end:
+                    f = np.int64(pool[i + _AHEAD])
+                    prefetch(packed, f - sz)
+                    prefetch(packed, f - sy)
+                    prefetch(packed, f)
+                    prefetch(packed, f + sy)
+                    prefetch(packed, f + sz)
+                p = pool[i]
+                i += 1
+                label = packed[p] & low
+                for step in (-1, 1, -sy, sy, -sz, sz):
+                    q = p + step
+                    w = packed[q]
+                    if w & low:
+                        continue
+                    packed[q] = w | label
+                    # _push, inlined by hand: through the helper this loop ran 1.8x slower
+                    to: Any = max(level, np.int64(w >> shift))
+                    if fill[to] == _BLOCK:
+                        if tail[to] < 0:
+                            head[to] = top
+                        else:
+                            nxt[tail[to]] = top
+                        tail[to] = top
+                        fill[to] = 0
+                        top += 1
+                    pool[np.int64(tail[to]) * _BLOCK + fill[to]] = q
+                    fill[to] += 1
+            blk = nxt[blk] if blk != tail[level] else -1
 
 
 def flood(b: NDArray[np.uint8], labels: NDArray[np.uint32], per_section: bool = False
