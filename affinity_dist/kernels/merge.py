@@ -190,16 +190,30 @@ class FragmentStats(NamedTuple):
     boundary_sizes: NDArray[np.int64]  # their voxel counts
 
 
+@njit(cache=True, nogil=True)
+def _count_local(flat: Any, minlength: int) -> Any:  # pragma: no cover - compiled
+    mask = np.uint64(LOCAL_MASK)
+    top: Any = minlength - 1
+    for i in range(flat.size):
+        top = max(top, np.int64(np.uint64(flat[i]) & mask))
+    sizes = np.zeros(top + 1, np.int64)
+    for i in range(flat.size):
+        sizes[np.uint64(flat[i]) & mask] += 1
+    return sizes
+
+
 def fragment_sizes(fragments: NDArray[np.integer[Any]], minlength: int = 0) -> NDArray[np.int64]:
     """Voxels per local id of a block's fragments (global or local ids; index 0:
     background), at least ``minlength`` long.
 
+    Two compiled passes over the ids in any memory layout (np.bincount of the masked ids
+    made three copies of a block: 0.22 s of a 256^3 block's 1.8 s of fragments).
+
     >>> fragment_sizes(np.array([[0, 2], [2, 2]], np.uint64), 4).tolist()
     [1, 0, 3, 0]
     """
-    local = (fragments & LOCAL_MASK).ravel().astype(np.int64)
-    sizes: NDArray[np.int64] = np.bincount(local, minlength=minlength).astype(np.int64,
-                                                                             copy=False)
+    flat = fragments.reshape(-1)  # a view of contiguous ids (tiled blocks are)
+    sizes: NDArray[np.int64] = _count_local(flat, int(minlength))
     return sizes
 
 

@@ -85,7 +85,7 @@ class FragmentBlock:
         u, v, sums, counts = block_edges(block, own, planar=plan.planar)
         write_record(plan.dataset, _path(WORK, "edges", block_id),
                      {"u": u, "v": v, "sums": sums, "counts": counts,
-                      "sizes": fragment_sizes(block, n + 1)[1:]})
+                      "sizes": fragment_sizes(fragments, n + 1)[1:]})
         return n
 
     def outputs(self, block_id: int) -> list[tuple[str, tuple[slice, ...]]]:
