@@ -250,14 +250,30 @@ def flood(b: NDArray[np.uint8], labels: NDArray[np.uint32], per_section: bool = 
     if labels.size and int(labels.max()) >= _LOW:
         raise DataError(f"block of shape {labels.shape}: got {int(labels.max())} seeds, "
                         f"expected fewer than {_LOW} (use a smaller --block)")
-    packed = np.pad((b.astype(np.uint32) << np.uint32(24)) | labels, 1,
-                    constant_values=np.uint32(_LOW))
-    if packed.size >= 2**31:
+    padded = tuple(n + 2 for n in b.shape)
+    if np.prod(padded, dtype=np.int64) >= 2**31:
         raise DataError(f"block of shape {b.shape}: too large for one watershed "
                         "(use a smaller --block)")
+    packed = np.full(padded, _LOW, np.uint32)
+    _pack(b, labels, packed)
     _, ny, nx = packed.shape
     _flood(packed.ravel(), nx, nx * ny, per_section)
-    labels[...] = packed[1:-1, 1:-1, 1:-1] & np.uint32(_LOW)
+    _pack(b, labels, packed, unpack=True)
+
+
+@njit(cache=True, nogil=True)
+def _pack(b: Any, labels: Any, packed: Any, unpack: bool = False
+          ) -> None:  # pragma: no cover - compiled
+    """packed[1:-1, 1:-1, 1:-1] = b << 24 | labels, or back: labels = its label bits."""
+    nz, ny, nx = labels.shape
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                if unpack:
+                    labels[z, y, x] = packed[z + 1, y + 1, x + 1] & np.uint32(_LOW)
+                else:
+                    packed[z + 1, y + 1, x + 1] = (np.uint32(b[z, y, x]) << np.uint32(24)) \
+                        | labels[z, y, x]
 
 
 def watershed(affs: NDArray[Any], *, seeds_method: Seeds = "cores",
