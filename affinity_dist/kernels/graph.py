@@ -130,7 +130,7 @@ def _edges(frag: Any, affs: Any, below0: Any, below1: Any, below2: Any, has: Any
     return ku, kv, sums, counts, used, True
 
 
-def block_edges(fragments: NDArray[np.uint64], affs: NDArray[Any],
+def block_edges(fragments: NDArray[np.unsignedinteger[Any]], affs: NDArray[Any],
                 below: Sequence[NDArray[np.uint64] | None] = (None, None, None), *,
                 planar: bool = False
                 ) -> tuple[NDArray[np.uint64], NDArray[np.uint64], NDArray[np.int64],
@@ -140,7 +140,8 @@ def block_edges(fragments: NDArray[np.uint64], affs: NDArray[Any],
 
     Parameters
     ----------
-    fragments : (Z, Y, X) the block's fragment ids (0 is a fragment like any other here).
+    fragments : (Z, Y, X) the block's fragment ids (0 is a fragment like any other here;
+        uint32 local ids read half the bytes of uint64 and give the same contacts).
     affs : (C >= 3, Z, Y, X) its affinities in native units (:func:`native_affinities`).
     below : per axis, the last plane of the block below (its fragment ids), or ``None`` at
         the volume's lower face.
@@ -174,7 +175,8 @@ def block_edges(fragments: NDArray[np.uint64], affs: NDArray[Any],
         planes.append(np.zeros((1, 1), np.uint64) if plane is None else
                       np.ascontiguousarray(plane, np.uint64))
     has = np.array([p is not None for p in below])
-    frag = np.ascontiguousarray(fragments, np.uint64)
+    frag = np.ascontiguousarray(fragments, fragments.dtype if fragments.dtype in
+                                (np.uint32, np.uint64) else np.uint64)
     values = np.ascontiguousarray(affs[:3])
     cap = 1024
     while True:

@@ -316,13 +316,22 @@ def _first_seen(labels: Any, n: int) -> Any:  # pragma: no cover - compiled
     return table, k
 
 
+@njit(cache=True, nogil=True)
+def _renumber(labels: Any, table: Any) -> None:  # pragma: no cover - compiled
+    flat = labels.reshape(-1)
+    for i in range(flat.size):
+        flat[i] = table[flat[i]]
+
+
 def watershed_block(affs: NDArray[Any], crop: Sequence[slice], block_id: int,
                     tile: Sequence[int] | None = None, **options: Any
-                    ) -> tuple[NDArray[np.uint64], int]:
+                    ) -> tuple[NDArray[np.uint64], int, NDArray[np.uint32]]:
     """Watershed fragments of a block read with a halo: ``affs`` covers the block and its
     halo, ``crop`` selects the block in it. Returns global fragment ids (tiled as
-    :func:`~affinity_dist.kernels.fragments.label_block` when ``tile`` divides the block)
-    and their count; ``options`` go to :func:`watershed`."""
+    :func:`~affinity_dist.kernels.fragments.label_block` when ``tile`` divides the block),
+    their count, and the same fragments as local ids 1..count (uint32, block-shaped:
+    half the bytes for the kernels that only compare ids); ``options`` go to
+    :func:`watershed`."""
     labels, n = watershed(affs, **options)
     block = np.ascontiguousarray(labels[tuple(crop)])
     if block.size >= LOCAL_MASK:
@@ -332,4 +341,5 @@ def watershed_block(affs: NDArray[Any], crop: Sequence[slice], block_id: int,
     out = _tiled_empty(block.shape, tile)
     if block.size:
         _lookup(block, table, np.uint32(0xFFFFFFFF), _high_bits(block_id), _as_tiles(out))
-    return out, int(k)
+        _renumber(block, table)
+    return out, int(k), block

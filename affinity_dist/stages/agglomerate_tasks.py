@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..kernels.agglomerate import Residual, TreeRecord, cut_labels, reduce_task
-from ..kernels.fragments import apply_mapping, global_ids, untile
+from ..kernels.fragments import apply_mapping, global_ids
 from ..kernels.graph import (
     block_edges,
     face_edges,
@@ -77,15 +77,16 @@ class FragmentBlock:
         affs = read_affinities(plan, block_id, read)
         native = native_affinities(affs)  # refuses values outside [0, 1]
         crop = box.relative_to(read)
-        fragments, n = watershed_block(affs, crop, block_id, plan.chunks, **plan.watershed)
+        fragments, n, local = watershed_block(affs, crop, block_id, plan.chunks,
+                                              **plan.watershed)
         _open(plan, STAGED["fragments"]).write(box, fragments)
         own = native[(slice(None), *crop)]
         write_faces(plan, block_id, fragments, own, WORK)
-        block = untile(fragments)
-        u, v, sums, counts = block_edges(block, own, planar=plan.planar)
-        write_record(plan.dataset, _path(WORK, "edges", block_id),
-                     {"u": u, "v": v, "sums": sums, "counts": counts,
-                      "sizes": fragment_sizes(fragments, n + 1)[1:]})
+        u, v, sums, counts = block_edges(local, own, planar=plan.planar)  # local ids: the
+        write_record(plan.dataset, _path(WORK, "edges", block_id),  # same order globally
+                     {"u": global_ids(u, block_id), "v": global_ids(v, block_id),
+                      "sums": sums, "counts": counts,
+                      "sizes": fragment_sizes(local, n + 1)[1:]})
         return n
 
     def outputs(self, block_id: int) -> list[tuple[str, tuple[slice, ...]]]:
