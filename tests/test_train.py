@@ -122,3 +122,38 @@ def test_every_recorded_training_config_loads(path: Path) -> None:
     else:  # fib25 held out from z 186: the 3D recipe, or a 2D network of sections
         assert config.validation.start == 186
         assert shape == (24, 24, 24) or config.model.context[0] == 0
+
+
+@pytest.mark.parametrize(("depth", "val", "train_part"), [
+    (250, (212, 250), [(0, 212)]),  # 15 %: 37.5 -> 38 planes
+    (50, (42, 50), [(0, 42)]),  # 7.5 planes, but one output crop (8) at least
+    (16, (8, 16), [(0, 8)]),  # one crop each
+    (12, (6, 12), [(0, 6)]),  # too thin for two crops: halves (the sampler says so)
+])
+def test_the_default_holds_out_the_end_of_any_volume(depth: int, val: tuple[int, int],
+                                                      train_part: list[tuple[int, int]]
+                                                      ) -> None:
+    from dataclasses import replace
+
+    split = replace(TrainConfig().validation, at_least=8)
+    assert split.bounds((depth, 100, 100), "val") == [val]
+    assert split.bounds((depth, 100, 100), "train") == train_part
+    assert f"z {val[0]}-{val[1]} of {depth}" in split.describe((depth, 100, 100))
+
+
+@pytest.mark.parametrize("bad", [{"fraction": 0}, {"fraction": 1.5}, {"fraction": True},
+                                 {"fraction": 0.2, "start": 3}, {"fraction": 0.2, "stop": 9}])
+def test_a_bad_fraction_is_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match="validation: got"):
+        TrainConfig.from_dict({"validation": {"axis": 0, **bad}})
+
+
+def test_training_with_no_config_holds_out_part_of_any_volume(tmp_path: Path, gala: Path
+                                                               ) -> None:
+    # gala is 50 sections deep: a fixed slab at z 200 (fib25's) left it no validation part
+    result = run_cli("train", "--data", gala, "--out", tmp_path / "run", "--iterations", "2")
+    assert result.returncode == 0, result.stderr
+    assert "validation on gala_train.h5: z 42-50 of 50 (the last 15%" in result.stderr
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["validation"]
+    assert saved["fraction"] == 0.15 and saved["at_least"] == 8
+    assert "the last 15% of every volume" in (tmp_path / "run" / "README.md").read_text()

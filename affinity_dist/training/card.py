@@ -39,6 +39,13 @@ def _volume_row(volume: TrainingVolume) -> str:
             f"{mask} |")
 
 
+def _held_out(split: Any, stop: Any) -> str:
+    if split.fraction is not None:
+        return (f"the last {split.fraction:.0%} of every volume along axis {split.axis} "
+                f"(at least {split.at_least} planes)")
+    return f"axis {split.axis}, {split.start} to {stop}"
+
+
 def write_card(run: Path, config: TrainConfig, volumes: Sequence[TrainingVolume],
                init: str | None) -> Path:
     """``run/README.md`` for the run's current ``model.pt``; returns its path."""
@@ -70,7 +77,7 @@ def write_card(run: Path, config: TrainConfig, volumes: Sequence[TrainingVolume]
         f"| Start | {start} |",
         f"| Optimisation | lr {config.learning_rate}, batch {config.batch_size}, "
         f"{config.loss}, {'bf16' if config.bf16 else 'fp32'}, seed {config.seed} |",
-        f"| Held out | axis {split.axis}, {split.start} to {stop} (in the trained grid) |",
+        f"| Held out | {_held_out(split, stop)} (in the trained grid) |",
         "", "## Data", "",
         "| file | raw | voxel size | label 0 | ids across z | labels mask |",
         "|---|---|---|---|---|---|", *(_volume_row(v) for v in volumes), "",

@@ -17,6 +17,7 @@ unannotated voxels never contribute.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
@@ -46,21 +47,38 @@ def normalize_raw(raw: NDArray[Any]) -> NDArray[np.float32]:
 
 @dataclass(frozen=True)
 class Split:
-    """Held-out validation slab: ``start <= index < stop`` along ``axis`` (stop None: end)."""
+    """Held-out validation slab along ``axis``: ``start <= index < stop`` (stop None: the
+    end), or, with ``fraction``, the last ``fraction`` of each volume, at least
+    ``at_least`` planes and leaving at least that many to training where the volume has
+    them (the default of a training config: any volume keeps a validation part)."""
 
     axis: int = 0
     start: int = 0
     stop: int | None = None
+    fraction: float | None = None
+    at_least: int = 1
 
     def bounds(self, shape: Sequence[int], part: Literal["train", "val"]
                ) -> list[tuple[int, int]]:
         """Intervals along ``axis`` available to ``part`` (training may be two pieces)."""
         n = shape[self.axis]
-        lo = min(self.start, n)  # a slab beyond the volume leaves it all to training
-        hi = n if self.stop is None else min(self.stop, n)
+        if self.fraction is not None:
+            held = max(math.ceil(self.fraction * n), self.at_least)
+            held = min(held, max(n - self.at_least, math.ceil(n / 2)))
+            lo, hi = n - held, n
+        else:
+            lo = min(self.start, n)  # a slab beyond the volume leaves it all to training
+            hi = n if self.stop is None else min(self.stop, n)
         if part == "val":
             return [(lo, hi)] if hi > lo else []
         return [(a, b) for a, b in ((0, lo), (hi, n)) if b > a]
+
+    def describe(self, shape: Sequence[int]) -> str:
+        """The slab of a volume of ``shape``, in words (what a run tells its user)."""
+        ((lo, hi),) = self.bounds(shape, "val") or [(0, 0)]
+        rule = (f"the last {self.fraction:.0%}, at least {self.at_least}"
+                if self.fraction is not None else "the configured slab")
+        return f"{'zyx'[self.axis]} {lo}-{hi} of {shape[self.axis]} ({rule})"
 
 
 @dataclass(frozen=True)
@@ -335,10 +353,16 @@ class CropSampler:
 
 
 def check_split(split: Split) -> Split:
-    """Refuse a validation slab that is not an axis 0-2 and 0 <= start < stop."""
+    """Refuse a validation slab that is not an axis 0-2 and 0 <= start < stop, or a
+    fraction outside (0, 1) (a fraction takes no start or stop)."""
     ints = all(isinstance(v, int) and not isinstance(v, bool)
-               for v in (split.axis, split.start, split.stop or 1))
-    if not ints or split.axis not in (0, 1, 2) or split.start < 0 or (
+               for v in (split.axis, split.start, split.stop or 1, split.at_least))
+    if not ints or split.axis not in (0, 1, 2) or split.start < 0 or split.at_least < 1 or (
             split.stop is not None and split.stop <= split.start):
         raise bad_value("validation", asdict(split), "axis in 0-2 and 0 <= start < stop")
+    if split.fraction is not None and (
+            isinstance(split.fraction, bool) or not isinstance(split.fraction, int | float)
+            or not 0 < split.fraction < 1 or split.start or split.stop is not None):
+        raise bad_value("validation", asdict(split), "a fraction in (0, 1) without start "
+                        "or stop")
     return split

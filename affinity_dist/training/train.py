@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,12 +27,16 @@ from .data import (
     CropSampler,
     Split,
     Targets,
+    TrainingVolume,
     check_split,
     open_training_volume,
     resampled_volume,
 )
 
-__all__ = ["TrainConfig", "load_config", "train"]
+__all__ = ["DEFAULT_HELD_OUT", "TrainConfig", "load_config", "train"]
+
+#: The default validation part: this fraction at the end of every volume along z.
+DEFAULT_HELD_OUT = 0.15
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,8 @@ class TrainConfig:
 
     model: UNetConfig = field(default_factory=UNetConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    validation: Split = field(default_factory=lambda: Split(axis=0, start=200))
+    # held out: the last 15 % along z of every volume unless the config names a slab
+    validation: Split = field(default_factory=lambda: Split(axis=0, fraction=DEFAULT_HELD_OUT))
     output_shape: tuple[int, int, int] = (8, 16, 16)
     batch_size: int = 1
     learning_rate: float = 5e-4
@@ -127,8 +132,9 @@ class TrainConfig:
             values["augment"] = AugmentConfig.from_dict(values["augment"])
         if "validation" in values:
             v = values["validation"]
-            if not isinstance(v, dict) or set(v) - {"axis", "start", "stop"}:
-                raise bad_value("validation", v, "{axis, start, stop}")
+            if not isinstance(v, dict) or set(v) - {"axis", "start", "stop", "fraction",
+                                                    "at_least"}:
+                raise bad_value("validation", v, "{axis, start, stop} or {axis, fraction}")
             values["validation"] = check_split(Split(**v))
         if "output_shape" in values:
             values["output_shape"] = tuple(values["output_shape"])
@@ -277,6 +283,7 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
         if config.voxel_size is not None:
             volumes[-1] = resampled_volume(volumes[-1], config.voxel_size)
     targets = targets_of(config)
+    config = _held_out(config, data, volumes)
     sampler = CropSampler(volumes, config.input_shape, config.output_shape, targets=targets,
                           split=config.validation, part="train",
                           augment=_Augment(config.augment), redraw=REDRAW)
@@ -291,6 +298,20 @@ def train(data: Sequence[str], out: str | os.PathLike[str], *, iterations: int =
         if fresh and err.exit_code == 2 and not (run / "checkpoint.pt").exists():
             shutil.rmtree(run, ignore_errors=True)
         raise
+
+
+def _held_out(config: TrainConfig, data: Sequence[str], volumes: Sequence[TrainingVolume]
+              ) -> TrainConfig:
+    """A fraction slab holds out at least one output crop of every volume (and leaves one
+    to training where the volume has two); says per volume what it holds out."""
+    split = config.validation
+    if split.fraction is None:
+        return config
+    split = replace(split, at_least=max(split.at_least, config.output_shape[split.axis]))
+    for path, vol in zip(data, volumes, strict=True):
+        log.warning("train: validation on %s: %s", Path(path).name,
+                    split.describe(vol.raw.shape))
+    return replace(config, validation=split)
 
 
 def _train_into(run: Path, data: Sequence[str], config: TrainConfig,
