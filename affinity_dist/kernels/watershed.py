@@ -184,8 +184,10 @@ def _flood(packed: Any, sy: int, sz: int, planar: bool) -> None:  # pragma: no c
 
     Buckets are FIFO lists of fixed-size blocks of one pool (each voxel is pushed at most
     once). A pop asks for the cache lines of the voxel ``_AHEAD`` places later in its
-    bucket (:mod:`.prefetch`), whose neighbours lie anywhere in the block: without it the
-    flood waited on memory for most of its time (3.3x slower at 288^3)."""
+    bucket (:mod:`.prefetch`), whose neighbours lie anywhere in the block. Measured on a
+    288^3 block of fib25 affinities (~11 M voxels flooded): the former flood (a 2D pool,
+    the push through a helper that kept its state in arrays) took ~180 ns a flooded
+    voxel; this layout with the push inlined ~86 ns; with the prefetch ~50 ns."""
     n = packed.size
     pool = np.empty((n // _BLOCK + 257) * _BLOCK, np.int32)
     nxt = np.full(n // _BLOCK + 257, -1, np.int32)
