@@ -43,7 +43,15 @@ from scipy import ndimage
 
 from ..errors import ConfigError, DataError
 from .distance import distance_transform
-from .fragments import LOCAL_MASK, _as_tiles, _high_bits, _lookup, _tiled_empty, label_block
+from .fragments import (
+    LOCAL_MASK,
+    _as_tiles,
+    _finalize,
+    _high_bits,
+    _lookup,
+    _tiled_empty,
+    label_block,
+)
 from .prefetch import prefetch
 
 __all__ = ["SEED_THRESHOLDS", "boundary_map", "flood", "seeds", "watershed", "watershed_block"]
@@ -318,13 +326,6 @@ def _first_seen(labels: Any, n: int) -> Any:  # pragma: no cover - compiled
     return table, k
 
 
-@njit(cache=True, nogil=True)
-def _renumber(labels: Any, table: Any) -> None:  # pragma: no cover - compiled
-    flat = labels.reshape(-1)
-    for i in range(flat.size):
-        flat[i] = table[flat[i]]
-
-
 def watershed_block(affs: NDArray[Any], crop: Sequence[slice], block_id: int,
                     tile: Sequence[int] | None = None, **options: Any
                     ) -> tuple[NDArray[np.uint64], int, NDArray[np.uint32]]:
@@ -343,5 +344,5 @@ def watershed_block(affs: NDArray[Any], crop: Sequence[slice], block_id: int,
     out = _tiled_empty(block.shape, tile)
     if block.size:
         _lookup(block, table, np.uint32(0xFFFFFFFF), _high_bits(block_id), _as_tiles(out))
-        _renumber(block, table)
+        _finalize(block, table, np.uint32(0), block)  # in place: local ids 1..k
     return out, int(k), block

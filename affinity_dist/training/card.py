@@ -39,10 +39,11 @@ def _volume_row(volume: TrainingVolume) -> str:
             f"{mask} |")
 
 
-def _held_out(split: Any, stop: Any) -> str:
+def _held_out(split: Any) -> str:
     if split.fraction is not None:
         return (f"the last {split.fraction:.0%} of every volume along axis {split.axis} "
                 f"(at least {split.at_least} planes)")
+    stop = "end" if split.stop is None else split.stop
     return f"axis {split.axis}, {split.start} to {stop}"
 
 
@@ -57,7 +58,6 @@ def write_card(run: Path, config: TrainConfig, volumes: Sequence[TrainingVolume]
     sizes = {tuple(v.voxel_size) for v in volumes}
     voxel = _nm(next(iter(sizes))) if len(sizes) == 1 else "mixed (see the data)"
     split = config.validation
-    stop = "end" if split.stop is None else split.stop
     start = ("random initialisation" if init is None else
              f"the weights of `{init}` (sha256 `{file_sha256(Path(init))[:12]}…`)")
     targets = ", ".join(str(tuple(o)) for o in m.offsets) + (" + 10 LSDs" if m.lsds else "")
@@ -77,7 +77,7 @@ def write_card(run: Path, config: TrainConfig, volumes: Sequence[TrainingVolume]
         f"| Start | {start} |",
         f"| Optimisation | lr {config.learning_rate}, batch {config.batch_size}, "
         f"{config.loss}, {'bf16' if config.bf16 else 'fp32'}, seed {config.seed} |",
-        f"| Held out | {_held_out(split, stop)} (in the trained grid) |",
+        f"| Held out | {_held_out(split)} (in the trained grid) |",
         "", "## Data", "",
         "| file | raw | voxel size | label 0 | ids across z | labels mask |",
         "|---|---|---|---|---|---|", *(_volume_row(v) for v in volumes), "",
