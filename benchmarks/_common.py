@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,32 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "affinity_dist"]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int, *, plain: bool = False) -> Iterator[Any]:
+    """A client of ``workers`` single-threaded worker processes on 127.0.0.1: started as
+    the CLI starts them (``runtime.cluster.cluster``: its worker environment), or with
+    ``plain`` as a bare ``distributed.LocalCluster`` (Dask's defaults, the peer)."""
+    from distributed import Client, LocalCluster
+
+    from affinity_dist.runtime.cluster import cluster
+
+    if not plain:
+        with cluster("local", n_workers=workers) as client:
+            yield client
+        return
+    from affinity_dist.runtime.memory import WORKER_ENVIRON
+
+    # a nanny exports its pre-spawn variables into this process's environment for good
+    # (distributed's Nanny: os.environ.update): an earlier cluster's would leak in here
+    saved = {name: os.environ.pop(name) for name in WORKER_ENVIRON if name in os.environ}
+    try:
+        with (LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1",
+                           dashboard_address=None) as local, Client(local) as client):
+            yield client
+    finally:
+        os.environ.update(saved)
 
 
 def median_time(fn: Callable[[], Any], repeats: int = 3) -> float:

@@ -2,9 +2,10 @@
 run, alternating.
 
 Each checkout runs in its own process (PYTHONPATH = the checkout) on bench_segment's
-volume (fib25 ids mirror-tiled to SIZE^3, uint8 affinities), on a LocalCluster of 2
-single-threaded workers: 3 runs, the first (imports, kernel loading) dropped; the
-alternation repeats ``--rounds`` times and the medians are printed side by side.
+volume (fib25 ids mirror-tiled to SIZE^3, uint8 affinities), on a local cluster of 2
+single-threaded workers started as that checkout's CLI starts them: 3 runs, the first
+(imports, kernel loading) dropped; the alternation repeats ``--rounds`` times and the
+medians are printed side by side.
 
     git worktree add /tmp/old HEAD~3
     .venv/bin/python benchmarks/bench_ab.py --old /tmp/old --new . [--size 512]
@@ -32,10 +33,9 @@ from bench_segment import make_affinities
 RUN = r'''
 import shutil, sys, time
 from pathlib import Path
-from distributed import Client, LocalCluster
+from affinity_dist.runtime.cluster import cluster
 from affinity_dist.stages.segment import prepare_segment, run_segment
-with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                   dashboard_address=None) as c, Client(c) as client):
+with cluster("local", n_workers=2) as client:  # as each checkout's CLI starts its workers
     times = []
     for _ in range(3):
         for p in Path(sys.argv[1]).iterdir():  # every run from scratch: the agglomeration

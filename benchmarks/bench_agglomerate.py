@@ -13,13 +13,14 @@ scores are reported on the validation region z >= 186:
 
 **Speed** — the fib25 affinities mirror-tiled to SIZE^3 (512^3; 1024^3 too with --large)
 in a Zarr dataset with 128^3 chunks: the whole ``segment --method agglomerate`` (fragments
-+ graph + tree reduction + cut + relabel, Zarr in and out) on a running LocalCluster of
---workers single-threaded workers (median of --repeats runs after a first one), its peak
-worker RSS and the largest residual of each reduction level; waterz on the same volume in
-memory, one process (its best fib25 threshold).
++ graph + tree reduction + cut + relabel, Zarr in and out) on a running local cluster of
+--workers single-threaded workers started as the CLI starts them (with ``--plain-peer``
+also on a bare LocalCluster, Dask's worker environment), median of --repeats runs after a
+first one; its peak worker RSS and the largest residual of each reduction level; waterz
+on the same volume in memory, one process (its best fib25 threshold).
 
     .venv/bin/python benchmarks/bench_agglomerate.py [--affinities X.zarr] [--large]
-        [--sizes N ...] [--no-accuracy] [--no-waterz]
+        [--sizes N ...] [--no-accuracy] [--no-waterz] [--plain-peer]
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, fib25, tile_to
+from _common import SHARED_DATA, fib25, local_cluster, tile_to
 
 import affinity_dist as ad
 from affinity_dist.geometry import Box
@@ -144,40 +145,43 @@ def accuracy(affs: np.ndarray, truth: np.ndarray, tmp: Path) -> float | None:
 
 
 def speed(affs: np.ndarray, size: int, workers: int, repeats: int, tmp: Path, *,
-          waterz_threshold: float | None) -> None:
-    from distributed import Client, LocalCluster
-
+          waterz_threshold: float | None, plain_peer: bool = False) -> None:
     big = np.stack([tile_to(affs[c], size) for c in range(3)])
     path = write(tmp / f"speed{size}.zarr", big, (128, 128, 128))
     n = size**3
-    with (LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1",
-                       dashboard_address=None) as cluster, Client(cluster) as client):
-        times, peaks = [], []
-        for _ in range(repeats + 1):
-            for name in ("fragments", "segmentation", "merge_tree", "region_graph"):
-                shutil.rmtree(path / name, ignore_errors=True)
-            shutil.rmtree(path / "_run_state", ignore_errors=True)
-            t0 = time.perf_counter()
-            plan = prepare_segment(path, overwrite=True)
-            summary = run_segment(plan, client=client, progress=False)
-            times.append(time.perf_counter() - t0)
-            peaks.append(worker_peak_mb(client))
-    sec = float(np.median(times[1:]))
     print(f"\n# {size}^3 mirror-tiled fib25 affinities, 128^3 chunks, 256^3 blocks, "
-          f"{workers} workers; seconds {', '.join(f'{t:.1f}' for t in times)}")
-    print(f"{'segment (agglomerate)':<28}{n / sec / 1e6:>8.2f} Mvox/s  median {sec:.1f} s, "
-          f"peak worker RSS {max(peaks):.0f} MB, {summary.num_fragments} fragments -> "
-          f"{summary.num_segments} segments")
-    for level, s in enumerate(summary.levels):
-        print(f"  level {level}: {s['tasks']:>5} tasks, largest residual {s['regions']:>7} "
-              f"regions / {s['edges']:>8} edges, {s['merges']:>8} merges")
+          f"{workers} workers")
+    kinds = [("segment (agglomerate)", False)]
+    kinds += [("  on Dask's default workers", True)] if plain_peer else []
+    for label, plain in kinds:
+        with local_cluster(workers, plain=plain) as client:
+            times, peaks = [], []
+            for _ in range(repeats + 1):
+                for name in ("fragments", "segmentation", "merge_tree", "region_graph"):
+                    shutil.rmtree(path / name, ignore_errors=True)
+                shutil.rmtree(path / "_run_state", ignore_errors=True)
+                t0 = time.perf_counter()
+                plan = prepare_segment(path, overwrite=True)
+                summary = run_segment(plan, client=client, progress=False)
+                times.append(time.perf_counter() - t0)
+                peaks.append(worker_peak_mb(client))
+        sec = float(np.median(times[1:]))
+        print(f"{label:<28}{n / sec / 1e6:>8.2f} Mvox/s  median {sec:.1f} s "
+              f"({', '.join(f'{t:.1f}' for t in times)}), peak worker RSS {max(peaks):.0f} MB, "
+              f"{summary.num_fragments} fragments -> {summary.num_segments} segments")
+        if not plain:
+            for level, s in enumerate(summary.levels):
+                print(f"  level {level}: {s['tasks']:>5} tasks, largest residual "
+                      f"{s['regions']:>7} regions / {s['edges']:>8} edges, "
+                      f"{s['merges']:>8} merges")
+            sec_ours = sec
     if waterz_threshold is not None:
         try:
             t0 = time.perf_counter()
             by_waterz(big, waterz_threshold, path)
             sec_w = time.perf_counter() - t0
             print(f"{'waterz, 1 process':<28}{n / sec_w / 1e6:>8.2f} Mvox/s  {sec_w:.1f} s in "
-                  f"memory; ratio {sec_w / sec:.1f}x")
+                  f"memory; ratio {sec_w / sec_ours:.1f}x")
         except ImportError:
             print("waterz not installed")
     shutil.rmtree(path)
@@ -194,6 +198,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=None,
                         help="speed volumes (default 512, and 1024 with --large)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--plain-peer", action="store_true", help="also time the same run "
+                        "on a bare LocalCluster (Dask's worker environment)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     raw, labels = fib25("volumes/raw"), fib25("volumes/labels/neuron_ids")
@@ -211,7 +217,8 @@ def main() -> None:
         waterz_t = 0.5 if args.no_accuracy else accuracy(affs, truth, tmp)
         for size in args.sizes or ([512, 1024] if args.large else [512]):
             speed(affs, size, args.workers, args.repeats, tmp,
-                  waterz_threshold=None if args.no_waterz or size > 512 else waterz_t)
+                  waterz_threshold=None if args.no_waterz or size > 512 else waterz_t,
+                  plain_peer=args.plain_peer)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import fib25, tile_to
+from _common import fib25, local_cluster, tile_to
 
 from affinity_dist.geometry import Box
 from affinity_dist.runtime.memory import worker_peak_mb
@@ -52,8 +52,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from distributed import Client, LocalCluster
-
     truth, seg = volumes(args.size)
     n = truth.size
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,8 +60,7 @@ def main() -> None:
             box = Box((0, 0, 0), truth.shape)
             for name, data in (("labels", truth), ("segmentation", seg)):
                 create_volume(group, name, shape=truth.shape, dtype=np.uint64).write(box, data)
-        with (LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
-                           dashboard_address=None) as cluster, Client(cluster) as client):
+        with local_cluster(2) as client:
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fib25, tile_to
+from _common import fib25, local_cluster, tile_to
 
 from affinity_dist.geometry import Box
 from affinity_dist.nn.checkpoint import load_checkpoint, save_model
@@ -233,10 +233,7 @@ def main() -> None:
         sweep([32, 48, 64, 96, 128])
     if args.channels:
         channels()
-    from distributed import Client, LocalCluster
-
-    with (LocalCluster(n_workers=args.workers, threads_per_worker=1, host="127.0.0.1",
-                       dashboard_address=None) as cluster, Client(cluster) as client,
+    with (local_cluster(args.workers) as client,
           tempfile.TemporaryDirectory() as tmp):
         peaks = on_every_worker(client, matmul_peak)
         peak = sum(peaks)

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import CLI, fib25, peak_rss
+from _common import CLI, fib25, local_cluster, peak_rss
 
 from affinity_dist.geometry import Box
 from affinity_dist.runtime.memory import worker_peak_mb
@@ -178,12 +178,9 @@ def on_running_cluster(path: Path, workers: int, repeats: int, keep_fragments: b
     """Seconds of the first ``segment`` on a fresh LocalCluster (workers import the package
     and load the compiled kernels), median seconds of the ``repeats`` runs after it, and
     the peak worker MB over all of them."""
-    from distributed import Client, LocalCluster
-
     import affinity_dist as ad
 
-    with (LocalCluster(n_workers=workers, threads_per_worker=1, host="127.0.0.1",
-                       dashboard_address=None) as cluster, Client(cluster) as client):
+    with local_cluster(workers) as client:
         times, peaks = [], []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()

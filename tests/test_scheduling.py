@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
 
 from affinity_dist.errors import BlockFailedError, DataError
-from affinity_dist.runtime.cluster import local_gpus
+from affinity_dist.runtime.cluster import cluster, local_gpus
+from affinity_dist.runtime.memory import WORKER_ENVIRON
 from affinity_dist.runtime.scheduling import run_blocks
 
 
@@ -63,3 +65,54 @@ def test_in_process_schedulers_need_no_client_and_no_torch() -> None:
 def test_local_gpus_counts_what_torch_sees() -> None:
     count = local_gpus()
     assert isinstance(count, int) and count >= 0
+
+
+def _heap_buffer(block: int) -> tuple[bool, str | None]:
+    """In a block task (after keep_freed_memory, as every task): does a 128 MiB buffer
+    come from the program's heap, below the break (reused from block to block), rather
+    than from a fresh mmap? And the worker's MALLOC_ARENA_MAX."""
+    import ctypes
+
+    import numpy as np
+
+    from affinity_dist.runtime import memory
+
+    libc = memory._glibc()
+    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+    buffer = np.empty(2**27, np.uint8)
+    return buffer.ctypes.data < libc.sbrk(0), os.environ.get("MALLOC_ARENA_MAX")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc arenas")
+def test_local_workers_reuse_block_buffers_from_the_heap() -> None:
+    """A Dask worker's task thread has a malloc arena of its own, which serves no request
+    above 64 MiB: every large block buffer was a fresh mmap, faulted in again at every
+    block. Workers of ``cluster()`` start with one arena (WORKER_ENVIRON)."""
+    distributed = pytest.importorskip("distributed")
+    with cluster("local", n_workers=1) as client:
+        assert run_blocks(_heap_buffer, [0, 1], client=client, progress=False) == \
+            [(True, "1")] * 2
+    # the peer: Dask's own worker environment (a nanny leaves its variables in this
+    # process's environment, where the next cluster would inherit them)
+    saved = {name: os.environ.pop(name) for name in WORKER_ENVIRON if name in os.environ}
+    try:
+        with (distributed.LocalCluster(n_workers=1, threads_per_worker=1,
+                                       host="127.0.0.1", dashboard_address=None) as local,
+              distributed.Client(local) as client):
+            assert run_blocks(_heap_buffer, [0, 1], client=client, progress=False) == \
+                [(False, None)] * 2
+    finally:
+        os.environ.update(saved)
+
+
+def test_a_second_local_cluster_in_one_process() -> None:
+    """cluster() in a fresh interpreter, twice: its Dask settings once replaced the whole
+    "distributed" section, deleted on leaving (the second failed with KeyError: 'comm')."""
+    code = ("from affinity_dist.runtime.cluster import cluster\n"
+            "for _ in range(2):\n"
+            "    with cluster('local', n_workers=1) as client:\n"
+            "        assert client.submit(sum, [1, 2]).result() == 3\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

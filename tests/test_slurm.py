@@ -335,6 +335,7 @@ def test_dry_run_prints_the_job_script(dataset: Path, tmp_path: Path) -> None:
         assert line in script, (line, script)
     assert f"{sys.executable} -m distributed.cli.dask_worker tcp://127.0.0.1:" in script
     assert "--resources GPU=1" in script and "--nthreads 1" in script
+    assert "export MALLOC_ARENA_MAX=1" in script  # before the workers start: WORKER_ENVIRON
     assert "s-slurm-logs" in script  # job logs beside the report ...
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["s.zarr", "wf.toml"]
 

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .memory import WORKER_ENVIRON
 from .scheduling import Scheduler
 
-__all__ = ["BOUNDED", "cluster", "local_gpus"]
+__all__ = ["BOUNDED", "WORKER_SETTINGS", "cluster", "local_gpus"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,11 @@ HEARTBEAT_NOISE = "Failed to communicate with scheduler during heartbeat."
 #: messages and a cancelled-future error per key at 10^5 blocks): the client's memory
 #: grew with the blocks (benchmarks/bench_scale.py).
 BOUNDED = {"distributed.admin.low-level-log-length": 10}
+
+#: Dask settings under which a local cluster's nannies start their workers: with
+#: :data:`~affinity_dist.runtime.memory.WORKER_ENVIRON` besides Dask's own variables.
+WORKER_SETTINGS = {f"distributed.nanny.pre-spawn-environ.{name}": value
+                   for name, value in WORKER_ENVIRON.items()}
 
 
 class _HeartbeatNoise(logging.Filter):
@@ -99,6 +105,9 @@ def cluster(scheduler: Scheduler | None = None, *, n_workers: int | None = None,
         yield None
         return
     import dask
+    import distributed  # noqa: F401  # its defaults first: set() on a missing "distributed"
+    # section would create it and, on leaving, delete all of it (a second cluster in the
+    # same process then failed with KeyError: 'comm')
 
     with dask.config.set(BOUNDED):
         yield from _clients(scheduler, n_workers, threads_per_worker, memory_limit, gpus)
@@ -106,6 +115,7 @@ def cluster(scheduler: Scheduler | None = None, *, n_workers: int | None = None,
 
 def _clients(scheduler: Scheduler | None, n_workers: int | None, threads_per_worker: int,
              memory_limit: str, gpus: int | Literal["auto"]) -> Iterator[Any]:
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler in (None, "local"):
@@ -116,7 +126,7 @@ def _clients(scheduler: Scheduler | None, n_workers: int | None, threads_per_wor
             log.warning("--workers %d is above the %d cores of this machine: using %d",
                         workers, cores, max(cores, count))
             workers = max(cores, count)
-        with _workers_ignore_sigint():
+        with _workers_ignore_sigint(), dask.config.set(WORKER_SETTINGS):
             local = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
                                  processes=True, host="127.0.0.1",
                                  dashboard_address="127.0.0.1:0", memory_limit=memory_limit,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AffinityDistError, ConfigError
+from ..runtime.memory import WORKER_ENVIRON
 
 __all__ = ["SLURM_OPTIONS", "WorkersTimeoutError", "check_options", "check_request",
            "cluster_kwargs", "slurm_cluster", "check_pending", "pending_reasons", "cancel_jobs"]
@@ -123,7 +124,8 @@ def cluster_kwargs(options: Mapping[str, Any], job_name: str) -> dict[str, Any]:
 
     The scheduler binds to ``host`` (default 127.0.0.1, where the workers run on this
     machine) unless ``interface`` is given; its dashboard gets a free port. ``gpus`` asks
-    for ``--gres=gpu:N`` and makes every worker declare the resource ``GPU=1``.
+    for ``--gres=gpu:N`` and makes every worker declare the resource ``GPU=1``. Every job
+    exports :data:`~affinity_dist.runtime.memory.WORKER_ENVIRON` before its workers start.
     """
     directives = list(options.get("job_extra_directives", []))
     worker_args: list[str] = []
@@ -138,6 +140,8 @@ def cluster_kwargs(options: Mapping[str, Any], job_name: str) -> dict[str, Any]:
             "walltime": options["walltime"], "cores": options["cores"],
             "processes": options["processes"], "memory": options["memory"],
             "job_extra_directives": directives, "worker_extra_args": worker_args,
+            "job_script_prologue": [f"export {name}={value}"
+                                    for name, value in WORKER_ENVIRON.items()],
             "interface": interface, "python": options.get("python", sys.executable),
             "log_directory": options.get("log_directory"),
             "local_directory": options.get("local_directory"), "job_name": job_name,
