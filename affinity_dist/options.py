@@ -128,6 +128,9 @@ class PredictOptions(StageOptions):
     resample: bool = _opt(False, _flag, "bool", "--resample", "run the model at the voxel "
                           "size it was trained at: raw resampled to it block by block, the "
                           "affinities mapped back onto raw's grid", action="store_true")
+    long_range: bool = _opt(False, _flag, "bool", "--long-range", "also write the model's "
+                            "long-range affinities, after the nearest three (the offsets "
+                            "attribute lists every channel's offset)", action="store_true")
 
 
 @dataclass(frozen=True)

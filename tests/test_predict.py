@@ -204,6 +204,50 @@ def test_long_range_offsets_are_training_targets_predict_writes_the_nearest(
     assert affinities.attrs["offsets"] == [[-1, 0, 0], [0, -1, 0], [0, 0, -1]]
 
 
+def test_long_range_writes_every_offset_seamlessly_when_asked(tmp_path: Path) -> None:
+    """``--long-range``: the nearest three, then the model's longer offsets (not its
+    LSDs), blockwise equal to the whole-volume network; segment reads the first three."""
+    from dataclasses import replace
+
+    import affinity_dist as ad
+
+    offsets = (*TINY.offsets, (-2, 0, 0), (0, 0, -3))
+    model = tiny_model(tmp_path / "aux.pt", replace(TINY, offsets=offsets, lsds=True))
+    results = {}
+    for name, block in (("whole", SHAPE), ("a", (16, 16, 24))):
+        data = raw_dataset(tmp_path / f"{name}.zarr")
+        predict(data, model=model, block=block, tile=(8, 12, 12), precision="fp32",
+                dtype="float32", long_range=True, progress=False)
+        results[name] = read_affinities(data)
+        assert open_volume(data, "affinities").attrs["offsets"] == [list(o) for o in offsets]
+    raw = open_volume(tmp_path / "whole.zarr", "raw").read(Box((0, 0, 0), SHAPE))
+    oracle = whole_volume_oracle(model, raw)  # 5 affinities + 10 LSD channels
+    for affs in results.values():
+        assert affs.shape == (5, *SHAPE)
+        assert np.abs(affs - oracle[:5]).max() <= 1e-5
+    ad.segment(tmp_path / "a.zarr", block=(16, 16, 24), progress=False)
+    segmentation = open_volume(tmp_path / "a.zarr", "segmentation")
+    assert segmentation.read(Box((0, 0, 0), SHAPE)).all()  # every voxel assigned
+    # the run key holds the choice: without it, the same dataset is another run
+    plain = prepare_predict(tmp_path / "a.zarr", model=model, block=(16, 16, 24),
+                            tile=(8, 12, 12), precision="fp32", dtype="float32",
+                            overwrite=True)
+    assert plain.offsets == TINY.offsets
+    assert plain.state.key != prepare_predict(
+        tmp_path / "a.zarr", model=model, block=(16, 16, 24), tile=(8, 12, 12),
+        precision="fp32", dtype="float32", long_range=True, overwrite=True).state.key
+
+
+def test_long_range_needs_a_model_with_long_range_offsets(tmp_path: Path) -> None:
+    data = raw_dataset(tmp_path / "raw.zarr")
+    model = tiny_model(tmp_path / "tiny.pt")
+    result = run_cli("predict", "--input", data, "--model", model, "--long-range")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "--long-range: got the model" in result.stderr
+    assert "expected a model trained with long-range offsets" in result.stderr
+    assert sorted(list_arrays(data)) == ["raw"]  # nothing written
+
+
 def test_model_is_cached_per_process(tmp_path: Path) -> None:
     from affinity_dist.nn.inference import cached_model
 

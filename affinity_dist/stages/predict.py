@@ -97,6 +97,7 @@ class PredictPlan:
     lut: str = ""  # --normalize: raw's uint8 lookup table (hex), applied before the network
     resample: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # raw's, model's nm
     shards: Vec | None = None  # of the affinities (one per block), or one file per chunk
+    long_range: bool = False  # --long-range: every offset of the model, not the nearest three
 
     @property
     def model_shape(self) -> tuple[int, ...]:
@@ -123,13 +124,14 @@ class PredictPlan:
             "dtype": self.dtype, "precision": self.precision, "device": self.device,
             **({"normalize": self.normalize, "lut": self.lut} if self.lut else {}),
             **({"resample": [list(v) for v in self.resample]} if self.resample else {}),
-            **({"shards": list(self.shards)} if self.shards else {})})
+            **({"shards": list(self.shards)} if self.shards else {}),
+            **({"long_range": True} if self.long_range else {})})
 
     @property
     def offsets(self) -> tuple[Vec, ...]:
-        """The offsets written: the nearest three (DESIGN.md). A model's long-range
-        affinities and LSDs are training targets, not outputs."""
-        return self.config.offsets[:3]
+        """The offsets written: the nearest three (DESIGN.md), then with ``long_range`` the
+        model's longer ones. Its LSDs are training targets, never outputs."""
+        return self.config.offsets if self.long_range else self.config.offsets[:3]
 
     @property
     def tiling(self) -> Tiling:
@@ -236,6 +238,7 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     shape, step = raw.spatial_shape, config.step
     resample = _resampling(o.resample, raw.attrs.get("voxel_size"), state.get("voxel_size"),
                            path)
+    _check_long_range(o.long_range, config, path, resample is not None)
     grid_shape = shape if resample is None else resampled_shape(shape, *resample)
     cz, cy, cx = o.chunks if o.chunks is not None else raw.chunks  # of the affinities
     block = o.block if o.block is not None else default_block((cz, cy, cx), grid_shape)
@@ -254,8 +257,9 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
     if "affinities" in open_dataset(dataset) and not overwrite:
         raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
                                      "'affinities'; expected none (or pass --overwrite)")
-    if o.dtype == "float32":  # 12 bytes a voxel; zstd leaves float affinities ~1.2x
-        require_space(dataset, math.prod(shape) * 12 / 1.2, "--float")
+    if o.dtype == "float32":  # 4 bytes a channel; zstd leaves float affinities ~1.2x
+        channels = len(config.offsets) if o.long_range else 3
+        require_space(dataset, math.prod(shape) * 4 * channels / 1.2, "--float")
     z, y, x = tile
     lut = normalization_table(dataset, raw.dtype, str(path), state, o.normalize)
     if resample is None:
@@ -264,7 +268,22 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
                        BlockGrid(shape, block), (z, y, x), net_output, (cz, cy, cx),
                        o.dtype, o.device, precision, o.batch, array_key(dataset, "raw"),
                        json.dumps(state.get("segment", {})), o.normalize, lut, resample,
-                       shard_shape(o.shards, shape, (cz, cy, cx), block))
+                       shard_shape(o.shards, shape, (cz, cy, cx), block), o.long_range)
+
+
+def _check_long_range(wanted: bool, config: UNetConfig, model: Path, resampled: bool
+                      ) -> None:
+    """``--long-range``: refused for a model without longer offsets, and with
+    ``--resample`` (only the nearest three map back onto raw's grid)."""
+    if not wanted:
+        return
+    if len(config.offsets) <= 3:
+        raise ConfigError(f"--long-range: got the model {str(model)!r}, whose only offsets "
+                          "are the nearest three; expected a model trained with long-range "
+                          "offsets")
+    if resampled:
+        raise ConfigError("--long-range: got it with --resample; expected one of them (only "
+                          "the nearest three affinities are mapped back onto raw's grid)")
 
 
 def _gpu_resources(client: Any | None) -> dict[str, float] | None:
