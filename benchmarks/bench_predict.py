@@ -222,6 +222,8 @@ def main() -> None:
                         help="shipped-model volume edge (8 blocks of half of it)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--plain-workers", action="store_true", help="workers started with "
+                        "Dask's own environment, not as the CLI starts them (the peer)")
     parser.add_argument("--no-mala", action="store_true")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--channels", action="store_true",
@@ -233,7 +235,7 @@ def main() -> None:
         sweep([32, 48, 64, 96, 128])
     if args.channels:
         channels()
-    with (local_cluster(args.workers) as client,
+    with (local_cluster(args.workers, plain=args.plain_workers) as client,
           tempfile.TemporaryDirectory() as tmp):
         peaks = on_every_worker(client, matmul_peak)
         peak = sum(peaks)
