@@ -20,6 +20,10 @@ predict reads raw: partial reads of up to 27 shards); removing the array (rm -rf
 of many files to a file system).
 
     .venv/bin/python benchmarks/bench_storage.py [--size 512] [--repeats 3] [--layouts]
+        [--dataset X.zarr [--no-derived]] [--codec-threads 1]
+
+``--dataset``: the arrays a dataset holds (segment's fragments and segmentation of predicted
+affinities compress very differently from ids derived from ground truth).
 """
 
 from __future__ import annotations
@@ -86,6 +90,24 @@ def arrays(size: int) -> dict[str, np.ndarray]:
                     local.reshape(block.shape).astype(np.uint64) + np.uint64(1)) | high
     return {"raw uint8": raw, "affinities uint8 (3,z,y,x)": aff8, "labels uint64": ids,
             "fragments uint64": frag}
+
+
+def dataset_arrays(dataset: Path, size: int) -> dict[str, np.ndarray]:
+    """A SIZE^3 corner of a dataset's own arrays (those it holds of fragments,
+    segmentation, affinities)."""
+    from affinity_dist.geometry import Box
+    from affinity_dist.storage import list_arrays, open_volume
+
+    out = {}
+    for name in ("fragments", "segmentation", "affinities"):
+        if name in list_arrays(dataset):
+            volume = open_volume(dataset, name)
+            if any(n < size for n in volume.spatial_shape):
+                raise SystemExit(f"--dataset: {name} of shape {volume.spatial_shape} is "
+                                 f"smaller than --size {size}")
+            data = volume.read(Box((0, 0, 0), (size,) * 3))
+            out[f"{name} {data.dtype} ({dataset.name})"] = np.ascontiguousarray(data)
+    return out
 
 
 def du(path: Path) -> int:
@@ -159,7 +181,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layouts", action="store_true",
                         help="files and speed of one file per chunk against shards")
+    parser.add_argument("--dataset", type=Path, help="also a dataset's own fragments, "
+                        "segmentation and affinities (a SIZE^3 corner), e.g. written by "
+                        "segment from predicted affinities")
+    parser.add_argument("--no-derived", action="store_true", help="skip the arrays derived "
+                        "from fib25's ground truth")
+    parser.add_argument("--codec-threads", type=int, help="Zarr's codec threads (a worker "
+                        "of one task thread has 1; default: Zarr's, cpu_count + 4)")
     args = parser.parse_args()
+    if args.codec_threads:
+        zarr.config.set({"threading.max_workers": args.codec_threads})
     tmp = Path(tempfile.mkdtemp(prefix="bench_storage_"))
     if args.layouts:
         print(f"# zarr {zarr.__version__}, {args.size}^3, zstd 1 + crc32c, "
@@ -172,7 +203,9 @@ def main() -> None:
     print(f"# zarr {zarr.__version__}, {args.size}^3, chunks 128^3, median of {args.repeats}")
     print(f"{'array':<28} {'codec':<30} {'write MB/s':>10} {'read MB/s':>10} {'ratio':>7}")
     try:
-        for kind, data in arrays(args.size).items():
+        data_sets = {} if args.no_derived else arrays(args.size)
+        data_sets.update(dataset_arrays(args.dataset, args.size) if args.dataset else {})
+        for kind, data in data_sets.items():
             chunks = (128,) * 3 if data.ndim == 3 else (3, 128, 128, 128)
             mb = data.nbytes / 1e6
             for name, comp in codecs(data.dtype).items():

@@ -109,8 +109,12 @@ def test_bad_paths_and_arrays(tmp_path: Path) -> None:
 
 
 def test_default_codecs_by_dtype() -> None:
+    """Ids get byte-shuffled lz4 (4x the write, 6x the read of zstd-1 on segment's
+    fragments, and 3x smaller); raw, affinities and floats zstd-1."""
     assert default_codec(np.uint8) == "zstd1"
-    assert default_codec(np.uint64) == "zstd1"
+    assert default_codec(np.float32) == "zstd1"
+    assert default_codec(np.uint64) == "blosc-lz4"
+    assert default_codec(np.uint32) == "blosc-lz4"
 
 
 def test_tiled_writes_equal_box_writes(tmp_path: Path) -> None:

@@ -23,22 +23,29 @@ Codec = Literal["zstd1", "zstd3", "blosc-lz4", "blosc-zstd", "none"]
 
 
 def default_codec(dtype: DTypeLike) -> Codec:
-    """Default compressor: plain zstd level 1 for every array kind.
+    """Default compressor: blosc-lz4 with byte shuffle for integers of 2 bytes and more
+    (ids: fragments, segmentation, labels), plain zstd level 1 for the others (raw,
+    affinities).
 
-    Chosen by ``benchmarks/bench_storage.py`` at 512^3 (fib25, zarr 3.1, 128^3 chunks,
-    every chunk written; MB/s write / read, ratio): raw uint8 1190 / 1530, 1.21x (zstd-3:
-    735 / 1700, 1.19x; blosc-lz4 1.07x); affinities uint8 980 / 1390, 3.1x (zstd-3 3.2x at
-    half the write speed; blosc-lz4 1.75x); uint64 labels 3230 / 2780, 77x and segment's
-    fragments 3490 / 3670, 96x (blosc-lz4 with shuffle: as fast, 20-34x).
+    Measured with ``benchmarks/bench_storage.py --size 256 --dataset X --codec-threads 1``
+    (zarr 3.1, 128^3 chunks, one codec thread as in a worker; write / read MB/s, ratio) on
+    segment's own fragments of the shipped model's fib25 affinities (512^3 tiled): zstd-1
+    + CRC-32C 374 / 326, 13.5x; blosc-lz4 with shuffle 1460 / 2161, 43.6x; zstd-3 1301 /
+    680, 121x; blosc-zstd-3 824 / 1594, 150x. Shuffled, the high bytes of uint64 ids
+    (the block id, mostly zeros) are long runs that lz4 skips. The ids of ground truth
+    (long runs already) compress 77x with zstd-1 and 20-34x with blosc-lz4, at about the
+    same speed (session 5's figures, 512^3, cpu_count + 4 codec threads): 2-4x the disk
+    for a volume written once, against 4x the write and 6x the read speed of every
+    fragments and segmentation block.
 
-    Those affinities were made from ground truth (binary). The shipped model's *predicted*
-    fib25 affinities compress far less (session 17, numcodecs on 8 chunks of 3x128^3, one
-    thread; ratio, write / read MB/s): zstd-1 1.40x, 358 / 710; zstd-3 1.42x, 195 / 881;
-    blosc-lz4 no shuffle 1.18x, 818 / 2370. Their zstd-1 decompression is the whole read
-    of a segment block (~0.24 s a 256^3 block with its halo).
+    uint8 (session 5, same benchmark at 512^3 on fib25): raw zstd-1 1190 / 1530 MB/s,
+    1.21x (zstd-3: 735 / 1700, 1.19x; blosc-lz4 1.07x). The shipped model's *predicted*
+    fib25 affinities (256^3, one codec thread): zstd-1 316 / 722 MB/s, 1.46x; blosc-lz4
+    493 / 1043, 1.08x; none 1114 / 2526. Their zstd-1 decompression is most of a segment
+    block's read (~0.24 s a 256^3 block with its halo).
     """
-    np.dtype(dtype)  # validates
-    return "zstd1"
+    dt = np.dtype(dtype)  # validates
+    return "blosc-lz4" if dt.kind in "iu" and dt.itemsize > 1 else "zstd1"
 
 
 #: Checksums on the arrays this process creates (benchmarks turn it off to measure the
