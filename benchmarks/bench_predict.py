@@ -120,8 +120,8 @@ def raw_volume(workdir: Path, shape: tuple[int, int, int], chunks: tuple[int, in
         data = np.random.default_rng(0).integers(0, 256, (64, 64, 64), dtype=np.uint8)
     raw = tile_to(data, max(shape))[:shape[0], :shape[1], :shape[2]]
     with staged_dataset(path, overwrite=True) as group:
-        create_volume(group, "raw", shape=shape, dtype=np.uint8,
-                      chunks=chunks).write(Box((0, 0, 0), shape), raw)
+        create_volume(group, "raw", shape=shape, dtype=np.uint8, chunks=chunks,
+                      voxel_size=(10, 10, 10)).write(Box((0, 0, 0), shape), raw)  # fib25's
     return path
 
 
