@@ -10,7 +10,7 @@ region z >= 186, never trained on. Metrics from :mod:`affinity_dist.kernels.metr
 figures the checkpoint records (F1 of same-neuron and of boundary edges, threshold 0.5).
 
     .venv/bin/python benchmarks/eval_model.py [--model CKPT ...] [--method cc]
-        [--thresholds 0.3 0.4 ...] [--precision auto|bf16|fp32]
+        [--thresholds 0.3 0.4 ...] [--precision auto|bf16|fp32] [--curve]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fib25_with_truth
@@ -26,6 +27,7 @@ from bench_agglomerate import AGGLOMERATE, CC, SPLIT, by_agglomerate, by_cc, swe
 
 import affinity_dist as ad
 from affinity_dist.geometry import Box
+from affinity_dist.kernels.metrics import contingency, scores
 from affinity_dist.storage import open_volume
 
 
@@ -42,6 +44,19 @@ def recorded(model: str | None) -> str:
             + (f"{boundary:>7.3f}" if boundary is not None else f"{'-':>7}"))
 
 
+def print_curve(fn: Any, choices: list[Any], affs: Any, truth: Any, work: Path) -> None:
+    """Each candidate's VOI split + merge (and adapted Rand) on the training and the
+    held-out region: a diagnostic of the choice, never a way to choose."""
+    for choice in choices:
+        row = []
+        for part, name in ((slice(None, SPLIT), "train.zarr"), (slice(SPLIT, None), "val.zarr")):
+            s = scores(contingency(fn(affs[:, part], choice, work / name), truth[part]))
+            row.append(f"{s.voi_split:.3f} + {s.voi_merge:.3f} = {s.voi_sum:.3f} "
+                       f"(ARand {s.adapted_rand_error:.3f})")
+        print(f"    {choice!s:>12}  z < {SPLIT}: {row[0]}   z >= {SPLIT}: {row[1]}",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=None,
@@ -49,6 +64,8 @@ def main() -> None:
     parser.add_argument("--method", choices=("agglomerate", "cc"), default="agglomerate")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None,
                         help="candidates (default: bench_agglomerate's for the method)")
+    parser.add_argument("--curve", action="store_true", help="also print every candidate's "
+                        "VOI on both regions (how much the choice on z < 186 decides)")
     args, raw, truth = fib25_with_truth(parser)
     if args.method == "cc":
         fn, choices = by_cc, ([(t, m) for t in args.thresholds for m in (0, 1000)]
@@ -75,6 +92,8 @@ def main() -> None:
             print(f"{name[-36:]:<36}{recorded(model)}{label:>16}{s.voi_split:>8.3f}"
                   f"{s.voi_merge:>8.3f}{s.voi_sum:>8.3f}{s.adapted_rand_error:>8.3f}"
                   f"{s.segments:>6}", flush=True)
+            if args.curve:
+                print_curve(fn, list(choices), affs, truth, work)
 
 
 if __name__ == "__main__":
