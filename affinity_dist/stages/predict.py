@@ -55,11 +55,18 @@ from ..storage import (
     shard_shape,
 )
 from ..storage.location import as_path
-from .predict_tasks import STAGED, BlockPrediction, PredictBlock, to_uint8
+from .predict_tasks import (
+    STAGED,
+    BlockPrediction,
+    PredictBlock,
+    PredictStats,
+    Totals,
+    to_uint8,
+)
 from .stats import check_voxel_size, normalization_table
 
 __all__ = ["BlockPrediction", "PredictPlan", "PredictStats", "default_model", "predict",
-           "prepare_predict", "run_predict", "to_uint8"]
+           "prepare_predict", "run_predict", "to_uint8", "written_offsets"]
 
 log = logging.getLogger(__name__)
 Vec = tuple[int, int, int]
@@ -68,6 +75,12 @@ Vec = tuple[int, int, int]
 DEFAULT_TILE = {"cpu": 64, "cuda": 128}
 #: Bump when a change of this module changes the affinities it writes (keys the run state).
 VERSION = 1
+
+
+def written_offsets(config: UNetConfig, long_range: bool) -> tuple[Vec, ...]:
+    """The offsets predict writes: the nearest three (DESIGN.md), then with ``long_range``
+    the model's longer ones. A model's LSDs are training targets, never outputs."""
+    return config.offsets if long_range else config.offsets[:3]
 
 
 def default_model() -> Path:
@@ -129,47 +142,13 @@ class PredictPlan:
 
     @property
     def offsets(self) -> tuple[Vec, ...]:
-        """The offsets written: the nearest three (DESIGN.md), then with ``long_range`` the
-        model's longer ones. Its LSDs are training targets, never outputs."""
-        return self.config.offsets if self.long_range else self.config.offsets[:3]
+        """The offsets written (:func:`written_offsets`)."""
+        return written_offsets(self.config, self.long_range)
 
     @property
     def tiling(self) -> Tiling:
         """The global tile grid: ``tile``, ``net_output`` and the model's context."""
         return Tiling(self.tile, self.net_output, self.config.context)
-
-
-@dataclass(frozen=True)
-class PredictStats:
-    """What a predict run did (for reports and benchmarks)."""
-
-    blocks: int
-    seconds: float
-    voxels: int
-    read_voxels: int
-    network_voxels: int
-    model_seconds: float = 0.0
-    task_seconds: float = 0.0
-    counts: BlockCounts | None = None
-
-    @property
-    def model_share(self) -> float:
-        """Share of the tasks' time spent in the network (the rest: I/O, glue)."""
-        return self.model_seconds / max(self.task_seconds, 1e-9)
-
-    @property
-    def halo_overhead(self) -> float:
-        """Raw voxels read per affinity voxel written."""
-        return self.read_voxels / max(self.voxels, 1)
-
-    @property
-    def compute_overhead(self) -> float:
-        """Network input voxels per output voxel written (context + tile rounding)."""
-        return self.network_voxels / max(self.voxels, 1)
-
-    @property
-    def voxels_per_second(self) -> float:
-        return self.voxels / max(self.seconds, 1e-9)
 
 
 def _check_device(device: str, local: bool) -> str:
@@ -258,7 +237,7 @@ def prepare_predict(dataset: str | os.PathLike[str], options: PredictOptions | N
         raise DestinationExistsError(f"--input: got {str(dataset)!r} which already holds "
                                      "'affinities'; expected none (or pass --overwrite)")
     if o.dtype == "float32":  # 4 bytes a channel; zstd leaves float affinities ~1.2x
-        channels = len(config.offsets) if o.long_range else 3
+        channels = len(written_offsets(config, o.long_range))
         require_space(dataset, math.prod(shape) * 4 * channels / 1.2, "--float")
     z, y, x = tile
     lut = normalization_table(dataset, raw.dtype, str(path), state, o.normalize)
@@ -329,31 +308,6 @@ def _publish(plan: PredictPlan, group: Any, state: StageState, counts: BlockCoun
         log.info("predict: resumed, %d blocks were done already", counts.skipped)
 
 
-class _Totals:
-    """The sums of the blocks' results, added up as they arrive (nothing kept per block)."""
-
-    def __init__(self) -> None:
-        self.blocks = 0
-        self.sums = BlockPrediction(0, 0, 0, 0.0, 0.0)
-
-    def __call__(self, _: int, done: BlockPrediction) -> None:
-        self.blocks += 1
-        self.sums = BlockPrediction._make(a + b for a, b in zip(self.sums, done, strict=True))
-
-
-def _stats(totals: _Totals, seconds: float, counts: BlockCounts) -> PredictStats:
-    """4. The run's statistics from its blocks' results, logged."""
-    d = totals.sums
-    stats = PredictStats(totals.blocks, seconds, voxels=d.voxels, read_voxels=d.read_voxels,
-                         network_voxels=d.network_voxels, model_seconds=d.model_seconds,
-                         task_seconds=d.task_seconds, counts=counts)
-    log.info("predict: %.2f Mvox/s; halo overhead %.2f (raw read / written), compute "
-             "overhead %.2f (network input / output), %.0f %% of task time in the model",
-             stats.voxels_per_second / 1e6, stats.halo_overhead, stats.compute_overhead,
-             100 * stats.model_share)
-    return stats
-
-
 @leased("predict")
 def run_predict(plan: PredictPlan, *, client: Any | None = None,
                 scheduler: LocalScheduler = "threads", progress: bool = True) -> PredictStats:
@@ -375,14 +329,19 @@ def run_predict(plan: PredictPlan, *, client: Any | None = None,
         _create_staging(plan, group, raw, state.key)
     counts = BlockCounts()
     clock = time.perf_counter()
-    totals = _Totals()
+    totals = Totals()
     with recording(state, "predict", lambda: delete_node(group, STAGED)):
         run_recorded(state, "predict", PredictBlock(plan), plan.grid.blocks, counts,
                      previous=False, reduce=totals, client=client, scheduler=scheduler,
                      progress=progress, resources=resources)
     seconds = time.perf_counter() - clock
     _publish(plan, group, state, counts)
-    return _stats(totals, seconds, counts)
+    stats = totals.stats(seconds, counts)
+    log.info("predict: %.2f Mvox/s; halo overhead %.2f (raw read / written), compute "
+             "overhead %.2f (network input / output), %.0f %% of task time in the model",
+             stats.voxels_per_second / 1e6, stats.halo_overhead, stats.compute_overhead,
+             100 * stats.model_share)
+    return stats
 
 
 def predict(data: str | os.PathLike[str] | Any, options: PredictOptions | None = None, *,

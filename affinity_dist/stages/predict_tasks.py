@@ -1,4 +1,5 @@
-"""Predict's block task: one chunk-aligned block of affinities from its raw window.
+"""Predict's block task: one chunk-aligned block of affinities from its raw window, and
+the run's statistics summed from the blocks' results.
 
 On raw's own grid the block's tiles are cut from its mirrored input window. With
 ``--resample`` the network runs on the model's grid (:mod:`affinity_dist.kernels.resample`):
@@ -22,12 +23,14 @@ from ..kernels.resample import affinities_back, model_box_of, resample_window
 from ..kernels.tiles import TiledBlock, predict_block
 from ..kernels.values import require_finite
 from ..runtime.markers import register_result
+from ..runtime.scheduling import BlockCounts
 from ..storage import open_volume
 
 if TYPE_CHECKING:
     from .predict import PredictPlan
 
-__all__ = ["STAGED", "BlockPrediction", "PredictBlock", "to_uint8"]
+__all__ = ["STAGED", "BlockPrediction", "PredictBlock", "PredictStats", "Totals",
+           "to_uint8"]
 
 STAGED = "_staging_affinities"
 
@@ -48,6 +51,58 @@ class BlockPrediction(NamedTuple):
     network_voxels: int  # network input voxels
     model_seconds: float  # in the network
     task_seconds: float  # the whole task
+
+
+@dataclass(frozen=True)
+class PredictStats:
+    """What a predict run did (for reports and benchmarks)."""
+
+    blocks: int
+    seconds: float
+    voxels: int
+    read_voxels: int
+    network_voxels: int
+    model_seconds: float = 0.0
+    task_seconds: float = 0.0
+    counts: BlockCounts | None = None
+
+    @property
+    def model_share(self) -> float:
+        """Share of the tasks' time spent in the network (the rest: I/O, glue)."""
+        return self.model_seconds / max(self.task_seconds, 1e-9)
+
+    @property
+    def halo_overhead(self) -> float:
+        """Raw voxels read per affinity voxel written."""
+        return self.read_voxels / max(self.voxels, 1)
+
+    @property
+    def compute_overhead(self) -> float:
+        """Network input voxels per output voxel written (context + tile rounding)."""
+        return self.network_voxels / max(self.voxels, 1)
+
+    @property
+    def voxels_per_second(self) -> float:
+        return self.voxels / max(self.seconds, 1e-9)
+
+
+class Totals:
+    """The sums of the blocks' results, added up as they arrive (nothing kept per block)."""
+
+    def __init__(self) -> None:
+        self.blocks = 0
+        self.sums = BlockPrediction(0, 0, 0, 0.0, 0.0)
+
+    def __call__(self, _: int, done: BlockPrediction) -> None:
+        self.blocks += 1
+        self.sums = BlockPrediction._make(a + b for a, b in zip(self.sums, done, strict=True))
+
+    def stats(self, seconds: float, counts: BlockCounts) -> PredictStats:
+        """The run's statistics from its blocks' results."""
+        d = self.sums
+        return PredictStats(self.blocks, seconds, voxels=d.voxels, read_voxels=d.read_voxels,
+                            network_voxels=d.network_voxels, model_seconds=d.model_seconds,
+                            task_seconds=d.task_seconds, counts=counts)
 
 
 @dataclass(frozen=True)
