@@ -122,6 +122,20 @@ def seeds(affs: NDArray[Any], method: Seeds = "cores", *, seed_threshold: float 
           sampling: Sequence[float] = (1, 1, 1), per_section: bool = False,
           inside: NDArray[np.bool_] | None = None) -> tuple[NDArray[np.uint32], int]:
     """Watershed seeds of a block's affinities (module docstring): (labels, count)."""
+    labels, table, k = _seeds(affs, method, seed_threshold, min_seed_size, min_seed_distance,
+                              sampling, per_section, inside)
+    if table is not None:
+        _apply(labels, table)
+    return labels, k
+
+
+def _seeds(affs: NDArray[Any], method: Seeds, seed_threshold: float | None,
+           min_seed_size: int, min_seed_distance: float, sampling: Sequence[float],
+           per_section: bool, inside: NDArray[np.bool_] | None
+           ) -> tuple[NDArray[np.uint32], NDArray[np.uint32] | None, int]:
+    """:func:`seeds` as (labels, table, count): cores' labels are the raw components and
+    ``table`` maps them to seeds 1..count (0: too small), left to the flood to apply (one
+    pass over the block fewer); distance seeds need no table (None)."""
     t = SEED_THRESHOLDS[method] if seed_threshold is None else seed_threshold
     if method == "cores":
         if per_section:
@@ -133,8 +147,8 @@ def seeds(affs: NDArray[Any], method: Seeds = "cores", *, seed_threshold: float 
                 n += k
         else:
             labels, n = label_block(affs, t)
-        k = _keep_large(labels, n, min_seed_size)
-        return labels, k
+        table, k = _large(labels, n, min_seed_size)
+        return labels, table, k
     if method != "distance":
         raise ConfigError(f"--seeds: got {method!r}, expected 'cores' or 'distance'")
     if inside is None:
@@ -145,13 +159,13 @@ def seeds(affs: NDArray[Any], method: Seeds = "cores", *, seed_threshold: float 
         size[0] = 1
     peaks = (ndimage.maximum_filter(dist2, size=size, mode="nearest") == dist2) & (dist2 > 0)
     labels, n = ndimage.label(peaks, structure=_structure(per_section), output=np.uint32)
-    return labels, int(n)
+    return labels, None, int(n)
 
 
 @njit(cache=True, nogil=True)
-def _keep_large(labels: Any, n: int, min_size: int) -> int:  # pragma: no cover - compiled
-    """Renumber, in place, the labels with at least ``min_size`` voxels 1..k (in label
-    order) and clear the others; returns k."""
+def _large(labels: Any, n: int, min_size: int) -> Any:  # pragma: no cover - compiled
+    """The table numbering the labels with at least ``min_size`` voxels 1..k (in label
+    order), 0 for the others; and k."""
     flat = labels.ravel()
     sizes = np.zeros(n + 1, np.int64)
     for i in range(flat.size):
@@ -162,9 +176,15 @@ def _keep_large(labels: Any, n: int, min_size: int) -> int:  # pragma: no cover 
         if sizes[label] >= min_size:
             k += 1
             table[label] = k
+    return table, k
+
+
+@njit(cache=True, nogil=True)
+def _apply(labels: Any, table: Any) -> None:  # pragma: no cover - compiled
+    """labels = table[labels], in place."""
+    flat = labels.ravel()
     for i in range(flat.size):
         flat[i] = table[flat[i]]
-    return k
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -253,37 +273,54 @@ def _flood(packed: Any, sy: int, sz: int, planar: bool) -> None:  # pragma: no c
             blk = nxt[blk] if blk != tail[level] else -1
 
 
-def flood(b: NDArray[np.uint8], labels: NDArray[np.uint32], per_section: bool = False
-          ) -> None:
+def flood(b: NDArray[np.uint8], labels: NDArray[np.uint32], per_section: bool = False,
+          table: NDArray[np.uint32] | None = None) -> int:
     """Seeded watershed of the boundary map ``b`` from the nonzero ``labels``, in place:
-    every voxel a seed's flood reaches (6-connected, 4 within sections) gets its label."""
-    if labels.size and int(labels.max()) >= _LOW:
-        raise DataError(f"block of shape {labels.shape}: got {int(labels.max())} seeds, "
+    every voxel a seed's flood reaches (6-connected, 4 within sections) gets its label.
+    With ``table`` the labels are first mapped through it (label -> seed, 0: none). Returns
+    how many voxels no seed reaches (left 0)."""
+    if table is None:
+        top = int(labels.max()) if labels.size else 0
+        table = np.arange(top + 1, dtype=np.uint32)
+    else:
+        top = int(table.max()) if table.size else 0
+    if top >= _LOW:
+        raise DataError(f"block of shape {labels.shape}: got {top} seeds, "
                         f"expected fewer than {_LOW} (use a smaller --block)")
     padded = tuple(n + 2 for n in b.shape)
     if np.prod(padded, dtype=np.int64) >= 2**31:
         raise DataError(f"block of shape {b.shape}: too large for one watershed "
                         "(use a smaller --block)")
     packed = np.full(padded, _LOW, np.uint32)
-    _pack(b, labels, packed)
+    _pack(b, labels, table, packed)
     _, ny, nx = packed.shape
     _flood(packed.ravel(), nx, nx * ny, per_section)
-    _pack(b, labels, packed, unpack=True)
+    return int(_unpack(packed, labels))
 
 
 @njit(cache=True, nogil=True)
-def _pack(b: Any, labels: Any, packed: Any, unpack: bool = False
-          ) -> None:  # pragma: no cover - compiled
-    """packed[1:-1, 1:-1, 1:-1] = b << 24 | labels, or back: labels = its label bits."""
+def _pack(b: Any, labels: Any, table: Any, packed: Any) -> None:  # pragma: no cover - compiled
+    """packed[1:-1, 1:-1, 1:-1] = b << 24 | table[labels]."""
     nz, ny, nx = labels.shape
     for z in range(nz):
         for y in range(ny):
             for x in range(nx):
-                if unpack:
-                    labels[z, y, x] = packed[z + 1, y + 1, x + 1] & np.uint32(_LOW)
-                else:
-                    packed[z + 1, y + 1, x + 1] = (np.uint32(b[z, y, x]) << np.uint32(24)) \
-                        | labels[z, y, x]
+                packed[z + 1, y + 1, x + 1] = (np.uint32(b[z, y, x]) << np.uint32(24)) \
+                    | table[labels[z, y, x]]
+
+
+@njit(cache=True, nogil=True)
+def _unpack(packed: Any, labels: Any) -> int:  # pragma: no cover - compiled
+    """labels = the label bits of packed[1:-1, 1:-1, 1:-1]; returns how many are 0."""
+    nz, ny, nx = labels.shape
+    zeros = 0
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                label = packed[z + 1, y + 1, x + 1] & np.uint32(_LOW)
+                labels[z, y, x] = label
+                zeros += label == 0
+    return zeros
 
 
 def watershed(affs: NDArray[Any], *, seeds_method: Seeds = "cores",
@@ -300,13 +337,15 @@ def watershed(affs: NDArray[Any], *, seeds_method: Seeds = "cores",
     t = SEED_THRESHOLDS.get(seeds_method, 0.5) if seed_threshold is None else seed_threshold
     per_section = per_section or planar
     b, inside = boundary_map(affs, t, planar=planar)
-    labels, n = seeds(affs, seeds_method, seed_threshold=t, min_seed_size=min_seed_size,
-                      min_seed_distance=min_seed_distance, sampling=sampling,
-                      per_section=per_section, inside=inside)
+    labels, table, n = _seeds(affs, seeds_method, t, min_seed_size, min_seed_distance,
+                              sampling, per_section, inside)
     if n:
-        flood(b, labels, per_section)
-    rest = labels == 0
-    if rest.any():  # nothing to drain to: connected components of what is left
+        left = flood(b, labels, per_section, table)
+    else:
+        labels[...] = 0
+        left = labels.size
+    if left:  # nothing to drain to: connected components of what is left
+        rest = labels == 0
         extra, k = ndimage.label(rest, structure=_structure(per_section), output=np.uint32)
         labels[rest] = extra[rest] + np.uint32(n)
         n += int(k)
