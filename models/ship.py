@@ -6,9 +6,13 @@ training region (``benchmarks/eval_model.py`` prints them), which ``predict`` co
 affinities' ``segment_defaults``, and (where the run did not record it) ``raw_histogram``,
 the intensities of its training data (the card's ``config.json``: data and validation
 split), which ``predict --normalize`` maps new data onto. Loaded and written weights-only.
+With several checkpoints of one run, the shipped weights are their mean (checkpoint
+averaging: the last few checkpoints of a run at a constant learning rate, averaged, vary
+less than any one of them); the other fields are the last one's.
 
     .venv/bin/python models/ship.py RUN/model.pt --card models/fib25 \\
         --agglomerate 0.5 --cc 0.98
+    .venv/bin/python models/ship.py RUN/model_26000.pt ... RUN/model_30000.pt --card ...
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -40,15 +45,37 @@ def training_histogram(config: Path) -> list[int]:
     return histogram
 
 
+def averaged(paths: list[Path]) -> dict[str, Any]:
+    """The last checkpoint's state with every weight the mean over ``paths``, which must
+    share one model configuration."""
+    states = []
+    for path in paths:
+        load_checkpoint(path)  # refuses anything that is not a valid checkpoint
+        states.append(torch.load(path, map_location="cpu", weights_only=True))
+    state: dict[str, Any] = states[-1]
+    for path, other in zip(paths, states, strict=True):
+        if other["model_config"] != state["model_config"]:
+            raise SystemExit(f"{path}: another model configuration than {paths[-1]}")
+    weights = state["model_state"]
+    state["model_state"] = {
+        name: torch.stack([s["model_state"][name].double() for s in states]).mean(0)
+        .to(tensor.dtype) if tensor.is_floating_point() else tensor
+        for name, tensor in weights.items()}
+    if len(paths) > 1:
+        state["averaged"] = [f"{p.name} (iteration {s.get('iteration', '?')})"
+                             for p, s in zip(paths, states, strict=True)]
+    return state
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path)
+    parser.add_argument("model", type=Path, nargs="+", help="a checkpoint, or several of one "
+                        "run to average")
     parser.add_argument("--card", type=Path, required=True, help="the model card's folder")
     parser.add_argument("--agglomerate", type=float, required=True)
     parser.add_argument("--cc", type=float, required=True)
     args = parser.parse_args()
-    load_checkpoint(args.model)  # refuses anything that is not a valid checkpoint
-    state = torch.load(args.model, map_location="cpu", weights_only=True)
+    state = averaged(args.model)
     state["segment"] = {
         "agglomerate": {"threshold": args.agglomerate, "tuned_on": TUNED_ON,
                         "command": "benchmarks/eval_model.py"},

@@ -96,3 +96,32 @@ print(sorted(m for m in sys.modules if m.startswith("affinity_dist.training")))
                           check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_ship_averages_checkpoints_of_one_configuration(tmp_path: Path) -> None:
+    """models/ship.py with several checkpoints ships their mean weights, and refuses
+    checkpoints of different configurations."""
+    import importlib.util
+
+    from affinity_dist.nn.checkpoint import load_checkpoint
+
+    from .helpers import TINY, tiny_model
+
+    spec = importlib.util.spec_from_file_location(
+        "ship", Path(__file__).resolve().parents[1] / "models" / "ship.py")
+    assert spec is not None and spec.loader is not None
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    a, b = tiny_model(tmp_path / "a.pt", seed=1), tiny_model(tmp_path / "b.pt", seed=2)
+    state = ship.averaged([a, b])
+    wa = torch.load(a, weights_only=True)["model_state"]
+    wb = torch.load(b, weights_only=True)["model_state"]
+    for name, tensor in state["model_state"].items():
+        torch.testing.assert_close(tensor, (wa[name] + wb[name]) / 2)
+    assert not torch.equal(wa[name], wb[name])
+    torch.save(state, tmp_path / "mean.pt")
+    load_checkpoint(tmp_path / "mean.pt")  # a valid checkpoint
+    other = tiny_model(tmp_path / "c.pt", UNetConfig(downsample_factors=((2, 2, 2),),
+                                                      num_fmaps=TINY.num_fmaps))
+    with pytest.raises(SystemExit, match="another model configuration"):
+        ship.averaged([a, other])
