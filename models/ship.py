@@ -64,6 +64,8 @@ def averaged(paths: list[Path]) -> dict[str, Any]:
     if len(paths) > 1:
         state["averaged"] = [f"{p.name} (iteration {s.get('iteration', '?')})"
                              for p, s in zip(paths, states, strict=True)]
+        for key in ("val_f1", "val_boundary_f1"):  # figures of another set of weights
+            state.pop(key, None)
     return state
 
 

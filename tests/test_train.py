@@ -105,11 +105,12 @@ def test_every_recorded_training_config_loads(path: Path) -> None:
     config = load_config(path)
     shape = config.output_shape  # a shape the network produces (valid convolutions)
     assert config.model.valid_shapes(1, minimum_output=shape)[0][1] == shape
-    if path.name.startswith("isbi_ft"):  # fine-tuning recipes: the shipped architecture
+    if path.name.startswith("isbi_ft"):  # fine-tuning recipes: their --init's architecture
         from affinity_dist.nn.checkpoint import load_checkpoint
-        from affinity_dist.stages.predict import default_model
 
-        _, shipped, state = load_checkpoint(default_model())
+        init = Path(__file__).parents[1] / "models" / "fib25_ft" / "model.pt"
+        assert f"--init {init.relative_to(init.parents[2])}" in path.read_text()
+        _, shipped, state = load_checkpoint(init)
         assert shipped == config.model
         if config.voxel_size is None:  # sections 7-10 held out, at ISBI's own grid
             assert (config.validation.start, config.validation.stop) == (7, 11)
