@@ -48,13 +48,11 @@ def training_histogram(config: Path) -> list[int]:
 def averaged(paths: list[Path]) -> dict[str, Any]:
     """The last checkpoint's state with every weight the mean over ``paths``, which must
     share one model configuration."""
-    states = []
-    for path in paths:
-        load_checkpoint(path)  # refuses anything that is not a valid checkpoint
-        states.append(torch.load(path, map_location="cpu", weights_only=True))
+    loaded = [load_checkpoint(path) for path in paths]  # refuses invalid checkpoints
+    states = [state for _, _, state in loaded]
     state: dict[str, Any] = states[-1]
-    for path, other in zip(paths, states, strict=True):
-        if other["model_config"] != state["model_config"]:
+    for path, (_, config, _) in zip(paths, loaded, strict=True):
+        if config != loaded[-1][1]:
             raise SystemExit(f"{path}: another model configuration than {paths[-1]}")
     weights = state["model_state"]
     state["model_state"] = {
