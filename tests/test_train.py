@@ -60,6 +60,36 @@ def test_resume_continues_at_the_right_iteration(tmp_path: Path, gala: Path) -> 
         train([str(gala)], run, iterations=20, config=other, progress=False)
 
 
+def test_a_cooldown_resumed_decays_the_rate_and_keeps_every_checkpoint_model(
+        tmp_path: Path, gala: Path) -> None:
+    # the first 10 iterations at a constant rate, then a cosine cooldown over 10-20 on resume
+    run = tmp_path / "run"
+    train([str(gala)], run, iterations=10, progress=False,
+          config=TrainConfig.from_dict({**SMALL, "checkpoint_every": 5}))
+    cool = TrainConfig.from_dict({**SMALL, "checkpoint_every": 5, "lr_decay": [10, 20],
+                                  "lr_final": 0.1, "keep_models": True})
+    assert [cool.learning_rate_at(i) for i in (0, 10, 20, 99)] == pytest.approx(
+        [0.003, 0.003, 0.0003, 0.0003])
+    assert cool.learning_rate_at(15) == pytest.approx(0.00165)  # half way: the mean
+    train([str(gala)], run, iterations=20, config=cool, progress=False)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    rates = [g["lr"] for g in state["optimizer_state"]["param_groups"]]
+    assert rates == pytest.approx([cool.learning_rate_at(19)] * len(rates))
+    kept = sorted(p.name for p in (run / "models").iterdir())
+    assert kept == ["model_0000015.pt", "model_0000020.pt"]  # from the resumed run on
+    assert (run / "models" / kept[-1]).read_bytes() == (run / "model.pt").read_bytes()
+    assert torch.load(run / "models" / kept[0], weights_only=True)["iteration"] == 15
+    assert "cosine decay to 0.0003 over iterations 10-20" in (run / "README.md").read_text()
+
+
+@pytest.mark.parametrize("bad", [{"lr_decay": [5, 5]}, {"lr_decay": [-1, 5]},
+                                 {"lr_decay": [1, 2, 3]}, {"lr_decay": [1.5, 3]},
+                                 {"lr_final": 2}, {"keep_models": 1}])
+def test_bad_schedules_are_refused(bad: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match=f"{next(iter(bad))}: got"):
+        TrainConfig.from_dict(bad)
+
+
 def test_mismatching_checkpoint_is_a_clear_error(tmp_path: Path, gala: Path) -> None:
     run = tmp_path / "run"
     path = train([str(gala)], run, iterations=1, config=TrainConfig.from_dict(SMALL),

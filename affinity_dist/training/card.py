@@ -75,7 +75,7 @@ def write_card(run: Path, config: TrainConfig, volumes: Sequence[TrainingVolume]
         f"| Targets | affinities {targets}; balanced {config.balance}, negative weight "
         f"{config.negative_weight}, grown boundary {config.grow_boundary} |",
         f"| Start | {start} |",
-        f"| Optimisation | lr {config.learning_rate}, batch {config.batch_size}, "
+        f"| Optimisation | lr {config.learning_rate}{_decay(config)}, batch {config.batch_size}, "
         f"{config.loss}, {'bf16' if config.bf16 else 'fp32'}, seed {config.seed} |",
         f"| Held out | {_held_out(split)} (in the trained grid) |",
         "", "## Data", "",
@@ -93,3 +93,11 @@ def write_card(run: Path, config: TrainConfig, volumes: Sequence[TrainingVolume]
     card = run / "README.md"
     card.write_text("\n".join(lines))
     return card
+
+
+def _decay(config: TrainConfig) -> str:
+    if config.lr_decay is None:
+        return ""
+    start, stop = config.lr_decay
+    return (f" (cosine decay to {config.learning_rate * config.lr_final:.3g} over iterations "
+            f"{start}-{stop})")

@@ -52,6 +52,13 @@ class TrainConfig:
     output_shape: tuple[int, int, int] = (8, 16, 16)
     batch_size: int = 1
     learning_rate: float = 5e-4
+    # [start, stop] iterations: constant lr before start, a cosine decay to
+    # lr x lr_final between them, lr x lr_final after (a cooldown); None: constant
+    lr_decay: tuple[int, int] | None = None
+    lr_final: float = 0.01
+    # keep a copy of every checkpoint's model.pt as models/model_ITERATION.pt (for
+    # checkpoint averaging: models/ship.py CKPT...)
+    keep_models: bool = False
     loss: Literal["bce", "mse"] = "bce"
     balance: bool = True
     checkpoint_every: int = 500
@@ -79,6 +86,17 @@ class TrainConfig:
                 raise bad_value(name, v, "an integer >= 1")
         if not (isinstance(self.learning_rate, int | float) and 0 < self.learning_rate < 1):
             raise bad_value("learning_rate", self.learning_rate, "a number in (0, 1)")
+        if self.lr_decay is not None and not (
+                len(self.lr_decay) == 2
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in self.lr_decay)
+                and 0 <= self.lr_decay[0] < self.lr_decay[1]):
+            raise bad_value("lr_decay", self.lr_decay, "[start, stop] iterations, "
+                            "0 <= start < stop")
+        if isinstance(self.lr_final, bool) or not isinstance(self.lr_final, int | float) \
+                or not 0 <= self.lr_final <= 1:
+            raise bad_value("lr_final", self.lr_final, "a fraction of learning_rate in 0-1")
+        if not isinstance(self.keep_models, bool):
+            raise bad_value("keep_models", self.keep_models, "true or false")
         if self.loss not in ("bce", "mse"):
             raise bad_value("loss", self.loss, "'bce' or 'mse'")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) \
@@ -104,6 +122,17 @@ class TrainConfig:
                     for v in self.voxel_size)):
             raise bad_value("voxel_size", self.voxel_size, "three numbers > 0 (nm, z y x)")
         _ = self.input_shape  # validates that output_shape fits the model
+
+    def learning_rate_at(self, iteration: int) -> float:
+        """The learning rate of the step that makes ``iteration + 1``."""
+        if self.lr_decay is None or iteration <= self.lr_decay[0]:
+            return float(self.learning_rate)
+        import math
+
+        start, stop = self.lr_decay
+        t = min(1.0, (iteration - start) / (stop - start))
+        final = self.learning_rate * self.lr_final
+        return float(final + (self.learning_rate - final) * 0.5 * (1 + math.cos(math.pi * t)))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -138,6 +167,8 @@ class TrainConfig:
             values["validation"] = check_split(Split(**v))
         if "output_shape" in values:
             values["output_shape"] = tuple(values["output_shape"])
+        if isinstance(values.get("lr_decay"), list):
+            values["lr_decay"] = tuple(values["lr_decay"])
         if isinstance(values.get("voxel_size"), list):
             values["voxel_size"] = tuple(values["voxel_size"])
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -132,6 +133,10 @@ class Trainer:
                    **({} if self.raw_histogram is None else
                       {"raw_histogram": self.raw_histogram}),
                    **({} if self.voxel_size is None else {"voxel_size": self.voxel_size}))
+        if self.config.keep_models:
+            kept = self.run_dir / "models"
+            kept.mkdir(exist_ok=True)
+            shutil.copyfile(self.run_dir / "model.pt", kept / f"model_{self.iteration:07d}.pt")
         path = self.run_dir / "loss.csv"
         header = next(csv.reader(path.open()), COLUMNS) if path.exists() else None
         with path.open("a", newline="") as f:  # an older run keeps its own columns
@@ -169,6 +174,8 @@ class Trainer:
                 logits = self.model(raw)
             loss = self._loss(logits.float(), target, weight)
             self.optimizer.zero_grad(set_to_none=True)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.learning_rate_at(self.iteration)
             loss.backward()  # type: ignore[no-untyped-call]
             self.optimizer.step()
             self.iteration += 1
@@ -177,8 +184,9 @@ class Trainer:
             bar.update(1)
             now = time.perf_counter()
             if bar.disable and now - last_log >= 60:  # batch logs: a line a minute
-                log.info("iteration %d/%d, loss %.4f, %.2f it/s", self.iteration, iterations,
-                         np.mean(recent), (self.iteration - first) / (now - start))
+                log.info("iteration %d/%d, loss %.4f, %.2f it/s, lr %.3g", self.iteration,
+                         iterations, np.mean(recent), (self.iteration - first) / (now - start),
+                         self.config.learning_rate_at(self.iteration))
                 last_log = now
             done = self.iteration >= iterations
             if done or self.iteration % self.config.checkpoint_every == 0:
