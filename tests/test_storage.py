@@ -110,11 +110,27 @@ def test_bad_paths_and_arrays(tmp_path: Path) -> None:
 
 def test_default_codecs_by_dtype() -> None:
     """Ids get byte-shuffled lz4 (4x the write, 6x the read of zstd-1 on segment's
-    fragments, and 3x smaller); raw, affinities and floats zstd-1."""
+    fragments, and 3x smaller); affinities unshuffled lz4 (3x zstd-1's decode speed); raw,
+    masks and floats zstd-1."""
     assert default_codec(np.uint8) == "zstd1"
+    assert default_codec(np.uint8, channels=3) == "lz4"
+    assert default_codec(np.float32, channels=3) == "zstd1"
     assert default_codec(np.float32) == "zstd1"
     assert default_codec(np.uint64) == "blosc-lz4"
     assert default_codec(np.uint32) == "blosc-lz4"
+
+
+def test_affinities_are_written_with_unshuffled_lz4_and_read_back(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(0, 256, (3, 9, 10, 11), dtype=np.uint8)
+    with staged_dataset(tmp_path / "a.zarr") as group:
+        create_volume(group, "affinities", shape=data.shape[1:], channels=3, dtype=np.uint8,
+                      chunks=(4, 4, 4)).write(Box((0, 0, 0), data.shape[1:]), data)
+    volume = open_volume(tmp_path / "a.zarr", "affinities")
+    assert np.array_equal(volume.read(Box((0, 0, 0), data.shape[1:])), data)
+    codecs = json.loads((tmp_path / "a.zarr" / "affinities" / "zarr.json").read_text())["codecs"]
+    blosc = next(c["configuration"] for c in codecs if c["name"] == "blosc")
+    assert (blosc["cname"], blosc["shuffle"]) == ("lz4", "noshuffle")
+    assert codecs[-1]["name"] == "crc32c"
 
 
 def test_tiled_writes_equal_box_writes(tmp_path: Path) -> None:

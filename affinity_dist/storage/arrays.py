@@ -249,7 +249,7 @@ def create_volume(
         clipped chunks (:func:`shard_shape` makes one); None: one file per chunk.
     channels : if given, a leading channel axis ``c`` of this length (one chunk).
     voxel_size, offset : nm per axis (z, y, x); voxel size must be positive.
-    codec : compressor; default per dtype from :func:`default_codec`.
+    codec : compressor; default per dtype (and channel axis) from :func:`default_codec`.
     register : add the array to the group's OME-Zarr multiscales (off for staging arrays,
         which :func:`rename_volume` registers under their final name).
     """
@@ -271,7 +271,8 @@ def create_volume(
     attrs = {**array_attributes(axes, voxel, off), **(attributes or {})}
     array = group.create_array(
         name, shape=shape, dtype=dt, chunks=chunks, shards=shards, fill_value=0,
-        compressors=compressors(codec or default_codec(dt), dt), dimension_names=axes,
+        compressors=compressors(codec or default_codec(dt, channels), dt),
+        dimension_names=axes,
         attributes=attrs, overwrite=overwrite,
     )
     if register:

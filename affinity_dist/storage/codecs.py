@@ -19,13 +19,14 @@ from ..errors import bad_value
 
 __all__ = ["Codec", "compressors", "default_codec", "match_codec_threads"]
 
-Codec = Literal["zstd1", "zstd3", "blosc-lz4", "blosc-zstd", "none"]
+Codec = Literal["zstd1", "zstd3", "blosc-lz4", "blosc-zstd", "lz4", "none"]
 
 
-def default_codec(dtype: DTypeLike) -> Codec:
+def default_codec(dtype: DTypeLike, channels: int | None = None) -> Codec:
     """Default compressor: blosc-lz4 with byte shuffle for integers of 2 bytes and more
-    (ids: fragments, segmentation, labels), plain zstd level 1 for the others (raw,
-    affinities).
+    (ids: fragments, segmentation, labels); unshuffled blosc-lz4 (``lz4``) for uint8 with a
+    channel axis (affinities and other predicted maps); plain zstd level 1 for the others
+    (raw, masks, floats).
 
     Measured with ``benchmarks/bench_storage.py --size 256 --dataset X --codec-threads 1``
     (zarr 3.1, 128^3 chunks, one codec thread as in a worker; write / read MB/s, ratio) on
@@ -43,9 +44,21 @@ def default_codec(dtype: DTypeLike) -> Codec:
     fib25 affinities (256^3, one codec thread): zstd-1 316 / 722 MB/s, 1.46x; blosc-lz4
     493 / 1043, 1.08x; none 1114 / 2526. Their zstd-1 decompression is most of a segment
     block's read (~0.24 s a 256^3 block with its halo).
+
+    Affinities became ``lz4`` in session 20: a segment block reads its halo from the
+    neighbours' chunks, which it decompresses whole (a 288^3 read of 128^3 chunks decodes
+    27-64 chunks for 8 chunks' worth of block), so their decompression is most of the
+    read. One 3 x 128^3 chunk of the shipped model's fib25 affinities, one thread
+    (``/work/prof/codec_affs.py``, numcodecs): zstd-1 1.47x, decode 548 MB/s; blosc-lz4
+    unshuffled 1.22x, 1761 MB/s; bitshuffled (``blosc-lz4`` on uint8) 1.09x, 1614 MB/s.
+    On 512^3 tiled affinities the array is 258 MB with zstd-1 and 317 MB with ``lz4``
+    (+23 % disk), and the 8 fragment blocks of ``segment`` (256^3 + 16-voxel halo, one
+    process) read their affinities in 1.95 s instead of 3.0 s.
     """
     dt = np.dtype(dtype)  # validates
-    return "blosc-lz4" if dt.kind in "iu" and dt.itemsize > 1 else "zstd1"
+    if dt.kind in "iu" and dt.itemsize > 1:
+        return "blosc-lz4"
+    return "lz4" if channels is not None and dt == np.uint8 else "zstd1"
 
 
 #: Checksums on the arrays this process creates (benchmarks turn it off to measure the
@@ -68,6 +81,10 @@ def _compressor(name: Codec, dtype: np.dtype[Any]) -> list[Any]:
     if name == "blosc-lz4":
         return [zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle=shuffle,
                                        typesize=dtype.itemsize)]
+    if name == "lz4":  # unshuffled: noisy uint8 maps compress better without bitshuffle
+        return [zarr.codecs.BloscCodec(cname="lz4", clevel=5,
+                                       shuffle=zarr.codecs.BloscShuffle.noshuffle,
+                                       typesize=dtype.itemsize)]
     if name == "blosc-zstd":
         return [zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle=shuffle,
                                        typesize=dtype.itemsize)]
@@ -75,7 +92,7 @@ def _compressor(name: Codec, dtype: np.dtype[Any]) -> list[Any]:
         return [zarr.codecs.ZstdCodec(level=int(name[-1]))]
     if name == "none":
         return []
-    raise bad_value("codec", name, "one of zstd1, zstd3, blosc-lz4, blosc-zstd, none")
+    raise bad_value("codec", name, "one of zstd1, zstd3, blosc-lz4, blosc-zstd, lz4, none")
 
 
 _CODEC_THREADS_SET: list[bool] = []  # once per process
