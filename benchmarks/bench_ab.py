@@ -13,7 +13,9 @@ medians are printed side by side.
 
 ``--affinities``: a dataset of fib25_sample2's predicted affinities (``affinity-dist
 predict``), mirror-tiled to SIZE^3 instead of affinities made from its ground truth (on
-which the agglomeration merges everything into one segment).
+which the agglomeration merges everything into one segment). ``--codecs OLD NEW``: each
+side reads its own copy of the volume, written with that compressor (``--old . --new .``
+then measures the codec alone).
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--method", choices=("cc", "agglomerate"), default="cc")
     parser.add_argument("--affinities", type=Path, help="dataset of fib25 affinities")
+    parser.add_argument("--codecs", nargs=2, metavar=("OLD", "NEW"),
+                        help="the affinities' compressor on each side (storage.Codec names)")
     args = parser.parse_args()
     ids = fib25("volumes/labels/neuron_ids")
     if ids is None:
@@ -76,11 +80,16 @@ def main() -> None:
             write(volume, np.stack([tile_to(a, args.size) for a in affs]), (128, 128, 128))
         else:
             make_affinities(volume, args.size, ids)
+        volumes = {"old": volume, "new": volume}
+        if args.codecs:
+            volumes = {name: recompressed(volume, codec, Path(tmp) / f"{name}.zarr")
+                       for name, codec in zip(("old", "new"), args.codecs, strict=True)}
         times: dict[str, list[float]] = {"old": [], "new": []}
         for _ in range(args.rounds):
             for name in times:
                 root = str(getattr(args, name).resolve())
-                out = subprocess.run([sys.executable, "-c", RUN, str(volume), args.method],
+                out = subprocess.run([sys.executable, "-c", RUN, str(volumes[name]),
+                                      args.method],
                                      cwd=root, env={**os.environ, "PYTHONPATH": root},
                                      capture_output=True, text=True, check=True)
                 a, b, segments = out.stdout.split()[-3:]
@@ -90,6 +99,20 @@ def main() -> None:
         for name, ts in times.items():
             t = statistics.median(ts)
             print(f"{name}: median {t:.2f} s = {args.size ** 3 / t / 1e6:.1f} Mvox/s")
+
+
+def recompressed(volume: Path, codec: str, out: Path) -> Path:
+    """A copy of ``volume``'s affinities written with compressor ``codec``."""
+    from affinity_dist.geometry import Box
+    from affinity_dist.storage import create_volume, open_volume, staged_dataset
+
+    src = open_volume(volume, "affinities")
+    affs = src.read(Box((0, 0, 0), src.spatial_shape))
+    with staged_dataset(out, overwrite=True) as group:
+        create_volume(group, "affinities", shape=affs.shape[1:], channels=affs.shape[0],
+                      dtype=affs.dtype, chunks=src.chunks[1:], voxel_size=(10, 10, 10),
+                      codec=codec).write(Box((0, 0, 0), affs.shape[1:]), affs)  # type: ignore[arg-type]
+    return out
 
 
 if __name__ == "__main__":
