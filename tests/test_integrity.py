@@ -204,6 +204,40 @@ def test_ctrl_c_to_the_process_group_prints_one_line(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
 
 
+DROPPED = r"""
+import os, signal, time
+from affinity_dist.runtime import interrupt
+interrupt.install()
+class Released:
+    def __del__(self):  # Ctrl-C while a finalizer runs: Python drops its KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+Released()
+print("ran on", interrupt.requested(), flush=True)
+try:
+    interrupt.check()
+except KeyboardInterrupt:
+    print("raised again", flush=True)
+"""
+
+
+def test_a_ctrl_c_dropped_by_a_finalizer_is_raised_again_without_a_traceback() -> None:
+    """The flake behind the Ctrl-C test under load: a SIGINT landing in a Dask future's
+    ``__del__`` was printed as "Exception ignored" and lost, and the command exited 0."""
+    import signal
+    import subprocess
+    import sys
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # not nohup's SIG_IGN
+    try:
+        result = subprocess.run([sys.executable, "-c", DROPPED], capture_output=True,
+                                text=True, check=False, timeout=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.stdout.split("\n")[:2] == ["ran on True", "raised again"], result
+    assert "Exception ignored" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_workers_above_the_cores_are_capped_with_a_warning(tmp_path: Path) -> None:
     import os
 

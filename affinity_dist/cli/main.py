@@ -285,8 +285,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if args.verbose < 2 and hasattr(args, "scheduler"):
         _quiet_dask()
+    from ..runtime import interrupt
+
+    interrupt.install()
     try:
         COMMANDS[args.command](args)
+        interrupt.check()  # a Ctrl-C that a finalizer dropped: the run did not end cleanly
     except AffinityDistError as err:
         print(f"{PROG} {args.command}: error: {err}".replace("\n", " "), file=sys.stderr)
         return err.exit_code

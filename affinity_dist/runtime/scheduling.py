@@ -26,6 +26,7 @@ from typing import Any, Literal, NamedTuple, TypeVar
 from tqdm import tqdm
 
 from ..errors import AffinityDistError, BlockFailedError
+from .interrupt import check as check_interrupt
 from .memory import keep_freed_memory, release_freed_memory
 
 __all__ = ["BlockCounts", "LocalScheduler", "Scheduler", "run_blocks"]
@@ -248,6 +249,7 @@ def _run_local(guarded: _Guarded, items: Sequence[Any], threads: int, kept: _Kep
             if not live:
                 break
             finished, _ = wait(live, return_when=FIRST_COMPLETED)
+            check_interrupt()
             for future in finished:
                 i = live.pop(future)
                 kept.arrive(i, *future.result())  # a block's error is raised here
@@ -285,6 +287,7 @@ def _run_windowed(client: Any, guarded: _Guarded, items: Sequence[Any], prefix: 
     try:
         submit()
         for batch in done.batches():  # what finished meanwhile: one gather for them all
+            check_interrupt()
             for future in batch:
                 if future.status == "error":
                     i = int(future.key[len(prefix):])
@@ -296,6 +299,7 @@ def _run_windowed(client: Any, guarded: _Guarded, items: Sequence[Any], prefix: 
                 del live[i]
                 kept.arrive(i, attempts, value)
             del batch, future
+            check_interrupt()  # a Ctrl-C during a future's release is dropped there
             submit()
     except BaseException as err:
         client.cancel([f for f in live.values() if not f.done()])
