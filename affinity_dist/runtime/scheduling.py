@@ -287,7 +287,6 @@ def _run_windowed(client: Any, guarded: _Guarded, items: Sequence[Any], prefix: 
     try:
         submit()
         for batch in done.batches():  # what finished meanwhile: one gather for them all
-            check_interrupt()
             for future in batch:
                 if future.status == "error":
                     i = int(future.key[len(prefix):])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -127,8 +128,6 @@ class TrainConfig:
         """The learning rate of the step that makes ``iteration + 1``."""
         if self.lr_decay is None or iteration <= self.lr_decay[0]:
             return float(self.learning_rate)
-        import math
-
         start, stop = self.lr_decay
         t = min(1.0, (iteration - start) / (stop - start))
         final = self.learning_rate * self.lr_final
