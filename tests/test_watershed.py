@@ -13,8 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from affinity_dist.kernels.prefetch import prefetch
+from affinity_dist.kernels.seeds import seeds
 from affinity_dist.kernels.watershed import _BLOCK, flood, watershed
 
 
@@ -92,6 +95,53 @@ def test_watershed_assigns_every_voxel_even_without_seeds() -> None:
     affs = np.full((3, 5, 6, 7), 10, np.uint8)  # nothing confident: no seeds at all
     labels, n = watershed(affs)
     assert n == 1 and (labels == 1).all()
+
+
+def cores_reference(affs: np.ndarray, t: float, min_size: int, per_section: bool
+                    ) -> np.ndarray:
+    """Cores spelled out: scipy's components of the graph of edges above ``t`` (voxel p
+    and p - offset[c] joined when affs[c, p] > t; no z edges per section), those of at
+    least ``min_size`` voxels numbered 1.. in raster order of first voxels, others 0."""
+    shape = affs.shape[1:]
+    index = np.arange(int(np.prod(shape))).reshape(shape)
+    rows, cols = [], []
+    for axis in range(1 if per_section else 0, 3):
+        sl = [slice(None)] * 3
+        sl[axis] = slice(1, None)
+        lo = [slice(None)] * 3
+        lo[axis] = slice(None, -1)
+        on = affs[axis][tuple(sl)] > np.floor(255 * t)
+        rows.append(index[tuple(sl)][on])
+        cols.append(index[tuple(lo)][on])
+    r, q = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(r.size), (r, q)), shape=(index.size, index.size))
+    _, comp = connected_components(graph, directed=False)
+    _, first = np.unique(comp, return_index=True)  # each component's first voxel
+    sizes = np.bincount(comp)
+    labels = np.zeros(index.size, np.uint32)
+    k = 0
+    for label in np.argsort(first):  # components in raster order of first voxels
+        if sizes[label] >= min_size:
+            k += 1
+            labels[comp == label] = k
+    return labels.reshape(shape)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), z=st.integers(1, 7), y=st.integers(1, 9),
+       x=st.integers(1, 9), min_size=st.integers(1, 12), per_section=st.booleans())
+def test_cores_are_the_large_components_numbered_in_label_order(
+        seed: int, z: int, y: int, x: int, min_size: int, per_section: bool) -> None:
+    # the compiled cores (sizes counted on provisional labels, one table to the seeds)
+    # against label_block's components counted by bincount
+    rng = np.random.default_rng(seed)
+    affs = rng.integers(0, 256, (3, z, y, x), dtype=np.uint8)
+    affs[rng.random(affs.shape) < 0.5] = 255  # confident edges form larger components
+    labels, k = seeds(affs, "cores", seed_threshold=0.9, min_seed_size=min_size,
+                      per_section=per_section)
+    expected = cores_reference(affs, 0.9, min_size, per_section)
+    np.testing.assert_array_equal(labels, expected)
+    assert k == int(expected.max())
 
 
 @njit(cache=False)

@@ -25,8 +25,9 @@ from numpy.typing import NDArray
 from ..errors import ConfigError, DataError
 
 __all__ = ["LOCAL_BITS", "apply_mapping", "block_plane", "boundary_planes", "face_pairs",
-           "face_row_lengths", "global_ids", "label_block", "native_threshold", "pack_planes",
-           "plane_shapes", "split_ids", "tile_grid", "unpack_planes", "untile"]
+           "face_row_lengths", "global_ids", "label_block", "label_provisional",
+           "native_threshold", "pack_planes", "plane_shapes", "split_ids", "tile_grid",
+           "unpack_planes", "untile"]
 
 #: Fragment id = block id << LOCAL_BITS | local id (local ids start at 1).
 LOCAL_BITS = 32
@@ -70,17 +71,20 @@ def _union(parent: Any, a: int, b: int) -> int:  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _label(affs: Any, t: Any, out: Any) -> Any:  # pragma: no cover - compiled
+def _label(affs: Any, t: Any, out: Any, size: Any) -> Any:  # pragma: no cover - compiled
     """Two-pass labelling with provisional labels (classic scan + union-find).
 
     Pass 1 gives each voxel the provisional label of an earlier neighbour it is joined to
     (-x, -y, -z, all already visited in raster order), merging labels when it is joined to
     several, or a new label. A component's first voxel in raster order always gets a new
     label, the smallest of its component, which is the root (smaller roots win), so pass 2
-    numbers the roots 1..n in raster order of first voxels.
+    numbers the roots 1..n in raster order of first voxels. A non-empty ``size`` (one
+    entry per voxel and one) gets the voxels of each component at its root (provisional
+    labels that are not roots: their own voxels, not to be used).
     """
     nz, ny, nx = out.shape
     parent = np.empty(nz * ny * nx + 1, np.uint32)
+    count = size.size > 0
     n = 0
     for z in range(nz):
         for y in range(ny):
@@ -104,6 +108,10 @@ def _label(affs: Any, t: Any, out: Any) -> Any:  # pragma: no cover - compiled
                     n += 1
                     parent[n] = n
                     label = n
+                    if count:
+                        size[n] = 0
+                if count:
+                    size[label] += 1
                 out[z, y, x] = label
     final = np.empty(n + 1, np.uint32)
     final[0] = 0
@@ -115,6 +123,8 @@ def _label(affs: Any, t: Any, out: Any) -> Any:  # pragma: no cover - compiled
             final[p] = k
         else:
             final[p] = final[r]  # r < p: numbered already
+            if count:
+                size[r] += size[p]
     return k, final
 
 
@@ -157,16 +167,10 @@ def label_block(affs: NDArray[Any], threshold: float, block_id: int | None = Non
     >>> label_block(a, 0.5)[0].ravel().tolist()
     [1, 1, 2, 2]
     """
-    if affs.ndim != 4 or affs.shape[0] < 3:
-        raise DataError(f"affinities: got shape {affs.shape}, expected (3, z, y, x)")
-    t = native_threshold(threshold, affs.dtype)
-    provisional = np.empty(affs.shape[1:], np.uint32)
-    if provisional.size >= 2**32 - 1:
-        raise DataError(f"block of shape {provisional.shape}: got {provisional.size} voxels, "
-                        "expected fewer than 2**32 (use a smaller --block)")
+    t, provisional = _provisional(affs, threshold)
     if not provisional.size:
         return provisional if block_id is None else provisional.astype(np.uint64), 0
-    n, final = _label(affs, affs.dtype.type(t), provisional)
+    n, final = _label(affs, t, provisional, np.empty(0, np.uint32))
     if block_id is None:
         _finalize(provisional, final, np.uint32(0), provisional)
         return provisional, int(n)
@@ -174,6 +178,35 @@ def label_block(affs: NDArray[Any], threshold: float, block_id: int | None = Non
     _lookup(provisional, final.astype(np.uint64), np.uint32(0xFFFFFFFF), _high_bits(block_id),
             _as_tiles(out))
     return out, int(n)
+
+
+def label_provisional(affs: NDArray[Any], threshold: float
+                      ) -> tuple[NDArray[np.uint32], NDArray[np.uint32], NDArray[np.uint32], int]:
+    """:func:`label_block`'s components before their last pass over the block:
+    (provisional labels, ``final`` mapping them to components 1..n in raster order,
+    ``size``: a component's voxels at its root, the first provisional label that
+    ``final`` maps to it; n). ``final[provisional]`` is label_block's
+    result; a caller that maps the components through a table anyway (watershed seeds)
+    composes it with ``final`` and saves the pass."""
+    t, provisional = _provisional(affs, threshold)
+    size = np.empty(provisional.size + 1, np.uint32)
+    if not provisional.size:
+        return provisional, np.zeros(1, np.uint32), size, 0
+    n, final = _label(affs, t, provisional, size)
+    return provisional, final, size[:len(final)], int(n)
+
+
+def _provisional(affs: NDArray[Any], threshold: float) -> tuple[Any, NDArray[np.uint32]]:
+    """The checked threshold in the affinities' type and an empty provisional-label
+    buffer of the block's shape."""
+    if affs.ndim != 4 or affs.shape[0] < 3:
+        raise DataError(f"affinities: got shape {affs.shape}, expected (3, z, y, x)")
+    t = affs.dtype.type(native_threshold(threshold, affs.dtype))
+    provisional = np.empty(affs.shape[1:], np.uint32)
+    if provisional.size >= 2**32 - 1:
+        raise DataError(f"block of shape {provisional.shape}: got {provisional.size} voxels, "
+                        "expected fewer than 2**32 (use a smaller --block)")
+    return t, provisional
 
 
 def _high_bits(block_id: int) -> np.uint64:
