@@ -10,7 +10,12 @@ region z >= 186, never trained on. Metrics from :mod:`affinity_dist.kernels.metr
 figures the checkpoint records (F1 of same-neuron and of boundary edges, threshold 0.5).
 
     .venv/bin/python benchmarks/eval_model.py [--model CKPT ...] [--method cc]
-        [--thresholds 0.3 0.4 ...] [--precision auto|bf16|fp32] [--curve]
+        [--thresholds 0.3 0.4 ...] [--precision auto|bf16|fp32] [--curve] [--objects N]
+
+``--objects N`` says where the held-out error is: the N ground-truth objects whose
+removal (their voxels ignored, as label 0) lowers the held-out VOI most, each with its
+share of the labelled voxels, its thickness (median distance of its voxels to its
+surface), the mean affinity of the edges inside it, and the segments it is spread over.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fib25_with_truth
@@ -57,6 +64,31 @@ def print_curve(fn: Any, choices: list[Any], affs: Any, truth: Any, work: Path) 
               flush=True)
 
 
+def print_objects(seg: np.ndarray, truth: np.ndarray, affs: np.ndarray, n: int) -> None:
+    """The ``n`` truth objects whose removal lowers the VOI most (module docstring)."""
+    from scipy import ndimage
+
+    whole = scores(contingency(seg, truth)).voi_sum
+    ids, sizes = np.unique(truth[truth > 0], return_counts=True)
+    rows = []
+    for obj in ids[np.argsort(-sizes)][:max(4 * n, 20)]:  # the largest objects only
+        ignored = np.where(truth == obj, 0, truth)
+        rows.append((whole - scores(contingency(seg, ignored)).voi_sum, int(obj)))
+    print(f"    held-out VOI {whole:.3f}; objects by the VOI their removal saves:")
+    for saved, obj in sorted(rows, reverse=True)[:n]:
+        inside = truth == obj
+        edges = np.concatenate([affs[a][tuple(slice(1, None) if i == a else slice(None)
+                                              for i in range(3))][
+            inside[tuple(slice(1, None) if i == a else slice(None) for i in range(3))]
+            & inside[tuple(slice(None, -1) if i == a else slice(None) for i in range(3))]]
+            for a in range(3)])
+        depth = ndimage.distance_transform_edt(inside)[inside]
+        print(f"    {obj:>12}: -{saved:.3f} VOI, {inside.sum() / (truth > 0).sum():6.1%} of "
+              f"the voxels, thickness {np.median(depth):.1f} voxels, inner affinity "
+              f"{edges.mean() / 255:.2f}, in {len(np.unique(seg[inside]))} segments",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=None,
@@ -66,6 +98,8 @@ def main() -> None:
                         help="candidates (default: bench_agglomerate's for the method)")
     parser.add_argument("--curve", action="store_true", help="also print every candidate's "
                         "VOI on both regions (how much the choice on z < 186 decides)")
+    parser.add_argument("--objects", type=int, default=0, metavar="N",
+                        help="also print the N truth objects that cost most held-out VOI")
     args, raw, truth = fib25_with_truth(parser)
     if args.method == "cc":
         fn, choices = by_cc, ([(t, m) for t in args.thresholds for m in (0, 1000)]
@@ -94,6 +128,9 @@ def main() -> None:
                   f"{s.segments:>6}", flush=True)
             if args.curve:
                 print_curve(fn, list(choices), affs, truth, work)
+            if args.objects:
+                print_objects(fn(affs[:, SPLIT:], choice, work / "val.zarr"),
+                              truth[SPLIT:], affs[:3, SPLIT:], args.objects)
 
 
 if __name__ == "__main__":
