@@ -80,6 +80,13 @@ def fib25_with_truth(argparser: Any) -> tuple[Any, np.ndarray, np.ndarray]:
     return args, raw, labels.astype(np.uint64)
 
 
+def mirror_index(n: int, size: int) -> np.ndarray:
+    """The source index of each of ``size`` positions along an axis of length ``n``
+    mirror-tiled (0 .. n-1, n-1 .. 0, 0 ..), as :func:`tile_to` lays them out."""
+    j = np.arange(size) % (2 * n)
+    return np.where(j < n, j, 2 * n - 1 - j)
+
+
 def tile_to(data: np.ndarray, size: int) -> np.ndarray:
     """Mirror-tile ``data`` (z, y, x) to ``size``^3 so real texture fills a large volume."""
     reps = [-(-size // n) for n in data.shape]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, fib25, local_cluster, tile_to
+from _common import SHARED_DATA, fib25, local_cluster, mirror_index, tile_to
 
 import affinity_dist as ad
 from affinity_dist.geometry import Box
@@ -57,6 +57,21 @@ def write(path: Path, affs: np.ndarray, chunks: tuple[int, int, int] = (64, 128,
         create_volume(group, "affinities", shape=affs.shape[1:], channels=3, dtype=affs.dtype,
                       chunks=chunks, voxel_size=(10, 10, 10)).write(
             Box((0, 0, 0), affs.shape[1:]), affs)
+    return path
+
+
+def write_tiled(path: Path, affs: np.ndarray, size: int,
+                chunks: tuple[int, int, int] = (128, 128, 128)) -> Path:
+    """``affs`` mirror-tiled to ``size``^3 (as ``tile_to``), written one slab of chunks at
+    a time: a large volume is never whole in memory (1536^3 is 10.9 GB)."""
+    zi, yi, xi = (mirror_index(n, size) for n in affs.shape[1:])
+    with staged_dataset(path, overwrite=True) as group:
+        volume = create_volume(group, "affinities", shape=(size,) * 3, channels=3,
+                               dtype=affs.dtype, chunks=chunks, voxel_size=(10, 10, 10))
+        for z0 in range(0, size, chunks[0]):
+            z1 = min(size, z0 + chunks[0])
+            slab = affs[:, zi[z0:z1]][:, :, yi][:, :, :, xi]
+            volume.write(Box((z0, 0, 0), (z1, size, size)), slab)
     return path
 
 
@@ -146,8 +161,7 @@ def accuracy(affs: np.ndarray, truth: np.ndarray, tmp: Path) -> float | None:
 
 def speed(affs: np.ndarray, size: int, workers: int, repeats: int, tmp: Path, *,
           waterz_threshold: float | None, plain_peer: bool = False) -> None:
-    big = np.stack([tile_to(affs[c], size) for c in range(3)])
-    path = write(tmp / f"speed{size}.zarr", big, (128, 128, 128))
+    path = write_tiled(tmp / f"speed{size}.zarr", affs, size)
     n = size**3
     print(f"\n# {size}^3 mirror-tiled fib25 affinities, 128^3 chunks, 256^3 blocks, "
           f"{workers} workers")
@@ -177,6 +191,7 @@ def speed(affs: np.ndarray, size: int, workers: int, repeats: int, tmp: Path, *,
             sec_ours = sec
     if waterz_threshold is not None:
         try:
+            big = np.stack([tile_to(affs[c], size) for c in range(3)])  # in memory
             t0 = time.perf_counter()
             by_waterz(big, waterz_threshold, path)
             sec_w = time.perf_counter() - t0
