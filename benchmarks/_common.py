@@ -89,12 +89,7 @@ def mirror_index(n: int, size: int) -> np.ndarray:
 
 def tile_to(data: np.ndarray, size: int) -> np.ndarray:
     """Mirror-tile ``data`` (z, y, x) to ``size``^3 so real texture fills a large volume."""
-    reps = [-(-size // n) for n in data.shape]
-    out = data
-    for axis, r in enumerate(reps):
-        parts = [out if i % 2 == 0 else np.flip(out, axis) for i in range(r)]
-        out = np.concatenate(parts, axis=axis)
-    return np.ascontiguousarray(out[:size, :size, :size])
+    return data[np.ix_(*(mirror_index(n, size) for n in data.shape))]
 
 
 def peak_rss(cmd: list[str]) -> tuple[float, float, float, float]:

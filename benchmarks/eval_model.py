@@ -77,15 +77,16 @@ def print_objects(seg: np.ndarray, truth: np.ndarray, affs: np.ndarray, n: int) 
     print(f"    held-out VOI {whole:.3f}; objects by the VOI their removal saves:")
     for saved, obj in sorted(rows, reverse=True)[:n]:
         inside = truth == obj
-        edges = np.concatenate([affs[a][tuple(slice(1, None) if i == a else slice(None)
-                                              for i in range(3))][
-            inside[tuple(slice(1, None) if i == a else slice(None) for i in range(3))]
-            & inside[tuple(slice(None, -1) if i == a else slice(None) for i in range(3))]]
-            for a in range(3)])
+        edges = []  # affs[c, p] joins p and p - e_c: both ends inside
+        for c in range(3):
+            upper = tuple(slice(1, None) if i == c else slice(None) for i in range(3))
+            lower = tuple(slice(None, -1) if i == c else slice(None) for i in range(3))
+            edges.append(affs[c][upper][inside[upper] & inside[lower]])
+        affinity = np.concatenate(edges).mean() / 255
         depth = ndimage.distance_transform_edt(inside)[inside]
         print(f"    {obj:>12}: -{saved:.3f} VOI, {inside.sum() / (truth > 0).sum():6.1%} of "
               f"the voxels, thickness {np.median(depth):.1f} voxels, inner affinity "
-              f"{edges.mean() / 255:.2f}, in {len(np.unique(seg[inside]))} segments",
+              f"{affinity:.2f}, in {len(np.unique(seg[inside]))} segments",
               flush=True)
 
 
