@@ -84,10 +84,36 @@ def test_a_cooldown_resumed_decays_the_rate_and_keeps_every_checkpoint_model(
 
 @pytest.mark.parametrize("bad", [{"lr_decay": [5, 5]}, {"lr_decay": [-1, 5]},
                                  {"lr_decay": [1, 2, 3]}, {"lr_decay": [1.5, 3]},
-                                 {"lr_final": 2}, {"keep_models": 1}])
+                                 {"lr_final": 2}, {"keep_models": 1},
+                                 {"focal_gamma": -1}, {"focal_gamma": True},
+                                 {"focal_gamma": 2, "loss": "mse"}])
 def test_bad_schedules_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match=f"{next(iter(bad))}: got"):
         TrainConfig.from_dict(bad)
+
+
+def test_focal_loss_weighs_edges_by_how_wrong_they_are() -> None:
+    """focal_gamma g: each edge's BCE x (1 - p_t)^g, p_t the probability of its target;
+    g = 0 is the plain weighted BCE. A sure right edge then weighs ~nothing beside a
+    wrong one (a thin object taught as "same neuron" but predicted as boundary)."""
+    from affinity_dist.training.trainer import affinity_loss
+
+    logits = torch.tensor([[4.0, -4.0, 0.0, -1.0, 2.0]])
+    target = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0]])
+    weight = torch.tensor([[1.0, 2.0, 1.0, 1.0, 0.0]])  # the last edge masked
+    p = torch.sigmoid(logits)
+    p_t = torch.where(target > 0.5, p, 1 - p)
+    bce = -torch.log(p_t)
+    plain = affinity_loss(TrainConfig(), logits, target, weight)
+    torch.testing.assert_close(plain, (bce * weight).sum() / weight.sum())
+    for gamma in (1.0, 2.0):
+        focal = affinity_loss(TrainConfig(focal_gamma=gamma), logits, target, weight)
+        torch.testing.assert_close(
+            focal, (bce * (1 - p_t) ** gamma * weight).sum() / weight.sum())
+        assert focal < plain
+    each = [float(affinity_loss(TrainConfig(focal_gamma=2.0), logits[:, i:i + 1],
+                                target[:, i:i + 1], torch.ones(1, 1))) for i in range(2)]
+    assert each[0] < 1e-5 and each[1] > 1.0  # sure and right vs sure and wrong
 
 
 def test_mismatching_checkpoint_is_a_clear_error(tmp_path: Path, gala: Path) -> None:

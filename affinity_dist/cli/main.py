@@ -283,10 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    if args.verbose < 2 and hasattr(args, "scheduler"):
-        _quiet_dask()
     from ..runtime import interrupt
 
+    if args.verbose < 2 and hasattr(args, "scheduler"):
+        _quiet_dask()
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(interrupt.AfterInterrupt())
     interrupt.install()
     try:
         COMMANDS[args.command](args)

@@ -76,7 +76,8 @@ def write_card(run: Path, config: TrainConfig, volumes: Sequence[TrainingVolume]
         f"{config.negative_weight}, grown boundary {config.grow_boundary} |",
         f"| Start | {start} |",
         f"| Optimisation | lr {config.learning_rate}{_decay(config)}, batch {config.batch_size}, "
-        f"{config.loss}, {'bf16' if config.bf16 else 'fp32'}, seed {config.seed} |",
+        f"{config.loss}{f' (focal, gamma {config.focal_gamma})' if config.focal_gamma else ''}, "
+        f"{'bf16' if config.bf16 else 'fp32'}, seed {config.seed} |",
         f"| Held out | {_held_out(split)} (in the trained grid) |",
         "", "## Data", "",
         "| file | raw | voxel size | label 0 | ids across z | labels mask |",

@@ -61,6 +61,10 @@ class TrainConfig:
     # checkpoint averaging: models/ship.py CKPT...)
     keep_models: bool = False
     loss: Literal["bce", "mse"] = "bce"
+    # focal BCE (Lin et al. 2017): each edge's BCE x (1 - p_t)^gamma, p_t the probability
+    # given to its target: edges already right weigh little, those still wrong (a thin
+    # object predicted as boundary) most; 0: plain BCE
+    focal_gamma: float = 0.0
     balance: bool = True
     checkpoint_every: int = 500
     validation_batches: int = 8
@@ -100,6 +104,10 @@ class TrainConfig:
             raise bad_value("keep_models", self.keep_models, "true or false")
         if self.loss not in ("bce", "mse"):
             raise bad_value("loss", self.loss, "'bce' or 'mse'")
+        if isinstance(self.focal_gamma, bool) or not isinstance(self.focal_gamma, int | float) \
+                or not 0 <= self.focal_gamma <= 10 or (self.focal_gamma and self.loss != "bce"):
+            raise bad_value("focal_gamma", self.focal_gamma, "a number in 0-10 (with loss "
+                            "'bce')")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) \
                 or self.num_workers < 0:
             raise bad_value("num_workers", self.num_workers, "an integer >= 0")

@@ -26,10 +26,13 @@ COLUMNS = ["iteration", "train_loss", "val_loss", "val_f1", "val_boundary_f1", "
 
 def affinity_loss(config: TrainConfig, logits: torch.Tensor, target: torch.Tensor,
                   weight: torch.Tensor) -> torch.Tensor:
-    """The weighted BCE (or MSE) of affinity channels."""
+    """The weighted BCE (focal with ``focal_gamma``) or MSE of affinity channels."""
     if config.loss == "bce":
         raw = torch.nn.functional.binary_cross_entropy_with_logits(
             logits, target, reduction="none")
+        if config.focal_gamma:
+            # p_t, the probability given to the target (0 or 1), is exp(-BCE)
+            raw = raw * (1 - torch.exp(-raw)).pow(config.focal_gamma)
     else:
         raw = (torch.sigmoid(logits) - target) ** 2
     return (raw * weight).sum() / weight.sum().clamp(min=1.0)
