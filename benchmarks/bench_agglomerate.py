@@ -109,12 +109,14 @@ def by_cc(affs: np.ndarray, choice: tuple[float, int], path: Path) -> np.ndarray
 _TREES: dict[str, tuple[int, ...]] = {}
 
 
-def by_agglomerate(affs: np.ndarray, t: float, path: Path) -> np.ndarray:
+def by_agglomerate(affs: np.ndarray, t: float, path: Path,
+                   seed_threshold: float | None = None) -> np.ndarray:
     key = str(path)  # build each region's tree once, then only cut it
     if _TREES.get(key) != affs.shape:
         write(path, affs)
         _TREES[key] = affs.shape
-    ad.segment(path, threshold=t, overwrite=True, progress=False)
+    ad.segment(path, threshold=t, seed_threshold=seed_threshold, overwrite=True,
+               progress=False)
     return segmentation(path)
 
 

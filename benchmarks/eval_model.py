@@ -10,7 +10,12 @@ region z >= 186, never trained on. Metrics from :mod:`affinity_dist.kernels.metr
 figures the checkpoint records (F1 of same-neuron and of boundary edges, threshold 0.5).
 
     .venv/bin/python benchmarks/eval_model.py [--model CKPT ...] [--method cc]
-        [--thresholds 0.3 0.4 ...] [--precision auto|bf16|fp32] [--curve] [--objects N]
+        [--thresholds 0.3 0.4 ...] [--seed-thresholds 0.8 0.9 ...]
+        [--precision auto|bf16|fp32] [--curve] [--objects N]
+
+``--seed-thresholds`` chooses the cores' seed threshold (``segment --seed-threshold``)
+on z < 186 beside the agglomeration threshold: for a model whose affinities are
+calibrated otherwise (a focal loss leaves no edge above the default 0.98).
 
 ``--objects N`` says where the held-out error is: the N ground-truth objects whose
 removal (their voxels ignored, as label 0) lowers the held-out VOI most, each with its
@@ -49,6 +54,12 @@ def recorded(model: str | None) -> str:
     return (f"{state.get('iteration', '?'):>7}" + (f"{f1:>7.3f}" if f1 is not None else
                                                    f"{'-':>7}")
             + (f"{boundary:>7.3f}" if boundary is not None else f"{'-':>7}"))
+
+
+def by_seeded(affs: np.ndarray, choice: tuple[float, float], path: Path) -> np.ndarray:
+    """The default segmentation with the cores' seed threshold ``choice[0]`` and the
+    agglomeration threshold ``choice[1]``."""
+    return by_agglomerate(affs, choice[1], path, seed_threshold=choice[0])
 
 
 def print_curve(fn: Any, choices: list[Any], affs: Any, truth: Any, work: Path) -> None:
@@ -97,6 +108,9 @@ def main() -> None:
     parser.add_argument("--method", choices=("agglomerate", "cc"), default="agglomerate")
     parser.add_argument("--thresholds", type=float, nargs="+", default=None,
                         help="candidates (default: bench_agglomerate's for the method)")
+    parser.add_argument("--seed-thresholds", type=float, nargs="+", default=None,
+                        help="agglomerate: choose the cores' seed threshold too, among these "
+                        "(affinities calibrated otherwise, as a focal loss makes them)")
     parser.add_argument("--curve", action="store_true", help="also print every candidate's "
                         "VOI on both regions (how much the choice on z < 186 decides)")
     parser.add_argument("--objects", type=int, default=0, metavar="N",
@@ -105,6 +119,9 @@ def main() -> None:
     if args.method == "cc":
         fn, choices = by_cc, ([(t, m) for t in args.thresholds for m in (0, 1000)]
                               if args.thresholds else CC)
+    elif args.seed_thresholds:
+        fn = by_seeded
+        choices = [(s, t) for s in args.seed_thresholds for t in args.thresholds or AGGLOMERATE]
     else:
         fn, choices = by_agglomerate, args.thresholds or AGGLOMERATE
     print(f"# fib25_sample2, segment --method {args.method}: threshold chosen on z < {SPLIT},"
@@ -122,8 +139,9 @@ def main() -> None:
             choice, s, _ = sweep(fn, list(choices), affs, truth, work)
             name = "shipped" if model is None else str(Path(model).resolve().parent.name
                                                        + "/" + Path(model).name)
-            label = f"t {choice[0]}, min {choice[1]}" if isinstance(choice, tuple) \
-                else f"t {choice}"
+            label = (f"t {choice}" if not isinstance(choice, tuple) else
+                     f"s {choice[0]}, t {choice[1]}" if fn is by_seeded else
+                     f"t {choice[0]}, min {choice[1]}")
             print(f"{name[-36:]:<36}{recorded(model)}{label:>16}{s.voi_split:>8.3f}"
                   f"{s.voi_merge:>8.3f}{s.voi_sum:>8.3f}{s.adapted_rand_error:>8.3f}"
                   f"{s.segments:>6}", flush=True)
