@@ -56,6 +56,32 @@ def recorded(model: str | None) -> str:
             + (f"{boundary:>7.3f}" if boundary is not None else f"{'-':>7}"))
 
 
+def object_edges(truth: np.ndarray, obj: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inner, contacts): (3, z, y, x) masks of the nearest edges (channel c links a voxel
+    with its neighbour at -1 on axis c, DESIGN.md) with both voxels in ``obj``, and with
+    one voxel in it and the other in another labelled object (label 0 left alone)."""
+    inside = truth == obj
+    inner = np.zeros((3, *truth.shape), bool)
+    contacts = np.zeros((3, *truth.shape), bool)
+    for c in range(3):
+        here = [slice(None)] * 3
+        back = [slice(None)] * 3
+        here[c], back[c] = slice(1, None), slice(None, -1)
+        a, b = inside[tuple(here)], inside[tuple(back)]
+        labelled = (truth[tuple(here)] > 0) & (truth[tuple(back)] > 0)
+        inner[c][tuple(here)] = a & b
+        contacts[c][tuple(here)] = (a != b) & labelled
+    return inner, contacts
+
+
+def predicted(raw: np.ndarray, model: str | None, precision: str, work: Path) -> np.ndarray:
+    """The model's affinities of the whole fib25 volume (predicted into ``work``)."""
+    data = ad.predict(raw, model=model, out=work / "fib25.zarr", voxel_size=(10,) * 3,
+                      chunks=(64, 128, 128), precision=precision, progress=False)
+    volume = open_volume(data, "affinities")
+    return volume.read(Box((0, 0, 0), volume.spatial_shape))
+
+
 def by_seeded(affs: np.ndarray, choice: tuple[float, float], path: Path) -> np.ndarray:
     """The default segmentation with the cores' seed threshold ``choice[0]`` and the
     agglomeration threshold ``choice[1]``."""
@@ -88,12 +114,7 @@ def print_objects(seg: np.ndarray, truth: np.ndarray, affs: np.ndarray, n: int) 
     print(f"    held-out VOI {whole:.3f}; objects by the VOI their removal saves:")
     for saved, obj in sorted(rows, reverse=True)[:n]:
         inside = truth == obj
-        edges = []  # affs[c, p] joins p and p - e_c: both ends inside
-        for c in range(3):
-            upper = tuple(slice(1, None) if i == c else slice(None) for i in range(3))
-            lower = tuple(slice(None, -1) if i == c else slice(None) for i in range(3))
-            edges.append(affs[c][upper][inside[upper] & inside[lower]])
-        affinity = np.concatenate(edges).mean() / 255
+        affinity = affs[:3][object_edges(truth, obj)[0]].mean() / 255
         depth = ndimage.distance_transform_edt(inside)[inside]
         print(f"    {obj:>12}: -{saved:.3f} VOI, {inside.sum() / (truth > 0).sum():6.1%} of "
               f"the voxels, thickness {np.median(depth):.1f} voxels, inner affinity "
@@ -131,11 +152,7 @@ def main() -> None:
     for model in args.model or [None]:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            data = ad.predict(raw, model=model, out=work / "fib25.zarr", voxel_size=(10,) * 3,
-                              chunks=(64, 128, 128), precision=args.precision,
-                              progress=False)
-            volume = open_volume(data, "affinities")
-            affs = volume.read(Box((0, 0, 0), volume.spatial_shape))
+            affs = predicted(raw, model, args.precision, work)
             choice, s, _ = sweep(fn, list(choices), affs, truth, work)
             name = "shipped" if model is None else str(Path(model).resolve().parent.name
                                                        + "/" + Path(model).name)

@@ -29,31 +29,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fib25_with_truth
 from bench_agglomerate import AGGLOMERATE, SPLIT, by_agglomerate, sweep
+from eval_model import object_edges, predicted
 
-import affinity_dist as ad
-from affinity_dist.geometry import Box
 from affinity_dist.kernels.metrics import contingency, scores
-from affinity_dist.storage import open_volume
 
 SHEET = 135478  # fib25_sample2's thin glial sheet: 45 % of the shipped model's held-out VOI
-
-
-def object_edges(truth: np.ndarray, obj: int) -> tuple[np.ndarray, np.ndarray]:
-    """(inner, contacts): (3, z, y, x) masks of the nearest edges (channel c links a voxel
-    with its neighbour at -1 on axis c, DESIGN.md) with both voxels in ``obj``, and with
-    one voxel in it and the other in another labelled object (label 0 left alone)."""
-    inside = truth == obj
-    inner = np.zeros((3, *truth.shape), bool)
-    contacts = np.zeros((3, *truth.shape), bool)
-    for c in range(3):
-        here = [slice(None)] * 3
-        back = [slice(None)] * 3
-        here[c], back[c] = slice(1, None), slice(None, -1)
-        a, b = inside[tuple(here)], inside[tuple(back)]
-        labelled = (truth[tuple(here)] > 0) & (truth[tuple(back)] > 0)
-        inner[c][tuple(here)] = a & b
-        contacts[c][tuple(here)] = (a != b) & labelled
-    return inner, contacts
 
 
 def value(text: str) -> float | None:
@@ -79,11 +59,7 @@ def main() -> None:
                          f"held-out region z >= {SPLIT}")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = ad.predict(raw, model=args.model, out=work / "fib25.zarr",
-                          voxel_size=(10,) * 3, chunks=(64, 128, 128),
-                          precision=args.precision, progress=False)
-        volume = open_volume(data, "affinities")
-        affs = volume.read(Box((0, 0, 0), volume.spatial_shape))
+        affs = predicted(raw, args.model, args.precision, work)
         chosen, base, _ = sweep(by_agglomerate, list(args.thresholds), affs, truth, work)
         val = np.ascontiguousarray(affs[:3, SPLIT:])
         inner, contacts = object_edges(held, args.object)
